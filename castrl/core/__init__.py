@@ -1,0 +1,45 @@
+"""castrl.core: pure tensor math of CAST and its baselines (torch + stdlib only, no I/O).
+
+    from castrl.core import CastConfig, cast_advantages
+    adv, stats = cast_advantages(rewards, group_ids, student_logps, teacher_logps, mask, cfg=CastConfig())
+"""
+
+from .advantages import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageEstimator,
+    EstimatorSpec,
+    cast_advantages,
+    compute_advantages,
+    get_estimator,
+    register_advantage,
+)
+from .config import CastConfig, EstimatorConfig, GRPOAdvConfig, OPSDConfig, RLSDConfig
+from .groups import ALL_CORRECT, ALL_WRONG, MIXED, GroupStats, group_stats
+from .losses import POLICY_LOSSES, LossConfig, PolicyLoss, aggregate, clipped_surrogate_loss, get_loss, k3_kl
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "ALL_CORRECT",
+    "ALL_WRONG",
+    "MIXED",
+    "POLICY_LOSSES",
+    "AdvantageEstimator",
+    "CastConfig",
+    "EstimatorConfig",
+    "EstimatorSpec",
+    "GRPOAdvConfig",
+    "GroupStats",
+    "LossConfig",
+    "OPSDConfig",
+    "PolicyLoss",
+    "RLSDConfig",
+    "aggregate",
+    "cast_advantages",
+    "clipped_surrogate_loss",
+    "compute_advantages",
+    "get_estimator",
+    "get_loss",
+    "group_stats",
+    "k3_kl",
+    "register_advantage",
+]

@@ -1,0 +1,104 @@
+"""Boundary checks and sanitising of estimator inputs, shared by every registered estimator.
+
+Everything user-facing is validated here once, with errors that name the argument; the estimator
+bodies then see fp32 tensors of known shape, a float mask, and a finite, clamped gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import EstimatorConfig
+from .groups import GroupStats, group_stats
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Validated estimator inputs. B = rollouts, T = completion tokens."""
+
+    rewards: torch.Tensor  # (B,) fp32
+    groups: GroupStats
+    mask: torch.Tensor  # (B, T) fp32 in {0, 1}
+    gap: torch.Tensor | None  # (B, T) fp32, detached, clamped, 0 on padding and where non-finite
+    n_nonfinite_gap: int
+
+
+def _check_tensor(name: str, value: object, ndim: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(value.shape)}")
+    return value
+
+
+def _check_mask(mask: object, shape: torch.Size) -> torch.Tensor:
+    mask = _check_tensor("mask", mask, 2)
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise ValueError(f"mask must be a bool or float tensor, got dtype {mask.dtype}")
+    if mask.shape != shape:
+        raise ValueError(f"mask must have the shape of student_logps {tuple(shape)}, got {tuple(mask.shape)}")
+    return mask.float()
+
+
+def prepare_batch(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    student_logps: torch.Tensor,
+    teacher_logps: torch.Tensor | None,
+    mask: torch.Tensor,
+    config: EstimatorConfig,
+    needs_teacher: bool,
+    estimator: str,
+) -> PreparedBatch:
+    """Validate shapes/dtypes/values and build the fp32, detached view the estimators use."""
+    rewards = _check_tensor("rewards", rewards, 1)
+    group_ids = _check_tensor("group_ids", group_ids, 1)
+    student_logps = _check_tensor("student_logps", student_logps, 2)
+    if not rewards.is_floating_point():
+        raise ValueError(f"rewards must be a float tensor, got dtype {rewards.dtype}")
+    if group_ids.is_floating_point() or group_ids.dtype == torch.bool:
+        raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}")
+    if not student_logps.is_floating_point():
+        raise ValueError(f"student_logps must be a float tensor, got dtype {student_logps.dtype}")
+    n = rewards.shape[0]
+    if group_ids.shape[0] != n or student_logps.shape[0] != n:
+        raise ValueError(
+            f"batch size mismatch: rewards has {n} rows, group_ids {group_ids.shape[0]}, "
+            f"student_logps {student_logps.shape[0]}"
+        )
+    if not torch.isfinite(rewards).all():
+        bad = torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()[:5]
+        raise ValueError(f"rewards must be finite; non-finite at rows {bad} (filter or replace them first)")
+    fmask = _check_mask(mask, student_logps.shape)
+    gap, n_bad = None, 0
+    if teacher_logps is not None:
+        teacher_logps = _check_tensor("teacher_logps", teacher_logps, 2)
+        if teacher_logps.shape != student_logps.shape:
+            raise ValueError(
+                f"teacher_logps must have the shape of student_logps {tuple(student_logps.shape)}, "
+                f"got {tuple(teacher_logps.shape)}"
+            )
+        gap, n_bad = sanitize_gap(teacher_logps, student_logps, fmask, config.gap_clip)
+    elif needs_teacher:
+        raise ValueError(f"advantage estimator {estimator!r} needs teacher_logps, got None")
+    return PreparedBatch(
+        rewards=rewards.detach().float(),
+        groups=group_stats(rewards.detach(), group_ids, config.correct_threshold),
+        mask=fmask,
+        gap=gap,
+        n_nonfinite_gap=n_bad,
+    )
+
+
+def sanitize_gap(
+    teacher_logps: torch.Tensor, student_logps: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, int]:
+    """g = u - s in fp32, detached; non-finite real tokens -> 0 (counted), padding -> 0, clamp ±clip."""
+    gap = teacher_logps.detach().float() - student_logps.detach().float()
+    real = mask > 0
+    finite = torch.isfinite(gap)
+    n_bad = int((real & ~finite).sum().item())
+    gap = torch.where(real & finite, gap, torch.zeros_like(gap)).clamp(-clip, clip)
+    return gap, n_bad
