@@ -1,0 +1,216 @@
+"""`CASTTrainer`: TRL's GRPOTrainer with token-level advantages from the castrl.core registry.
+
+It overrides three hooks and calls `super()` in each, so TRL's loss types, vLLM importance
+sampling, entropy options and PEFT keep working:
+- `_calculate_rewards`: keep the raw, globally gathered per-function rewards;
+- `_generate_and_score_completions`: after TRL's rollout, run the student and teacher no-grad
+  passes and replace TRL's (B,) advantages by the estimator's (B, T) ones;
+- `_save_checkpoint` / `_load_optimizer_and_scheduler`: persist the teacher's EMA/lagged weights and
+  mark a checkpoint complete only when everything is on disk.
+Advantages are computed on the batch gathered from all processes, since a group can straddle them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import pad
+
+from castrl.core import get_estimator
+from castrl.teacher import TeacherWeights, build_teacher_prompt
+
+from .config import CASTConfig
+
+TEACHER_STATE_FILE = "castrl_teacher.pt"
+COMPLETE_MARKER = "castrl_complete.json"
+
+
+class _TeacherUpdate(TrainerCallback):
+    """Updates EMA / lagged teacher weights after every optimizer step."""
+
+    def __init__(self, trainer: CASTTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if trainer.teacher_weights is not None:
+            trainer.teacher_weights.update(trainer.accelerator.unwrap_model(trainer.model), state.global_step)
+
+
+class CASTTrainer(GRPOTrainer):
+    """GRPOTrainer whose advantages come from `args.advantage_estimator` (default: CAST)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        config = kwargs.get("args")
+        if not isinstance(config, CASTConfig):
+            raise TypeError(f"CASTTrainer needs args=CASTConfig(...), got {type(config).__name__}")
+        super().__init__(*args, **kwargs)
+        self.estimator = get_estimator(self.args.advantage_estimator)
+        self.estimator_config = self.args.estimator_config()
+        self.teacher_weights: TeacherWeights | None = None
+        if self.estimator.needs_teacher:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            self.teacher_weights = TeacherWeights(self.args.teacher_weights, unwrapped, self.args.teacher_ema_decay)
+        self.add_callback(_TeacherUpdate(self))
+        self._rewards_per_func: torch.Tensor | None = None
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards_per_func  # (B_global, n_funcs), NaN where a function skipped
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        mode = "train" if self.model.training else "eval"
+        start = time.perf_counter()
+        output = super()._generate_and_score_completions(inputs)
+        timings = {"cast/time_rollout_s": time.perf_counter() - start}
+        mask = output["completion_mask"]
+        if "tool_mask" in output:
+            mask = mask * output["tool_mask"]
+        student = teacher = None
+        if self.estimator.needs_teacher:
+            start = time.perf_counter()
+            if output.get("old_per_token_logps") is None:  # on-policy: TRL skipped it, the gap needs it
+                output["old_per_token_logps"] = self._completion_logps(output["prompt_ids"], output["prompt_mask"], output)
+            student = output["old_per_token_logps"]
+            timings["cast/time_student_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            teacher = self._teacher_logps(inputs, output)
+            timings["cast/time_teacher_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        output["advantages"], stats = self._token_advantages(mask, student, teacher, mode)
+        timings["cast/time_advantage_s"] = time.perf_counter() - start
+        for name, value in {**stats, **timings}.items():
+            self._metrics[mode][name].append(value)
+        return output
+
+    # -- teacher and student passes ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def _completion_logps(self, prompt_ids, prompt_mask, output) -> torch.Tensor:
+        """(B, T) fp32 log-probs of the completion tokens after `prompt_ids`, no grad, at TRL's temperature."""
+        completion_ids = output["completion_ids"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, output["completion_mask"]], dim=1)
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                input_ids,
+                attention_mask,
+                completion_ids.size(1),
+                batch_size=self.args.per_device_train_batch_size,
+            )
+        return logps.float()
+
+    def _tokenize_teacher_prompts(self, teacher_prompts: list) -> list[list[int]]:
+        if isinstance(teacher_prompts[0], str):
+            return self.processing_class(text=teacher_prompts)["input_ids"]
+        return self.processing_class.apply_chat_template(
+            conversation=teacher_prompts,
+            chat_template=self.chat_template,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            **self.chat_template_kwargs,
+        )["input_ids"]
+
+    def _teacher_logps(self, inputs: list[dict], output: dict) -> torch.Tensor:
+        """(B, T) teacher log-probs of the sampled completion tokens under the teacher context/weights."""
+        teacher_prompts = [build_teacher_prompt(x, self.args.teacher_context) for x in inputs]
+        ids = self._tokenize_teacher_prompts(teacher_prompts)
+        limit = self.args.teacher_max_prompt_length
+        n_truncated = sum(len(x) > limit for x in ids)
+        device = self.accelerator.device
+        rows = [torch.tensor(x[-limit:]) for x in ids]  # cut from the left: keep the end of the context
+        prompt_ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        prompt_mask = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left").to(device)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["cast/teacher_truncated_count"].append(float(n_truncated))
+        model = self.accelerator.unwrap_model(self.model)
+        with self.teacher_weights.scoring(model):
+            return self._completion_logps(prompt_ids, prompt_mask, output)
+
+    # -- advantages -----------------------------------------------------------------------------
+
+    def _gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(B_local, T_local) -> (B_global, T_max), padding T with zeros across processes."""
+        x = self.accelerator.pad_across_processes(x, dim=1, pad_index=0)
+        return self.accelerator.gather(x)
+
+    def _token_advantages(self, mask, student, teacher, mode: str) -> tuple[torch.Tensor, dict[str, float]]:
+        """Global estimator call on scorable rows; returns this process's (B, T) slice and the stats."""
+        weights = self.reward_weights.to(self._rewards_per_func.device)
+        per_func = self._rewards_per_func
+        rewards = (per_func * weights.unsqueeze(0)).nansum(dim=1)
+        scorable = ~torch.isnan(per_func).all(dim=1)  # as TRL: rows no reward function could score
+        n_local, t_local = mask.shape
+        g_mask = self._gather_rows(mask.float())
+        g_student = self._gather_rows(student) if student is not None else torch.zeros_like(g_mask)
+        g_teacher = self._gather_rows(teacher) if teacher is not None else None
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        group_ids = torch.arange(rewards.numel(), device=rewards.device) // group_size
+        rows = scorable.nonzero().flatten()
+        adv, stats = self.estimator.fn(
+            rewards[rows],
+            group_ids[rows],
+            g_student[rows],
+            None if g_teacher is None else g_teacher[rows],
+            g_mask[rows],
+            self.estimator_config,
+            self.state.global_step,
+        )
+        full = torch.zeros_like(g_mask).index_copy_(0, rows, adv.float())
+        stats["cast/unscorable_count"] = float((~scorable).sum().item())
+        start = self.accelerator.process_index * n_local
+        return full[start : start + n_local, :t_local], stats
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        if self.teacher_weights is not None:
+            torch.save(self.teacher_weights.state_dict(), os.path.join(folder, TEACHER_STATE_FILE))
+        write_complete_marker(folder, self.state.global_step)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or self.teacher_weights is None:
+            return
+        path = os.path.join(checkpoint, TEACHER_STATE_FILE)
+        if os.path.exists(path):
+            self.teacher_weights.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def write_complete_marker(folder: str, step: int) -> None:
+    """Atomically mark `folder` as a complete checkpoint (written last, via rename)."""
+    tmp = os.path.join(folder, COMPLETE_MARKER + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"global_step": step}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(folder, COMPLETE_MARKER))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The highest-step `checkpoint-N` in `output_dir` that carries the complete marker, else None."""
+    if not os.path.isdir(output_dir):
+        return None
+    best, best_step = None, -1
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith("checkpoint-") and name[11:].isdigit() and os.path.exists(os.path.join(path, COMPLETE_MARKER)):
+            if int(name[11:]) > best_step:
+                best, best_step = path, int(name[11:])
+    return best
