@@ -11,6 +11,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: castrl {train,eval,bench,diagnose} ...")
         return 0
     command, rest = argv[0], argv[1:]
+    if command == "train":
+        from castrl.train import main as train_main
+
+        return train_main(rest)
     if command == "bench":
         from castrl.bench import main as bench_main
 

@@ -1,0 +1,80 @@
+"""Run outputs beside the checkpoints: `metrics.jsonl` (one JSON object per log call) and the plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from transformers import TrainerCallback
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN; null reads as "not defined this step"
+    return value
+
+
+def append_metrics(output_dir: str, record: dict[str, Any]) -> None:
+    """Append one record to `output_dir/metrics.jsonl` (flushed, so a crash keeps what was logged)."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, METRICS_FILE), "a") as f:
+        f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        f.flush()
+
+
+def read_metrics(output_dir: str) -> list[dict[str, Any]]:
+    path = os.path.join(output_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsJsonl(TrainerCallback):
+    """Writes every Trainer log (TRL names + castrl's `cast/` names) to metrics.jsonl with its step."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = output_dir
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            append_metrics(self.output_dir, {"step": state.global_step, **logs})
+
+
+def plot_run(output_dir: str, path: str | None = None) -> str | None:
+    """PNG of reward, held-out accuracy, group-type fractions and flip fractions over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(output_dir)
+    if not records:
+        return None
+    panels = [
+        ("reward", ["reward"]),
+        ("held-out accuracy", ["heldout/accuracy"]),
+        ("group types", ["cast/frac_all_correct", "cast/frac_all_wrong", "cast/frac_mixed"]),
+        ("flipped tokens", ["cast/flip_frac_correct", "cast/flip_frac_wrong"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="o", markersize=3, label=key.split("/")[-1])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = path or os.path.join(output_dir, "training.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

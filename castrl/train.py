@@ -1,0 +1,186 @@
+"""`castrl train`: CAST (or a baseline) on a model and dataset, with held-out before/after accuracy.
+
+Reads one `RunArguments` + one `CASTConfig` (every field is a flag; `--config run.yaml` works as
+in TRL). Data and config are validated before the model loads. Outputs in `--output_dir`:
+checkpoints (`checkpoint-N`, complete ones marked), `metrics.jsonl`, `training.png`, `summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from castrl.data import load_problems, to_trl_dataset
+from castrl.evaluate import greedy_accuracy
+from castrl.models import LoraSettings, default_lora_for, load_model_and_tokenizer, peft_config
+from castrl.rewards import Verifier, make_trl_reward
+from castrl.run_logging import MetricsJsonl, append_metrics, plot_run
+from castrl.trl import CASTConfig, CASTTrainer
+from castrl.trl.trainer import last_complete_checkpoint
+
+
+@dataclass
+class RunArguments:
+    """What to train on; the algorithm and optimisation knobs live in CASTConfig."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "HF id, local path, or 'smollm2-135m' (bundled)."})
+    data: str = field(
+        default="arithmetic:add1,add2,mul21",
+        metadata={"help": "Training data spec: arithmetic[:levels] or a .jsonl/.json/.parquet path[:preset]."},
+    )
+    eval_data: str | None = field(
+        default=None, metadata={"help": "Held-out data spec (default: the test split of --data)."}
+    )
+    n_per_level: int | None = field(default=None, metadata={"help": "Arithmetic problems per level (train)."})
+    eval_n_per_level: int = field(default=16, metadata={"help": "Arithmetic problems per level (held-out)."})
+    eval_max_new_tokens: int = field(default=64, metadata={"help": "Greedy tokens per held-out problem."})
+    skip_eval: bool = field(default=False, metadata={"help": "Skip the held-out before/after evaluation."})
+    prompt_style: str = field(default="oneshot", metadata={"help": "Student prompt: oneshot, cot or plain."})
+    lora: str = field(default="auto", metadata={"help": "LoRA adapter: auto (on for the bundled model), on, off."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last complete checkpoint."})
+    verifier_timeout_s: float = field(default=5.0, metadata={"help": "Hard timeout of one answer check."})
+    verifier_workers: int = field(default=2, metadata={"help": "Verifier worker processes."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache of converted models."})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = leave torch's default)."})
+
+
+# What `castrl train` with no arguments runs: CAST on the bundled model, sized for 2 CPU cores.
+DEMO_DEFAULTS = dict(
+    output_dir="outputs/castrl-train",
+    max_steps=10,
+    per_device_train_batch_size=16,
+    gradient_accumulation_steps=2,  # 32 rollouts per step = 4 prompts x 8
+    num_generations=8,
+    max_completion_length=64,
+    learning_rate=5e-5,
+    lr_scheduler_type="constant",
+    logging_steps=1,
+    save_strategy="steps",
+    save_steps=5,
+    save_total_limit=2,
+    gradient_checkpointing=False,
+    bf16=False,
+    report_to="none",
+)
+
+
+def parse_args(argv: list[str]) -> tuple[RunArguments, CASTConfig]:
+    from trl import TrlParser
+
+    parser = TrlParser((RunArguments, CASTConfig), prog="castrl train")
+    defaults = dict(DEMO_DEFAULTS)
+    if not torch.cuda.is_available():
+        defaults["use_cpu"] = True
+    parser.set_defaults_with_config(**defaults)
+    run, config = parser.parse_args_and_config(args=argv)
+    if run.lora not in ("auto", "on", "off"):
+        raise ValueError(f"--lora must be auto, on or off, got {run.lora!r}")
+    return run, config
+
+
+def _lora(run: RunArguments) -> LoraSettings | None:
+    if run.lora == "off" or (run.lora == "auto" and default_lora_for(run.model) is None):
+        return None
+    return LoraSettings(r=run.lora_r, alpha=run.lora_alpha)
+
+
+def _load_data(run: RunArguments, config: CASTConfig):
+    """Train and held-out records; every row is validated here, before the model loads."""
+    train = load_problems(run.data, split="train", **({"n_per_level": run.n_per_level} if run.n_per_level else {}))
+    held_out = []
+    if not run.skip_eval:
+        spec = run.eval_data or run.data
+        kwargs = {"n_per_level": run.eval_n_per_level} if spec.startswith("arithmetic") else {}
+        held_out = load_problems(spec, split="test", **kwargs)
+    prompts_per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    if prompts_per_step % config.num_generations:
+        raise ValueError(
+            f"per_device_train_batch_size x gradient_accumulation_steps = {prompts_per_step} must be a multiple "
+            f"of num_generations = {config.num_generations} (whole groups per step)"
+        )
+    return train, held_out
+
+
+def _heldout(model, tokenizer, records, verifier, run, label: str) -> dict[str, float]:
+    if not records:
+        return {}
+    start = time.perf_counter()
+    result = greedy_accuracy(model, tokenizer, records, verifier, style=run.prompt_style,
+                             max_new_tokens=run.eval_max_new_tokens)
+    print(f"[castrl] held-out {label}: accuracy {result['accuracy']:.3f} on {int(result['n'])} problems "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return result
+
+
+def train(run: RunArguments, config: CASTConfig) -> dict:
+    """The whole run; returns the summary written to `summary.json`."""
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    train_records, held_out = _load_data(run, config)
+    resume_from = last_complete_checkpoint(config.output_dir) if run.resume else None
+    if run.resume and resume_from is None:
+        print(f"[castrl] --resume: no complete checkpoint in {config.output_dir}; starting fresh", flush=True)
+    model, tokenizer = load_model_and_tokenizer(run.model, dtype=run.dtype, cache_dir=run.cache_dir)
+    lora = _lora(run)
+    verifier = Verifier(timeout_s=run.verifier_timeout_s, num_workers=run.verifier_workers)
+    try:
+        before = {} if resume_from else _heldout(model, tokenizer, held_out, verifier, run, "before")
+        trainer = CASTTrainer(
+            model=model,
+            reward_funcs=make_trl_reward(verifier),
+            args=config,
+            train_dataset=to_trl_dataset(train_records, style=run.prompt_style),
+            processing_class=tokenizer,
+            peft_config=peft_config(lora) if lora else None,
+        )
+        trainer.add_callback(MetricsJsonl(config.output_dir))
+        if before:
+            append_metrics(config.output_dir, {"step": 0, "heldout/accuracy": before["accuracy"]})
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=resume_from)
+        train_seconds = time.perf_counter() - start
+        trainer.save_model(os.path.join(config.output_dir, "final"))
+        after = _heldout(trainer.model, tokenizer, held_out, verifier, run, "after")
+        if after:
+            append_metrics(config.output_dir, {"step": trainer.state.global_step, "heldout/accuracy": after["accuracy"]})
+    finally:
+        verifier.close()
+    summary = {
+        "advantage_estimator": config.advantage_estimator,
+        "steps": trainer.state.global_step,
+        "train_seconds": train_seconds,
+        "heldout_before": before,
+        "heldout_after": after,
+        "run_args": asdict(run),
+        "plot": plot_run(config.output_dir),
+    }
+    with open(os.path.join(config.output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    _print_summary(summary)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    before, after = summary["heldout_before"], summary["heldout_after"]
+    print(f"\n[castrl] {summary['advantage_estimator']}: {summary['steps']} steps in {summary['train_seconds']:.0f} s")
+    if after:
+        print("| held-out | before | after |\n|---|---|---|")
+        for key in ("accuracy", "boxed_rate", "mean_chars"):
+            b = f"{before[key]:.3f}" if before else "-"
+            print(f"| {key} | {b} | {after[key]:.3f} |")
+    if summary["plot"]:
+        print(f"[castrl] plot: {summary['plot']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    run, config = parse_args(sys.argv[1:] if argv is None else argv)
+    train(run, config)
+    return 0
