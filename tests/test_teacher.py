@@ -1,0 +1,138 @@
+"""Teacher contexts and teacher weights (spec §3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from castrl.teacher import (
+    TeacherWeights,
+    WeightsSpec,
+    build_teacher_prompt,
+    check_teacher_config,
+    context_uses,
+    validate_teacher_context,
+)
+
+EXAMPLE = {
+    "prompt": [
+        {"role": "user", "content": "What is 4 + 3?"},
+        {"role": "assistant", "content": "4 + 3 = 7."},
+        {"role": "user", "content": "What is 2 + 2? Please reason step by step."},
+    ],
+    "problem": "What is 2 + 2?",
+    "answer": "4",
+    "solution": "2 + 2 = 4.",
+}
+
+
+def test_self_teach_never_sees_the_answer_and_keeps_few_shot_turns():
+    prompt = build_teacher_prompt(EXAMPLE, "self_teach")
+    assert prompt[:2] == EXAMPLE["prompt"][:2]
+    text = prompt[-1]["content"]
+    assert text.startswith("What is 2 + 2?") and "careful teacher" in text
+    assert "4" not in text.replace("2 + 2", "")
+    assert not context_uses("self_teach", "answer") and context_uses("with_answer", "answer")
+
+
+def test_privileged_contexts_and_student_context():
+    assert "The correct final answer is 4." in build_teacher_prompt(EXAMPLE, "with_answer")[-1]["content"]
+    assert "2 + 2 = 4." in build_teacher_prompt(EXAMPLE, "with_solution")[-1]["content"]
+    assert build_teacher_prompt(EXAMPLE, "student") == EXAMPLE["prompt"]
+
+
+def test_custom_template_and_string_prompts():
+    out = build_teacher_prompt({**EXAMPLE, "prompt": "Q: What is 2 + 2?"}, "Teacher mode. {problem} (gold {answer})")
+    assert out == "Teacher mode. What is 2 + 2? (gold 4)"
+    # problem falls back to the last user turn when the dataset has no problem column
+    no_problem = {k: v for k, v in EXAMPLE.items() if k != "problem"}
+    assert build_teacher_prompt(no_problem, "{problem}!")[-1]["content"].startswith("What is 2 + 2? Please")
+
+
+def test_bad_contexts_raise():
+    with pytest.raises(ValueError, match="problem"):
+        validate_teacher_context("no placeholder here")
+    with pytest.raises(ValueError, match="unknown fields"):
+        validate_teacher_context("{problem} {hint}")
+    with pytest.raises(ValueError, match="non-empty 'answer'"):
+        build_teacher_prompt({**EXAMPLE, "answer": ""}, "with_answer")
+
+
+def test_zero_gap_combination_is_rejected_with_both_ways_out():
+    with pytest.raises(ValueError, match="teacher_context.*teacher_weights") as err:
+        check_teacher_config("student", "policy")
+    assert "self_teach" in str(err.value) and "ema" in str(err.value)
+    check_teacher_config("student", "ema")
+    check_teacher_config("self_teach", "policy")
+
+
+@pytest.mark.parametrize("spec", ["lagged:0", "lagged", "ema:3", "best", "lagged:-2"])
+def test_bad_weight_specs(spec):
+    with pytest.raises(ValueError, match="teacher_weights"):
+        WeightsSpec.parse(spec)
+
+
+def _model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    model[1].weight.requires_grad_(False)  # frozen params are never shadowed
+    return model
+
+
+def _step(model, value):
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(value)
+
+
+def test_ema_teacher_tracks_with_decay_and_swaps_back():
+    model = _model()
+    teacher = TeacherWeights("ema", model, ema_decay=0.5)
+    assert teacher.names == ["0.weight", "0.bias", "1.bias"]
+    init = model[0].weight.detach().clone()
+    _step(model, 1.0)
+    teacher.update(model, global_step=1)
+    current = model[0].weight.detach().clone()
+    with teacher.scoring(model):
+        torch.testing.assert_close(model[0].weight, init + 0.5)  # lerp halfway
+    torch.testing.assert_close(model[0].weight, current)
+
+
+def test_frozen_and_lagged_teachers():
+    model = _model()
+    frozen, lagged = TeacherWeights("frozen", model), TeacherWeights("lagged:2", model)
+    init = model[0].bias.detach().clone()
+    for step in (1, 2, 3):
+        _step(model, 1.0)
+        frozen.update(model, step)
+        lagged.update(model, step)
+    with frozen.scoring(model):
+        torch.testing.assert_close(model[0].bias, init)
+    with lagged.scoring(model):
+        torch.testing.assert_close(model[0].bias, init + 2.0)  # refreshed at step 2, not at 3
+
+
+def test_policy_teacher_is_the_model_itself():
+    model = _model()
+    teacher = TeacherWeights("policy", model)
+    assert teacher.shadow is None
+    before = model[0].weight.detach().clone()
+    with teacher.scoring(model):
+        torch.testing.assert_close(model[0].weight, before)
+
+
+def test_state_dict_round_trip_and_mismatch():
+    model = _model()
+    teacher = TeacherWeights("ema", model, ema_decay=0.9)
+    _step(model, 3.0)
+    teacher.update(model, 1)
+    state = teacher.state_dict()
+    other = TeacherWeights("ema", _model(), ema_decay=0.9)
+    other.load_state_dict(state)
+    for a, b in zip(teacher.shadow, other.shadow):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="teacher_weights"):
+        TeacherWeights("lagged:3", _model()).load_state_dict(state)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TeacherWeights("ema", _model(), ema_decay=1.0)
