@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -181,6 +182,8 @@ def _print_summary(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers 5 warns on every TRL config that `gradient_checkpointing` is being renamed: noise here.
+    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6", category=FutureWarning)
     run, config = parse_args(sys.argv[1:] if argv is None else argv)
     train(run, config)
     return 0
