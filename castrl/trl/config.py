@@ -78,6 +78,8 @@ class CASTConfig(GRPOConfig):
         self.estimator_config()  # validates every estimator field
         if spec.needs_teacher:
             check_teacher_config(self.teacher_context, self.teacher_weights)
+        if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
+            raise ValueError(f"epsilon / epsilon_high must be >= 0, got {self.epsilon} / {self.epsilon_high}")
         if self.teacher_max_prompt_length <= 0:
             raise ValueError(f"teacher_max_prompt_length must be > 0, got {self.teacher_max_prompt_length}")
 

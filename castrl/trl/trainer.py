@@ -63,6 +63,14 @@ class CASTTrainer(GRPOTrainer):
 
     # -- hooks ----------------------------------------------------------------------------------
 
+    def create_optimizer(self, *args: Any, **kwargs: Any):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        guard_nonfinite_steps(optimizer, self._count_skipped_step)
+        return optimizer
+
+    def _count_skipped_step(self) -> None:
+        self._metrics["train"]["cast/skipped_nonfinite_steps"].append(1.0)
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards_per_func = rewards_per_func  # (B_global, n_funcs), NaN where a function skipped
@@ -151,7 +159,8 @@ class CASTTrainer(GRPOTrainer):
         weights = self.reward_weights.to(self._rewards_per_func.device)
         per_func = self._rewards_per_func
         rewards = (per_func * weights.unsqueeze(0)).nansum(dim=1)
-        scorable = ~torch.isnan(per_func).all(dim=1)  # as TRL: rows no reward function could score
+        # As TRL, rows no reward function could score carry no signal; so do non-finite (+-inf) sums.
+        scorable = ~torch.isnan(per_func).all(dim=1) & torch.isfinite(rewards)
         n_local, t_local = mask.shape
         g_mask = self._gather_rows(mask.float())
         g_student = self._gather_rows(student) if student is not None else torch.zeros_like(g_mask)
@@ -170,6 +179,7 @@ class CASTTrainer(GRPOTrainer):
         )
         full = torch.zeros_like(g_mask).index_copy_(0, rows, adv.float())
         stats["cast/unscorable_count"] = float((~scorable).sum().item())
+        stats["cast/nonfinite_reward_count"] = float((torch.isinf(rewards)).sum().item())
         start = self.accelerator.process_index * n_local
         return full[start : start + n_local, :t_local], stats
 
@@ -214,3 +224,19 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
             if int(name[11:]) > best_step:
                 best, best_step = path, int(name[11:])
     return best
+
+
+def guard_nonfinite_steps(optimizer: torch.optim.Optimizer, on_skip) -> None:
+    """Make `optimizer.step()` a no-op (weights and optimizer state untouched) when any gradient is
+    NaN/Inf, e.g. after a non-finite loss; gradients are zeroed and `on_skip()` is called instead."""
+    inner_step = optimizer.step
+
+    def step(*args: Any, **kwargs: Any):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
+            optimizer.zero_grad(set_to_none=True)
+            on_skip()
+            return None
+        return inner_step(*args, **kwargs)
+
+    optimizer.step = step
