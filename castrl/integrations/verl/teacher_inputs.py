@@ -1,0 +1,197 @@
+"""Teacher inputs for a verl batch: each rollout's response re-scored after the teacher's prompt.
+
+For row i: teacher prompt = `castrl.teacher.build_teacher_prompt` on the row's `raw_prompt`
+(chat messages), with `reward_model["ground_truth"]` as the answer and `extra_info` for the bare
+problem / reference solution; chat-templated as verl's agent loop does, cut from the left to
+`teacher_max_prompt_length`, left-padded, then followed by the row's own response tokens
+(right-padded, unchanged). Layout = verl's padded layout (`prompts`, `responses`, `input_ids`,
+`attention_mask`, `position_ids`, `response_mask`), so verl's `left_right_2_no_padding` /
+`no_padding_2_padding` work on it unchanged. Rows are independent: group layout does not matter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from verl import DataProto
+from verl.utils import tensordict_utils as tu
+
+from castrl.teacher import build_teacher_prompt
+
+from .config import CastrlVerlConfig
+
+NON_TENSOR_KEYS = ("raw_prompt", "reward_model", "extra_info")
+
+
+def teacher_example(
+    raw_prompt: Any,
+    reward_model: Mapping | None,
+    extra_info: Mapping | None,
+    problem_key: str,
+    solution_key: str,
+) -> dict[str, Any]:
+    """The `example` dict `build_teacher_prompt` reads, from one verl row's non-tensor fields."""
+    if isinstance(raw_prompt, str):
+        prompt: Any = raw_prompt
+    else:  # verl keeps chat messages; parquet may hand back a numpy array of dicts
+        prompt = [dict(message) for message in raw_prompt]
+    extra = dict(extra_info or {})
+    example: dict[str, Any] = {"prompt": prompt}
+    if extra.get(problem_key):
+        example["problem"] = str(extra[problem_key])
+    ground_truth = (reward_model or {}).get("ground_truth")
+    if ground_truth is not None and not isinstance(ground_truth, (list, dict)):
+        example["answer"] = str(ground_truth)
+    if extra.get(solution_key):
+        example["solution"] = str(extra[solution_key])
+    return example
+
+
+def tokenize_prompt(prompt: Any, tokenizer: Any, chat_template_kwargs: Mapping | None = None) -> list[int]:
+    """Token ids of one teacher prompt: chat template with the generation prompt, or plain text."""
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer.apply_chat_template(
+            prompt,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            **dict(chat_template_kwargs or {}),
+        )["input_ids"]
+    if len(ids) == 0:
+        raise ValueError(f"the teacher prompt tokenized to no tokens: {prompt!r}")
+    return [int(i) for i in ids]
+
+
+def teacher_prompt_ids(
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    settings: CastrlVerlConfig,
+    chat_template_kwargs: Mapping | None = None,
+) -> list[list[int]]:
+    """Untruncated teacher prompt ids, one list per row; `rows` hold the NON_TENSOR_KEYS."""
+    out = []
+    for row in rows:
+        example = teacher_example(
+            row["raw_prompt"],
+            row.get("reward_model"),
+            row.get("extra_info"),
+            settings.problem_key,
+            settings.solution_key,
+        )
+        prompt = build_teacher_prompt(example, settings.teacher_context)
+        out.append(tokenize_prompt(prompt, tokenizer, chat_template_kwargs))
+    return out
+
+
+def assemble_teacher_batch(
+    prompt_ids: Sequence[Sequence[int]],
+    responses: torch.Tensor,
+    response_attention: torch.Tensor,
+    response_mask: torch.Tensor,
+    pad_token_id: int,
+    max_prompt_length: int,
+) -> tuple[DataProto, int]:
+    """Left-pad the prompts and append the responses; returns (batch, number of truncated prompts).
+
+    responses (B, T) long, right-padded; response_attention (B, T) 1 on every generated token (tool
+    output included); response_mask (B, T) 1 on tokens that carry loss. Out: prompts (B, P),
+    input_ids / attention_mask / position_ids (B, P + T); P = longest kept teacher prompt.
+    """
+    if len(prompt_ids) != responses.shape[0]:
+        raise ValueError(f"{len(prompt_ids)} teacher prompts for {responses.shape[0]} responses")
+    kept = [list(ids)[-max_prompt_length:] for ids in prompt_ids]  # keep the end: the question's tail
+    n_truncated = sum(len(ids) > max_prompt_length for ids in prompt_ids)
+    width = max(len(ids) for ids in kept)
+    prompts = torch.full((len(kept), width), pad_token_id, dtype=torch.long)
+    prompt_attention = torch.zeros((len(kept), width), dtype=torch.long)
+    for i, ids in enumerate(kept):
+        prompts[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        prompt_attention[i, width - len(ids) :] = 1
+    attention_mask = torch.cat([prompt_attention, response_attention.long()], dim=1)
+    # as verl's compute_position_id_with_mask: left padding sits at position 0, tokens count from 0
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    tensors = {
+        "prompts": prompts,
+        "responses": responses.long(),
+        "response_mask": response_mask.long(),
+        "input_ids": torch.cat([prompts, responses.long()], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+    }
+    return DataProto.from_dict(tensors=tensors), n_truncated
+
+
+def _row_dicts(non_tensor: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
+    if "raw_prompt" not in non_tensor:
+        raise ValueError(
+            "the batch has no 'raw_prompt'; verl's RLHFDataset provides it (data.prompt_key column)"
+        )
+    columns = {key: list(non_tensor[key]) if key in non_tensor else [None] * n for key in NON_TENSOR_KEYS}
+    return [{key: columns[key][i] for key in NON_TENSOR_KEYS} for i in range(n)]
+
+
+def teacher_batch_from_dataproto(
+    data: DataProto, tokenizer: Any, settings: CastrlVerlConfig, chat_template_kwargs: Mapping | None = None
+) -> tuple[DataProto, int]:
+    """Teacher inputs for a padded verl batch (`responses`, `response_mask`, optional `attention_mask`).
+
+    The response part of `attention_mask` (its last T columns) marks generated tokens; without it,
+    `response_mask` does (identical for single-turn rollouts).
+    """
+    responses = data.batch["responses"]
+    width = responses.shape[1]
+    attention = data.batch["attention_mask"][:, -width:] if "attention_mask" in data.batch.keys() else None
+    response_mask = data.batch["response_mask"]
+    rows = _row_dicts(data.non_tensor_batch, len(data))
+    ids = teacher_prompt_ids(rows, tokenizer, settings, chat_template_kwargs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return assemble_teacher_batch(
+        ids,
+        responses,
+        response_mask if attention is None else attention,
+        response_mask,
+        pad,
+        settings.teacher_max_prompt_length,
+    )
+
+
+def object_array(values: Sequence[Any]) -> np.ndarray:
+    """1-D object array, even when every element is a list of the same length."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def padded(tensor: torch.Tensor, padding: float) -> torch.Tensor:
+    """(B, T) from a jagged per-row tensor; TransferQueue returns a plain tensor when all rows match."""
+    return tensor.to_padded_tensor(padding=padding) if tensor.is_nested else tensor
+
+
+def row_lengths(tensor: torch.Tensor) -> torch.Tensor:
+    """(B,) long length of each row of a jagged (or plain, full-width) tensor."""
+    if tensor.is_nested:
+        return tensor.offsets().diff()
+    return torch.full((tensor.shape[0],), tensor.shape[1], dtype=torch.long)
+
+
+def dataproto_from_nested(td: Any, pad_token_id: int) -> DataProto:
+    """verl v1 TransferQueue fields (jagged `responses`/`response_mask`, non-tensor stacks) -> padded DataProto.
+
+    The response attention is every generated token (the row's length), as in verl's padded layout.
+    """
+    lengths = row_lengths(td["responses"])
+    responses = padded(td["responses"], pad_token_id)
+    attention = (torch.arange(responses.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    tensors = {
+        "responses": responses,
+        "response_mask": padded(td["response_mask"], 0),
+        "attention_mask": attention,
+    }
+    non_tensors = {key: object_array(tu.get(td, key)) for key in NON_TENSOR_KEYS if key in td.keys()}
+    return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors)

@@ -1,0 +1,671 @@
+"""castrl.integrations.verl on CPU: estimator on verl DataProto batches, teacher inputs, config, trainer hook.
+
+Needs the `verl` extra (skipped otherwise). The trainer-hook test also needs verl's TransferQueue
+(`verl[verl-core]`); it runs verl's real `_compute_advantage` against an in-memory stand-in for
+TransferQueue and a worker group that scores with a tiny CPU model. Nothing here needs a GPU, Ray
+or vLLM; docs/verl.md lists what only `scripts/gpu/verl_smoke.sh` can check.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+verl = pytest.importorskip("verl")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from verl import DataProto  # noqa: E402
+from verl.trainer.ppo.ray_trainer import compute_advantage  # noqa: E402
+from verl.utils import tensordict_utils as tu  # noqa: E402
+from verl.utils.model import compute_position_id_with_mask  # noqa: E402
+from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding  # noqa: E402
+
+from castrl.core import CastConfig, GRPOAdvConfig, compute_advantages  # noqa: E402
+from castrl.data import make_arithmetic  # noqa: E402
+from castrl.integrations.verl import (  # noqa: E402
+    TEACHER_KEY,
+    BoundInputs,
+    CastrlVerlConfig,
+    bind_estimator_inputs,
+    check_verl_config,
+    compute_castrl_advantage,
+    dataproto_from_nested,
+    group_ids_from_uids,
+    parse_castrl_config,
+    teacher_batch_from_dataproto,
+    verl_names,
+)
+from castrl.integrations.verl.data import verl_rows  # noqa: E402
+from castrl.teacher import build_teacher_prompt  # noqa: E402
+from castrl.testing import build_char_tokenizer, build_tiny_model  # noqa: E402
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "verl"
+TEACHER_NAMES = ["cast", "rlsd", "rlrt", "opsd"]
+
+
+# -- batch builders -------------------------------------------------------------------------------
+
+
+def _uids(n_groups: int, size: int, seed: int) -> np.ndarray:
+    """Group ids spread over the batch (not contiguous), as verl's balance_batch leaves them."""
+    uids = np.array([f"uid-{g}" for g in range(n_groups) for _ in range(size)], dtype=object)
+    return uids[np.random.default_rng(seed).permutation(len(uids))]
+
+
+def _rollout_batch(
+    seed: int = 0, n_groups: int = 4, size: int = 4, width: int = 7, n_pad_rows: int = 0
+) -> DataProto:
+    """verl-shaped rollout batch: right-padded responses, outcome reward on the last real token."""
+    gen = torch.Generator().manual_seed(seed)
+    uids = _uids(n_groups, size, seed)
+    n = len(uids)
+    lengths = torch.randint(1, width + 1, (n,), generator=gen)
+    mask = (torch.arange(width)[None] < lengths[:, None]).long()
+    group_of = {u: i for i, u in enumerate(sorted(set(uids)))}
+    p_correct = torch.tensor([0.0, 1.0, 0.5, 0.5, 0.3, 0.8])[[group_of[u] % 6 for u in uids]]
+    reward = (torch.rand(n, generator=gen) < p_correct).float()
+    scores = torch.zeros(n, width).scatter_(1, (lengths - 1)[:, None], reward[:, None])
+    student = -torch.rand(n, width, generator=gen) * 3
+    teacher = student + torch.randn(n, width, generator=gen) * 0.4
+    if n_pad_rows:  # verl's synthetic padding samples: one shared uid, no response token
+        uids = np.concatenate([uids, np.array(["pad-x"] * n_pad_rows, dtype=object)])
+        zeros = torch.zeros(n_pad_rows, width)
+        mask, scores = torch.cat([mask, zeros.long()]), torch.cat([scores, zeros])
+        student, teacher = torch.cat([student, zeros]), torch.cat([teacher, zeros])
+    tensors = {
+        "responses": torch.randint(3, 50, mask.shape, generator=gen) * mask,
+        "response_mask": mask,
+        "token_level_rewards": scores,
+        "token_level_scores": scores.clone(),
+        "old_log_probs": student * mask,
+        TEACHER_KEY: teacher * mask,
+    }
+    return DataProto.from_dict(tensors=tensors, non_tensors={"uid": uids})
+
+
+def _core(name: str, data: DataProto, config=None, rows=None) -> tuple[torch.Tensor, dict]:
+    """castrl.core on the same tensors, on `rows` (default: every row)."""
+    b = data.batch
+    rows = torch.arange(len(data)) if rows is None else rows
+    gids = group_ids_from_uids(data.non_tensor_batch["uid"])[rows]
+    return compute_advantages(
+        name,
+        b["token_level_rewards"].sum(-1)[rows],
+        gids,
+        b["old_log_probs"][rows],
+        b[TEACHER_KEY][rows],
+        b["response_mask"][rows].float(),
+        config,
+        0,
+    )
+
+
+# -- estimator ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cast", "grpo", "dr_grpo", "rlsd", "rlrt", "opsd"])
+def test_dataproto_estimator_matches_core(name):
+    data = _rollout_batch(seed=1)
+    stats = compute_castrl_advantage(data, CastrlVerlConfig(estimator=name))
+    expected, expected_stats = _core(name, data)
+    torch.testing.assert_close(data.batch["advantages"], expected.float())
+    torch.testing.assert_close(data.batch["returns"], expected.float())
+    assert stats["cast/frac_mixed"] == pytest.approx(expected_stats["cast/frac_mixed"])
+    assert data.batch["advantages"].abs().sum() > 0
+
+
+def test_dataproto_estimator_uses_the_configured_cast_fields_and_reward_key():
+    data = _rollout_batch(seed=2)
+    config = CastConfig(lam=0.5, flip_threshold="zero", mixed_only=True)
+    data.batch["token_level_rewards"] = data.batch["token_level_rewards"] - 0.3  # e.g. a KL penalty
+    compute_castrl_advantage(
+        data, CastrlVerlConfig(estimator="cast", estimator_config=config, reward_key="token_level_scores")
+    )
+    b = data.batch
+    gids = group_ids_from_uids(data.non_tensor_batch["uid"])
+    expected, _ = compute_advantages(
+        "cast",
+        b["token_level_scores"].sum(-1),
+        gids,
+        b["old_log_probs"],
+        b[TEACHER_KEY],
+        b["response_mask"].float(),
+        config,
+    )
+    torch.testing.assert_close(b["advantages"], expected.float())
+
+
+def test_padding_rows_are_left_out_of_groups():
+    data = _rollout_batch(seed=3, n_pad_rows=3)
+    stats = compute_castrl_advantage(data, CastrlVerlConfig())
+    real = torch.arange(len(data) - 3)
+    expected, expected_stats = _core("cast", data, rows=real)
+    torch.testing.assert_close(data.batch["advantages"][real], expected.float())
+    assert data.batch["advantages"][-3:].abs().sum() == 0
+    assert stats["cast/frac_all_wrong"] == pytest.approx(expected_stats["cast/frac_all_wrong"])
+    assert stats["cast/empty_rows_count"] == 3
+
+
+def test_group_ids_from_uids_groups_equal_ids_anywhere():
+    gids = group_ids_from_uids(np.array(["b", "a", "b", "c", "a"], dtype=object))
+    assert gids[0] == gids[2] and gids[1] == gids[4] and len(set(gids.tolist())) == 3
+    assert (
+        group_ids_from_uids(np.array([7, 3, 7])).tolist()[0]
+        == group_ids_from_uids(np.array([7, 3, 7])).tolist()[2]
+    )
+    with pytest.raises(ValueError, match="uid"):
+        group_ids_from_uids(None)
+
+
+def _bound(data: DataProto, settings: CastrlVerlConfig, uids=None) -> BoundInputs:
+    b = data.batch
+    return BoundInputs(
+        uids=data.non_tensor_batch["uid"] if uids is None else uids,
+        student_logps=b["old_log_probs"],
+        teacher_logps=b[TEACHER_KEY],
+        settings=settings,
+    )
+
+
+@pytest.mark.parametrize("name", TEACHER_NAMES)
+def test_verl_compute_advantage_calls_the_registered_estimator(name):
+    """verl's own compute_advantage, with `algorithm.adv_estimator=castrl_<name>`, equals castrl.core."""
+    data = _rollout_batch(seed=4)
+    settings = CastrlVerlConfig(estimator=name)
+    with bind_estimator_inputs(_bound(data, settings)) as bound:
+        out = compute_advantage(data, adv_estimator=f"castrl_{name}", num_repeat=4, config=None)
+    expected, _ = _core(name, data)
+    torch.testing.assert_close(out.batch["advantages"], expected.float())
+    assert "cast/adv_mean" in bound.stats and "cast/frac_all_correct" in bound.stats
+
+
+def test_cast_alias_and_every_name_is_registered():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    assert "cast" in verl_names()
+    for verl_name in verl_names():
+        assert callable(get_adv_estimator_fn(verl_name))
+
+
+def test_teacher_estimator_without_the_castrl_trainer_explains_the_fix():
+    data = _rollout_batch(seed=5)
+    with pytest.raises(ValueError, match="castrl_sync"):
+        compute_advantage(data, adv_estimator="cast", config=None)
+
+
+def test_castrl_grpo_matches_verl_grpo_with_verls_epsilon():
+    """Unbound castrl_grpo runs in stock verl; with verl's eps (1e-6) it is verl's GRPO exactly."""
+    data = _rollout_batch(seed=6)
+    ours = compute_advantage(data, adv_estimator="castrl_grpo", config=None).batch["advantages"].clone()
+    expected, _ = _core("grpo", data)
+    torch.testing.assert_close(ours, expected.float())
+    settings = CastrlVerlConfig(estimator="grpo", estimator_config=GRPOAdvConfig(std_eps=1e-6))
+    with bind_estimator_inputs(_bound(data, settings)):
+        ours = compute_advantage(data, adv_estimator="castrl_grpo", config=None).batch["advantages"].clone()
+    theirs = compute_advantage(data, adv_estimator="grpo", config=None).batch["advantages"]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_misaligned_rows_are_rejected():
+    data = _rollout_batch(seed=7)
+    shuffled = data.non_tensor_batch["uid"][::-1].copy()
+    with bind_estimator_inputs(_bound(data, CastrlVerlConfig(), uids=shuffled)):
+        with pytest.raises(ValueError, match="uid mismatch"):
+            compute_advantage(data, adv_estimator="cast", config=None)
+    bound = _bound(data, CastrlVerlConfig())
+    bound.teacher_logps = bound.teacher_logps[:, :-1]
+    with bind_estimator_inputs(bound), pytest.raises(ValueError, match="shape"):
+        compute_advantage(data, adv_estimator="cast", config=None)
+    with bind_estimator_inputs(_bound(data, CastrlVerlConfig(estimator="rlsd"))):
+        with pytest.raises(ValueError, match="adv_estimator"):
+            compute_advantage(data, adv_estimator="cast", config=None)
+
+
+# -- teacher inputs -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def verl_prompt_rows(tmp_path_factory, tokenizer):
+    """Prompt rows exactly as verl's RLHFDataset yields them, from a parquet written by castrl."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.utils import create_rl_dataset
+    from verl.utils.dataset.rl_dataset import collate_fn
+
+    path = tmp_path_factory.mktemp("verl_data") / "train.parquet"
+    problems = make_arithmetic("train", ("add1", "mul21"), n_per_level=3, seed=0)
+    pd.DataFrame(verl_rows(problems, "train")).to_parquet(path)
+    data_cfg = OmegaConf.create(
+        {"prompt_key": "prompt", "max_prompt_length": 400, "filter_overlong_prompts": False}
+    )
+    dataset = create_rl_dataset([str(path)], data_cfg, tokenizer, None, is_train=True)
+    return collate_fn([dataset[i] for i in range(len(dataset))]), problems
+
+
+def _with_responses(prompt_batch: dict, uids_per_prompt: int, seed: int) -> DataProto:
+    """Repeat prompts into groups, spread them over the batch and attach right-padded responses."""
+    n_prompts = len(prompt_batch["raw_prompt"])
+    order = np.random.default_rng(seed).permutation(n_prompts * uids_per_prompt)
+    src = np.repeat(np.arange(n_prompts), uids_per_prompt)[order]
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 9, (len(src),), generator=gen)
+    attention = (torch.arange(8)[None] < lengths[:, None]).long()
+    responses = torch.randint(3, 60, (len(src), 8), generator=gen) * attention + 2 * (1 - attention)
+    non_tensors = {k: prompt_batch[k][src] for k in ("raw_prompt", "reward_model", "extra_info")}
+    non_tensors["uid"] = np.array([f"u{i}" for i in src], dtype=object)
+    tensors = {
+        "responses": responses,
+        "response_mask": attention.clone(),
+        "attention_mask": torch.cat([torch.ones(len(src), 3, dtype=torch.long), attention], 1),
+    }
+    return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors)
+
+
+def _expected_prompt_ids(row_raw, row_rm, row_extra, tokenizer, context: str) -> list[int]:
+    example = {"prompt": list(row_raw), "problem": row_extra["question"], "answer": row_rm["ground_truth"]}
+    messages = build_teacher_prompt(example, context)
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+
+
+@pytest.mark.parametrize("context", ["self_teach", "with_answer", "student"])
+def test_teacher_batch_layout_from_verl_dataset_rows(verl_prompt_rows, tokenizer, context):
+    prompt_batch, _ = verl_prompt_rows
+    data = _with_responses(prompt_batch, uids_per_prompt=3, seed=0)
+    settings = CastrlVerlConfig(
+        teacher_context=context, teacher_weights="frozen" if context == "student" else "policy"
+    )
+    teacher, n_truncated = teacher_batch_from_dataproto(data, tokenizer, settings)
+    b = teacher.batch
+    width = b["prompts"].shape[1]
+    assert n_truncated == 0
+    assert torch.equal(b["responses"], data.batch["responses"])
+    assert torch.equal(b["input_ids"], torch.cat([b["prompts"], b["responses"]], 1))
+    assert torch.equal(b["position_ids"], compute_position_id_with_mask(b["attention_mask"]))
+    nt = data.non_tensor_batch
+    for i in range(len(data)):
+        expected = _expected_prompt_ids(
+            nt["raw_prompt"][i], nt["reward_model"][i], nt["extra_info"][i], tokenizer, context
+        )
+        n_pad = width - len(expected)
+        assert b["attention_mask"][i, :n_pad].sum() == 0 and b["attention_mask"][i, n_pad:width].all()
+        assert b["prompts"][i, n_pad:].tolist() == expected
+        assert torch.equal(b["attention_mask"][i, width:], data.batch["attention_mask"][i, -8:])
+    answer_in_prompt = str(nt["reward_model"][0]["ground_truth"]) in tokenizer.decode(b["prompts"][0])
+    assert answer_in_prompt == (context == "with_answer") or context == "student"
+
+
+def test_teacher_batch_rows_do_not_depend_on_batch_order(verl_prompt_rows, tokenizer):
+    prompt_batch, _ = verl_prompt_rows
+    data = _with_responses(prompt_batch, uids_per_prompt=2, seed=1)
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    settings = CastrlVerlConfig()
+    teacher, _ = teacher_batch_from_dataproto(data, tokenizer, settings)
+    shuffled, _ = teacher_batch_from_dataproto(data.select_idxs(perm), tokenizer, settings)
+
+    def strip(batch: DataProto, i: int) -> list[int]:
+        return batch.batch["input_ids"][i][batch.batch["attention_mask"][i].bool()].tolist()
+
+    for j, i in enumerate(perm.tolist()):
+        assert strip(shuffled, j) == strip(teacher, i)
+
+
+def test_teacher_prompts_are_cut_from_the_left(verl_prompt_rows, tokenizer):
+    prompt_batch, _ = verl_prompt_rows
+    data = _with_responses(prompt_batch, uids_per_prompt=1, seed=2)
+    full, _ = teacher_batch_from_dataproto(data, tokenizer, CastrlVerlConfig())
+    cut, n_truncated = teacher_batch_from_dataproto(
+        data, tokenizer, CastrlVerlConfig(teacher_max_prompt_length=20)
+    )
+    assert n_truncated == len(data) and cut.batch["prompts"].shape[1] == 20
+    assert torch.equal(cut.batch["prompts"], full.batch["prompts"][:, -20:])
+
+
+def test_teacher_batch_survives_verls_unpad_and_repad(verl_prompt_rows, tokenizer):
+    """A per-token value of token t+1 computed on verl's no-padding layout lands on response token t."""
+    prompt_batch, _ = verl_prompt_rows
+    data = _with_responses(prompt_batch, uids_per_prompt=2, seed=3)
+    teacher, _ = teacher_batch_from_dataproto(data, tokenizer, CastrlVerlConfig())
+    td = left_right_2_no_padding(teacher.to_tensordict())
+    values = [
+        torch.cat([ids[1:].float(), torch.zeros(1)]) for ids in td["input_ids"].unbind()
+    ]  # "next token"
+    nested = torch.nested.as_nested_tensor(values, layout=torch.jagged)
+    back = no_padding_2_padding(nested, td)
+    mask = data.batch["attention_mask"][:, -8:].bool()
+    assert torch.equal(back[mask], data.batch["responses"][mask].float())
+
+
+def test_dataproto_from_nested_pads_transfer_queue_fields():
+    raw = [
+        [{"role": "user", "content": "a"}],
+        [{"role": "user", "content": "b"}, {"role": "user", "content": "c"}],
+    ]
+    td = tu.get_tensordict(
+        {
+            "responses": torch.nested.as_nested_tensor(
+                [torch.tensor([5, 6, 7]), torch.tensor([8])], layout=torch.jagged
+            ),
+            "response_mask": torch.nested.as_nested_tensor(
+                [torch.tensor([1, 0, 1]), torch.tensor([1])], layout=torch.jagged
+            ),
+            "raw_prompt": raw,
+            "reward_model": [{"ground_truth": "1"}, {"ground_truth": "2"}],
+        }
+    )
+    data = dataproto_from_nested(td, pad_token_id=2)
+    assert data.batch["responses"].tolist() == [[5, 6, 7], [8, 2, 2]]
+    assert data.batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert data.batch["response_mask"].tolist() == [[1, 0, 1], [1, 0, 0]]
+    assert list(data.non_tensor_batch["raw_prompt"][1]) == raw[1] and data.non_tensor_batch[
+        "raw_prompt"
+    ].shape == (2,)
+    plain = dataproto_from_nested(
+        tu.get_tensordict(
+            {"responses": torch.ones(2, 3, dtype=torch.long), "response_mask": torch.ones(2, 3)}
+        ),
+        2,
+    )
+    assert plain.batch["attention_mask"].sum() == 6
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(EXAMPLES), version_base=None):
+        return compose(config_name="cast_gsm8k", overrides=list(overrides))
+
+
+def test_example_config_composes_with_verl_and_parses():
+    config = _compose("castrl.cast.lam=0.5", "castrl.cast.flip_threshold=quantile:0.1")
+    settings = check_verl_config(config)
+    assert settings.estimator == "cast" and settings.teacher_weights == "policy"
+    assert settings.estimator_config == CastConfig(lam=0.5, flip_threshold="quantile:0.1")
+    assert config.actor_rollout_ref.actor.clip_ratio_high == pytest.approx(0.28)
+    rlsd = check_verl_config(
+        _compose("algorithm.adv_estimator=castrl_rlsd", "+castrl.rlsd.rlsd_anneal_steps=10")
+    )
+    assert rlsd.estimator == "rlsd" and rlsd.estimator_config.rlsd_anneal_steps == 10
+
+
+def _smoke_overrides() -> list[str]:
+    """The Hydra overrides scripts/gpu/verl_smoke.sh passes, with its shell variables filled in."""
+    text = (REPO / "scripts" / "gpu" / "verl_smoke.sh").read_text()
+    found = re.findall(r"^\s+([a-z_][\w.]*=\S+?)\s*\\?$", text, flags=re.MULTILINE)
+    subs = {'"$WORK': '"/tmp/smoke', '"$MODEL"': "/models/m", '"$STEPS"': "3"}
+    out = []
+    for item in found:
+        for old, new in subs.items():
+            item = item.replace(old, new)
+        out.append(item.replace('"', "").replace("'", ""))
+    return out
+
+
+@pytest.mark.parametrize("overrides", [[], ["smoke"]], ids=["example", "gpu_smoke_script"])
+def test_shipped_configs_pass_verls_own_validation(overrides):
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    overrides = _smoke_overrides() if overrides else []
+    assert not overrides or "trainer.n_gpus_per_node=1" in overrides
+    config = _compose(*overrides)
+    check_verl_config(config)
+    validate_config(
+        config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
+    )
+
+
+def test_defaults_match_the_core_defaults():
+    settings = parse_castrl_config(None, "cast")
+    assert settings.estimator_config == CastConfig() and settings.teacher_context == "self_teach"
+    assert parse_castrl_config(
+        {"cast": {"band_pos": [0.7, 1.1]}}, "castrl_cast"
+    ).estimator_config.band_pos == (0.7, 1.1)
+
+
+@pytest.mark.parametrize(
+    ("section", "estimator", "error", "match"),
+    [
+        ({"teacher_contxt": "x"}, "cast", ValueError, r"castrl\.teacher_contxt"),
+        ({"cast": {"tau_pos": 0.1, "lamb": 1.0}}, "cast", ValueError, r"castrl\.cast\.lamb.*valid:.*lam"),
+        ({"cast": {"lam": "big"}}, "cast", TypeError, r"castrl\.cast\.lam"),
+        ({"cast": {"flip": 1}}, "cast", TypeError, r"castrl\.cast\.flip"),
+        ({"cast": {"band_pos": [1.2, 1.5]}}, "cast", ValueError, r"castrl\.cast: band_pos"),
+        ({"rlsd": {"rlsd_band": [0.8]}}, "cast", TypeError, r"castrl\.rlsd\.rlsd_band"),
+        ({"teacher_weights": "ema"}, "cast", ValueError, r"teacher_weights='ema' is not supported on verl"),
+        ({"teacher_weights": "lagged:5"}, "cast", ValueError, "not supported on verl"),
+        ({"teacher_context": "student"}, "cast", ValueError, r"castrl: teacher_context='student'"),
+        ({"teacher_context": "no field"}, "cast", ValueError, r"\{problem\}"),
+        ({"reward_key": "rm_scores"}, "cast", ValueError, r"castrl\.reward_key"),
+        ({"teacher_max_prompt_length": 0}, "cast", ValueError, r"castrl\.teacher_max_prompt_length"),
+        ({}, "grpo", ValueError, "not a castrl estimator"),
+        ([1, 2], "cast", TypeError, "castrl must be a mapping"),
+    ],
+)
+def test_config_errors_name_the_key(section, estimator, error, match):
+    with pytest.raises(error, match=match):
+        parse_castrl_config(section, estimator)
+
+
+def test_teacher_free_estimators_ignore_teacher_knobs():
+    settings = parse_castrl_config({"teacher_context": "student"}, "castrl_grpo")
+    assert settings.estimator == "grpo" and not settings.needs_teacher
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["trainer.v1.trainer_mode=sync"], "trainer_mode=castrl_sync"),
+        (["trainer.use_v1=false"], "use_v1"),
+        (["castrl.teacher_weights=frozen"], "use_kl_loss=True"),
+        (["actor_rollout_ref.rollout.n=1"], "rollout.n"),
+    ],
+)
+def test_verl_config_checks(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        check_verl_config(_compose(*overrides))
+
+
+def test_frozen_teacher_accepts_a_reference_model():
+    config = _compose("castrl.teacher_weights=frozen", "actor_rollout_ref.actor.use_kl_loss=true")
+    assert check_verl_config(config).teacher_weights == "frozen"
+    lora = _compose("castrl.teacher_weights=frozen", "actor_rollout_ref.model.lora_rank=8")
+    assert check_verl_config(lora).teacher_weights == "frozen"
+
+
+# -- verl hooks this integration depends on (fail loudly if a verl release moves them) -----------
+
+
+def test_verl_version_and_hook_order():
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    assert verl.__version__.startswith("0.9."), verl.__version__
+    step = inspect.getsource(PPOTrainer._step_once)
+    assert (
+        step.index("_compute_old_log_prob") < step.index("_compute_advantage") < step.index("_update_actor")
+    )
+    adv = inspect.getsource(PPOTrainer._compute_advantage)
+    assert "compute_advantage_for_multi_trajectories" in adv and '"uid"' in adv
+    assert 'adv_kwargs["index"] = data.non_tensor_batch["uid"]' in inspect.getsource(compute_advantage)
+
+
+def test_entry_point_wraps_verls_task_runner():
+    main = pytest.importorskip("castrl.integrations.verl.main")
+    from verl.trainer.main_ppo import TaskRunnerV1
+
+    assert issubclass(main._CastrlTaskRunner, TaskRunnerV1.__ray_actor_class__)
+    assert os.path.exists(os.path.join(main.VERL_CONFIG_DIR, "ppo_trainer.yaml"))
+
+
+# -- the trainer hook, against verl's real _compute_advantage ------------------------------------
+
+
+class _FakeTransferQueue:
+    """In-memory stand-in for TransferQueue's kv_batch_get / kv_batch_put (jagged per-row tensors)."""
+
+    def __init__(self, rows: dict[str, dict]):
+        self.rows = rows
+
+    def kv_batch_get(self, keys, partition_id, select_fields):
+        out = {}
+        for name in select_fields:
+            if all(name in self.rows[k] for k in keys):
+                values = [self.rows[k][name] for k in keys]
+                is_tensor = isinstance(values[0], torch.Tensor)
+                out[name] = (
+                    torch.nested.as_nested_tensor(values, layout=torch.jagged) if is_tensor else values
+                )
+        return tu.get_tensordict(out)
+
+    def kv_batch_put(self, keys, partition_id, fields=None, tags=None):
+        for name in fields.keys():
+            for key, value in zip(keys, fields[name].unbind(), strict=True):
+                self.rows[key][name] = value
+        from transfer_queue import KVBatchMeta
+
+        return KVBatchMeta(keys=list(keys), tags=[{} for _ in keys], partition_id=partition_id)
+
+
+class _TinyWorkers:
+    """Worker group stand-in: log-probs of the next token on verl's no-padding inputs, tiny model."""
+
+    def __init__(self, model):
+        self.model, self.flags = model, []
+
+    @torch.no_grad()
+    def compute_log_prob(self, td):
+        self.flags.append(("actor", tu.get(td, "no_lora_adapter", default=False), tu.get(td, "temperature")))
+        temperature = tu.get(td, "temperature")
+        out = []
+        for ids, pos in zip(td["input_ids"].unbind(), td["position_ids"].unbind(), strict=True):
+            logits = self.model(ids[None], position_ids=pos[None]).logits[0].float() / temperature
+            logp = torch.log_softmax(logits[:-1], -1).gather(-1, ids[1:, None])[:, 0]
+            out.append(torch.cat([logp, torch.zeros(1)]))
+        return tu.get_tensordict({"log_probs": torch.nested.as_nested_tensor(out, layout=torch.jagged)})
+
+    def compute_ref_log_prob(self, td):
+        self.flags.append(("ref",))
+        return self.compute_log_prob(td)
+
+
+def _direct_teacher_logps(
+    model, prompt_ids: list[int], response: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    ids = torch.tensor(prompt_ids + response.tolist())
+    with torch.no_grad():
+        logits = model(ids[None]).logits[0].float() / temperature
+    logp = torch.log_softmax(logits[:-1], -1).gather(-1, ids[1:, None])[:, 0]
+    return logp[-len(response) :]
+
+
+def _meta(keys: list[str]):
+    from transfer_queue import KVBatchMeta
+
+    return KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train")
+
+
+def _trainer(verl_prompt_rows, tokenizer, overrides=()):
+    pytest.importorskip("transfer_queue")
+    from castrl.integrations.verl import trainer as trainer_module
+
+    prompt_batch, _ = verl_prompt_rows
+    data = _with_responses(prompt_batch, uids_per_prompt=4, seed=5)
+    n = len(data)
+    gen = torch.Generator().manual_seed(5)
+    lengths = data.batch["response_mask"].sum(-1)
+    rows = {}
+    for i in range(n):
+        length = int(lengths[i])
+        reward = torch.zeros(length)
+        reward[-1] = float(torch.rand(1, generator=gen) < 0.5)
+        rows[f"{data.non_tensor_batch['uid'][i]}_{i}_0"] = {
+            "uid": data.non_tensor_batch["uid"][i],
+            "responses": data.batch["responses"][i, :length],
+            "response_mask": torch.ones(length, dtype=torch.long),
+            "rm_scores": reward,
+            "old_log_probs": -4.0 - torch.rand(length, generator=gen),
+            **{k: data.non_tensor_batch[k][i] for k in ("raw_prompt", "reward_model", "extra_info")},
+        }
+    config = _compose("actor_rollout_ref.rollout.temperature=0.7", *overrides)
+    trainer = trainer_module.CastrlPPOTrainerSync(config)  # workers are started by init(), not here
+    workers = _TinyWorkers(build_tiny_model(tokenizer, seed=1))
+    trainer.tokenizer = tokenizer
+    trainer.global_steps, trainer.ref_in_actor = 3, False
+    trainer.actor_rollout_wg = trainer.ref_policy_wg = workers
+    return trainer, _FakeTransferQueue(rows), workers
+
+
+def test_trainer_hook_scores_the_teacher_and_writes_castrl_advantages(
+    verl_prompt_rows, tokenizer, monkeypatch
+):
+    trainer, store, workers = _trainer(verl_prompt_rows, tokenizer)
+    import transfer_queue as tq
+
+    monkeypatch.setattr(tq, "kv_batch_get", store.kv_batch_get)
+    monkeypatch.setattr(tq, "kv_batch_put", store.kv_batch_put)
+    keys = list(store.rows)
+    metrics: dict = {}
+    trainer._compute_advantage(_meta(keys), metrics)
+
+    assert workers.flags and all(flag == ("actor", False, 0.7) for flag in workers.flags)
+    width = max(len(store.rows[k]["responses"]) for k in keys)
+    teacher = torch.zeros(len(keys), width)
+    student, mask, rewards = torch.zeros_like(teacher), torch.zeros_like(teacher), torch.zeros(len(keys))
+    for i, key in enumerate(keys):
+        row = store.rows[key]
+        ids = _expected_prompt_ids(
+            row["raw_prompt"], row["reward_model"], row["extra_info"], tokenizer, "self_teach"
+        )
+        length = len(row["responses"])
+        teacher[i, :length] = _direct_teacher_logps(workers.model, ids, row["responses"], 0.7)
+        student[i, :length], mask[i, :length], rewards[i] = row["old_log_probs"], 1, row["rm_scores"].sum()
+    gids = group_ids_from_uids(np.array([store.rows[k]["uid"] for k in keys], dtype=object))
+    expected, stats = compute_advantages(
+        "cast", rewards, gids, student, teacher, mask, trainer.castrl.estimator_config, 3
+    )
+    got = torch.nested.as_nested_tensor([store.rows[k]["advantages"] for k in keys], layout=torch.jagged)
+    torch.testing.assert_close(got.to_padded_tensor(0.0), expected, atol=2e-5, rtol=1e-4)
+    assert metrics["cast/frac_mixed"] == pytest.approx(stats["cast/frac_mixed"])
+    assert metrics["cast/teacher_truncated_count"] == 0 and metrics["cast/time_teacher_s"] >= 0
+    assert not math.isnan(metrics["cast/gap_abs_p95"])
+
+
+def test_trainer_hook_frozen_teacher_uses_the_reference_model(verl_prompt_rows, tokenizer, monkeypatch):
+    overrides = ("castrl.teacher_weights=frozen", "actor_rollout_ref.actor.use_kl_loss=true")
+    trainer, store, workers = _trainer(verl_prompt_rows, tokenizer, overrides)
+    import transfer_queue as tq
+
+    monkeypatch.setattr(tq, "kv_batch_get", store.kv_batch_get)
+    monkeypatch.setattr(tq, "kv_batch_put", store.kv_batch_put)
+    meta = _meta(list(store.rows))
+    trainer._compute_advantage(meta, {})
+    assert workers.flags[0] == ("ref",)
+    workers.flags.clear()
+    trainer.ref_in_actor = True  # LoRA: the base model is the frozen teacher
+    trainer._compute_advantage(meta, {})
+    assert workers.flags == [("actor", True, 0.7)]
+
+
+def test_castrl_sync_runs_as_verls_sync_mode(verl_prompt_rows, tokenizer):
+    """verl branches on trainer_mode == "sync"; the castrl trainer must take the sync branches."""
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    trainer, _, _ = _trainer(verl_prompt_rows, tokenizer)
+    assert trainer.trainer_mode == "sync" and type(trainer.replay_buffer) is ReplayBuffer
+    assert trainer.castrl.estimator == "cast"
