@@ -15,6 +15,14 @@ def main(argv: list[str] | None = None) -> int:
         from castrl.train import main as train_main
 
         return train_main(rest)
+    if command == "eval":
+        from castrl.eval_cli import main as eval_main
+
+        return eval_main(rest)
+    if command == "diagnose":
+        from castrl.diagnose_cli import main as diagnose_main
+
+        return diagnose_main(rest)
     if command == "bench":
         from castrl.bench import main as bench_main
 

@@ -1,13 +1,18 @@
 """Generation-based evaluation shared by `castrl train` (held-out before/after) and `castrl eval`.
 
-Evaluation uses the verifier and nothing else from the training reward path.
+Evaluation shares only the verifier (`Verifier`, `extract_final_answer`) with the training reward
+path. The metrics are pure functions of per-sample correctness and answer lists, so they are tested
+without a model: `pass_at_k` (Chen et al. 2021, unbiased), `majority_vote`/`maj_at_k`, `aggregate`.
+Completion length counts generated tokens up to and including the first EOS, as TRL's
+`completions/mean_length` does, so eval and training logs read the same.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -16,10 +21,194 @@ from castrl.data import build_prompt
 from castrl.rewards import Verifier
 
 _BOXED = re.compile(r"\\boxed\{\s*[^{}\s]")
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+class Completion(NamedTuple):
+    """One generated completion: decoded text and its length in tokens (EOS included)."""
+
+    text: str
+    tokens: int
+
+
+def is_boxed(text: str) -> bool:
+    """True when `text` holds a `\\boxed{...}` with non-empty content (the format the prompts ask for)."""
+    return bool(_BOXED.search(text))
+
+
+# --- metrics (pure) -------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k: 1 - C(n-c, k) / C(n, k) for `c` correct among `n` samples, 1 <= k <= n.
+
+    It is the chance that k samples drawn without replacement from the n contain a correct one
+    (Chen et al. 2021); 1.0 whenever n - c < k. Exact integer binomials, so no overflow or rounding
+    beyond the final division.
+    """
+    _check_int("n", n, 1)
+    _check_int("c", c, 0, n)
+    _check_int("k", k, 1, n)
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def vote_key(answer: str) -> str:
+    """String form an answer votes under: whitespace, `$`, a final period, `\\left`/`\\right` and
+    thousands commas dropped, `\\dfrac`/`\\tfrac` read as `\\frac`.
+
+    Deliberately string-level: `1/2` and `0.5` are different votes (merging them would need the
+    verifier on every pair of answers); the winner is then checked by the verifier.
+    """
+    text = re.sub(r"\s+", "", answer).strip("$").rstrip(".")
+    text = text.replace("\\left", "").replace("\\right", "")
+    text = re.sub(r"\\[dt]frac", r"\\frac", text)
+    if _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
+    return text
+
+
+def majority_vote(answers: Sequence[str | None]) -> int | None:
+    """Index of the sample whose answer wins the vote, or None when no sample has an answer.
+
+    Answers vote under `vote_key`; None (no answer extracted) does not vote. Tie rule: among the
+    answers with the most votes, the one that occurs first in sample order wins, and the index
+    returned is that first occurrence. Deterministic, and order-based like the samples themselves.
+    """
+    counts: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for index, answer in enumerate(answers):
+        if answer is None:
+            continue
+        key = vote_key(answer)
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, index)
+    if not counts:
+        return None
+    return first[max(counts, key=lambda key: (counts[key], -first[key]))]
+
+
+def maj_at_k(answers: Sequence[str | None], correct: Sequence[float], k: int) -> float:
+    """maj@k: share of the floor(n/k) disjoint blocks of k consecutive samples whose vote winner is correct.
+
+    Samples are i.i.d., so every block is a fair draw of k samples; using all full blocks (not just
+    the first) lowers the variance when n > k. A winner is correct when the verifier scored its
+    first occurrence correct; a block in which no sample has an answer counts as wrong.
+    """
+    if len(answers) != len(correct):
+        raise ValueError(f"answers and correct must have equal length, got {len(answers)} and {len(correct)}")
+    _check_int("k", k, 1, len(answers))
+    blocks = len(answers) // k
+    wins = 0.0
+    for b in range(blocks):
+        winner = majority_vote(answers[b * k : (b + 1) * k])
+        wins += 0.0 if winner is None else float(correct[b * k + winner])
+    return wins / blocks
+
+
+def problem_metrics(correct: Sequence[float], answers: Sequence[str | None], k: int) -> dict[str, Any]:
+    """avg (mean correctness of all n samples), pass@k, maj@k and the overall vote winner of one problem."""
+    n = len(correct)
+    n_correct = int(sum(correct))
+    winner = majority_vote(answers)
+    return {
+        "n_correct": n_correct,
+        "avg": n_correct / n,
+        "pass_at_k": pass_at_k(n, n_correct, k),
+        "maj_at_k": maj_at_k(answers, correct, k),
+        "maj_answer": None if winner is None else answers[winner],
+    }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def aggregate(rows: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
+    """Summary of per-problem rows (from `castrl eval`); problems whose gold is unparseable are skipped.
+
+    Means over scored problems: avg_at_k, pass_at_k, maj_at_k, greedy_accuracy, and pass@j for
+    j = 1, 2, 4, ... <= k (each from the same n samples). Means over all samples: boxed_rate,
+    answered_rate (an answer was extracted), mean_tokens; greedy_* likewise over greedy completions.
+    """
+    scored = [r for r in rows if not r["skipped"]]
+    samples = [s for r in rows for s in r["samples"]]
+    greedy = [r["greedy"] for r in rows if r.get("greedy")]
+    n = len(scored[0]["samples"]) if scored else 0
+    ks = [j for j in (2**i for i in range(k.bit_length())) if j <= k] + ([k] if k & (k - 1) else [])
+    return {
+        "n_problems": len(rows),
+        "n_scored": len(scored),
+        "avg_at_k": _mean([r["avg"] for r in scored]),
+        "pass_at_k": _mean([r["pass_at_k"] for r in scored]),
+        "maj_at_k": _mean([r["maj_at_k"] for r in scored]),
+        "pass_at": {str(j): _mean([pass_at_k(n, r["n_correct"], j) for r in scored]) for j in ks},
+        "boxed_rate": _mean([float(s["boxed"]) for s in samples]),
+        "answered_rate": _mean([float(s["answer"] is not None) for s in samples]),
+        "mean_tokens": _mean([s["tokens"] for s in samples]),
+        "greedy_accuracy": _mean([r["greedy"]["correct"] for r in scored if r.get("greedy")]),
+        "greedy_boxed_rate": _mean([float(g["boxed"]) for g in greedy]),
+        "greedy_mean_tokens": _mean([g["tokens"] for g in greedy]),
+    }
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end a completion: the generation config's EOS id(s), the tokenizer's EOS and pad."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    ids |= {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    return sorted(i for i in ids if i is not None)
+
+
+def _chunks(n_prompts: int, samples: int, batch_size: int) -> list[tuple[int, int, int]]:
+    """Generate calls as (first prompt, prompt count, sequences per prompt), each <= batch_size sequences.
+
+    Whole prompts are packed while `samples` fits in a batch; otherwise one prompt's samples are split
+    over several calls of at most `batch_size` sequences.
+    """
+    if samples <= batch_size:
+        per_call = batch_size // samples
+        return [(s, min(per_call, n_prompts - s), samples) for s in range(0, n_prompts, per_call)]
+    calls = []
+    for p in range(n_prompts):
+        calls += [(p, 1, min(batch_size, samples - done)) for done in range(0, samples, batch_size)]
+    return calls
+
+
+def _generate_batch(
+    model: Any, tokenizer: Any, chunk: Sequence[list[dict[str, str]]], stops: torch.Tensor, **kwargs: Any
+) -> list[Completion]:
+    """One generate call on `chunk`; rows come back prompt-major (prompt 0's samples first).
+
+    A completion ends at its first stop token (kept in the count, dropped from the text); after it,
+    generate only pads.
+    """
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    ids = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **kwargs)
+    new = ids[:, enc["input_ids"].shape[1] :].cpu()
+    is_stop = torch.isin(new, stops)
+    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, new.shape[1]).tolist()
+    rows = [row[:n] for row, n in zip(new, lengths, strict=True)]
+    decoded = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    return [Completion(text, n) for text, n in zip(decoded, lengths, strict=True)]
 
 
 @torch.no_grad()
-def generate(
+def generate_completions(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[list[dict[str, str]]],
@@ -31,34 +220,49 @@ def generate(
     num_return_sequences: int = 1,
     desc: str = "generate",
     progress: bool = True,
-) -> list[list[str]]:
-    """Completions for chat `prompts`: one list of `num_return_sequences` strings per prompt."""
+) -> list[list[Completion]]:
+    """`num_return_sequences` completions per chat prompt, at most `batch_size` sequences per generate call.
+
+    Sampling is plain ancestral sampling at `temperature` (top_p=1, top_k=0) from torch's global RNG,
+    so `torch.manual_seed` beforehand makes it reproducible for a fixed batch layout.
+    """
     was_training = model.training
     model.eval()
     tokenizer.padding_side = "left"
-    out: list[list[str]] = []
-    sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if do_sample else dict(do_sample=False)
-    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
+    sampling = dict(temperature=temperature, top_p=1.0, top_k=0) if do_sample else {}
+    stops = torch.tensor(_stop_ids(model, tokenizer))
+    out: list[list[Completion]] = [[] for _ in prompts]
+    total = len(prompts) * num_return_sequences
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="seq")
     try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            ids = model.generate(
-                **enc,
+        for first, count, per_prompt in _chunks(len(prompts), num_return_sequences, batch_size):
+            done = _generate_batch(
+                model,
+                tokenizer,
+                prompts[first : first + count],
+                stops,
                 max_new_tokens=max_new_tokens,
-                num_return_sequences=num_return_sequences,
-                pad_token_id=tokenizer.pad_token_id,
+                num_return_sequences=per_prompt,
+                do_sample=do_sample,
                 **sampling,
             )
-            decoded = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            for i in range(len(chunk)):
-                out.append(decoded[i * num_return_sequences : (i + 1) * num_return_sequences])
-            bar.update(len(chunk))
+            for row, completion in enumerate(done):
+                out[first + row // per_prompt].append(completion)
+            bar.update(len(done))
     finally:
         bar.close()
         model.train(was_training)
     return out
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    **kwargs: Any,
+) -> list[list[str]]:
+    """Texts only of `generate_completions` (same keyword arguments): one list of strings per prompt."""
+    return [[c.text for c in group] for group in generate_completions(model, tokenizer, prompts, **kwargs)]
 
 
 def greedy_accuracy(
@@ -72,15 +276,27 @@ def greedy_accuracy(
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Greedy accuracy, boxed rate and mean completion length (characters) on `records`."""
+    """Greedy accuracy, boxed rate, mean completion length (characters and tokens) and n on `records`."""
     prompts = [build_prompt(r["problem"], style) for r in records]
-    texts = [c[0] for c in generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                     batch_size=batch_size, desc="held-out eval", progress=progress)]
+    done = [
+        c[0]
+        for c in generate_completions(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            desc="held-out eval",
+            progress=progress,
+        )
+    ]
+    texts = [c.text for c in done]
     scores = verifier.score_batch(texts, [r["answer"] for r in records])
     valid = [s for s in scores if s is not None]
     return {
         "accuracy": sum(valid) / len(valid) if valid else float("nan"),
-        "boxed_rate": sum(bool(_BOXED.search(t)) for t in texts) / max(len(texts), 1),
+        "boxed_rate": sum(is_boxed(t) for t in texts) / max(len(texts), 1),
         "mean_chars": sum(len(t) for t in texts) / max(len(texts), 1),
+        "mean_tokens": sum(c.tokens for c in done) / max(len(done), 1),
         "n": float(len(valid)),
     }
