@@ -11,6 +11,7 @@ The math runs in fp32. Registered bodies receive a `PreparedBatch` (validated, g
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -52,6 +53,21 @@ class EstimatorSpec:
 ADVANTAGE_ESTIMATORS: Registry[EstimatorSpec] = Registry("advantage estimator")
 
 
+def _apply_mask(adv: torch.Tensor, batch: PreparedBatch) -> torch.Tensor:
+    """adv * mask; in place when `adv` is a fresh fp32 buffer of the body (not a view, not batch data).
+
+    On CPU a fresh (B, T) buffer costs page faults that outweigh the multiply itself.
+    """
+    owned = (
+        adv._base is None  # not a view (GRPO returns an expanded (B, 1) column)
+        and adv.dtype == torch.float32
+        and adv.shape == batch.mask.shape
+        and adv.is_contiguous()
+        and all(adv is not t for t in (batch.gap, batch.mask, batch.real))
+    )
+    return adv.mul_(batch.mask) if owned else adv * batch.mask
+
+
 def register_advantage(
     name: str, config_cls: type[EstimatorConfig], needs_teacher: bool
 ) -> Callable[[Body], AdvantageEstimator]:
@@ -71,7 +87,7 @@ def register_advantage(
                 rewards, group_ids, student_logps, teacher_logps, mask, config, needs_teacher, name
             )
             adv, stats = body(batch, config, step)
-            adv = (adv * batch.mask).detach().to(dtype=student_logps.dtype)
+            adv = _apply_mask(adv, batch).detach().to(dtype=student_logps.dtype)
             stats = {**group_metrics(batch), **stats, **advantage_metrics(adv, batch.mask)}
             if batch.gap is not None:
                 stats.update(gap_metrics(batch))
@@ -167,6 +183,9 @@ def opsd_advantages(batch: PreparedBatch, config: OPSDConfig, step: int):
 # CAST (spec §2)
 
 
+_MIN_SHAPING = torch.finfo(torch.float32).eps
+
+
 def cast_base(batch: PreparedBatch, config: CastConfig) -> torch.Tensor:
     """(B,) base advantage B_i: GRPO in mixed groups, +b_correct / -b_wrong in zero-variance ones."""
     g = batch.groups
@@ -178,14 +197,27 @@ def cast_base(batch: PreparedBatch, config: CastConfig) -> torch.Tensor:
     return torch.where(g.kind == MIXED, mixed, constant)
 
 
-def cast_weight(base: torch.Tensor, gap: torch.Tensor, config: CastConfig) -> torch.Tensor:
-    """(B, T) w = clip(exp(sign(B) g), band of sign(B)); 1 where B = 0."""
-    base = base[:, None]
-    pos = base > 0
+def _band(b: torch.Tensor, config: CastConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) per row, (B, 1): band_pos where B > 0, band_neg elsewhere."""
+    pos = b > 0
     lo = torch.where(pos, config.band_pos[0], config.band_neg[0])
-    hi = torch.where(pos, config.band_pos[1], config.band_neg[1])
-    weight = torch.exp(torch.sign(base) * gap).clamp(lo, hi)
-    return torch.where(base == 0, torch.ones_like(weight), weight)
+    return lo, torch.where(pos, config.band_pos[1], config.band_neg[1])
+
+
+def _weight_from_evidence(evidence: torch.Tensor, b: torch.Tensor, config: CastConfig) -> torch.Tensor:
+    """w = clip(exp(sign(B) g), band) computed in place over `evidence` = sign(B) g; 1 where B = 0."""
+    lo, hi = _band(b, config)
+    weight = evidence.exp_().clamp_(lo, hi)
+    zero = b == 0
+    if bool(zero.any()):  # exp(0 * g) = 1 already for finite g; kept exact for any input
+        weight.masked_fill_(zero, 1.0)
+    return weight
+
+
+def cast_weight(base: torch.Tensor, gap: torch.Tensor, config: CastConfig) -> torch.Tensor:
+    """(B, T) w = clip(exp(sign(B) g), band of sign(B)); 1 where B = 0. `gap` (B, T) finite fp32."""
+    b = base[:, None]
+    return _weight_from_evidence(torch.sign(b) * gap, b, config)
 
 
 def _top_fraction(score: torch.Tensor, eligible: torch.Tensor, q: float) -> torch.Tensor:
@@ -194,40 +226,81 @@ def _top_fraction(score: torch.Tensor, eligible: torch.Tensor, q: float) -> torc
     order = score.argsort(dim=1, descending=True, stable=True)
     positions = torch.arange(score.shape[1], device=score.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(1, order, positions)
-    quota = torch.ceil(q * eligible.sum(dim=1, keepdim=True).float())
+    # ceil(q n) in fp64 less a hair: q n is often meant to be an integer (0.6 * 25, 0.7 * 10) and a
+    # rounding error above it (fp32: 15.000001) would flip one token too many
+    quota = torch.ceil(q * eligible.sum(dim=1, keepdim=True).double() - 1e-9)
     return eligible & (rank < quota)
+
+
+def _flip_from_evidence(
+    evidence: torch.Tensor, b: torch.Tensor, gap: torch.Tensor, config: CastConfig
+) -> torch.Tensor:
+    """(B, T) bool F+ | F- from `evidence` = sign(B) g: g < -tau_pos where B > 0, g > tau_neg where B < 0.
+
+    Both rules read "sign(B) g below minus the row's tau" (negation is exact), so one comparison
+    against a per-row bound (-inf where B = 0) gives both sets; F+ is its rows with B > 0. The gap is
+    0 on padding and every bound is <= 0, so padding never flips.
+    """
+    tau_pos, tau_neg = config.flip_taus()
+    bound = torch.where(b > 0, -tau_pos, torch.where(b < 0, -tau_neg, -math.inf))
+    flip = evidence < bound
+    q = config.flip_quantile()
+    if q is not None:  # only the top-q of each rollout's disagreeing tokens, by |g|
+        flip = _top_fraction(gap.abs(), flip, q)
+    return flip
 
 
 def flip_masks(base: torch.Tensor, gap: torch.Tensor, mask: torch.Tensor, config: CastConfig):
     """(F+, F-) as (B, T) bool: teacher-negative tokens of B > 0 rollouts, teacher-positive of B < 0."""
-    tau_pos, tau_neg = config.flip_taus()
-    real = mask > 0
-    flip_pos = (base[:, None] > 0) & (gap < -tau_pos) & real
-    flip_neg = (base[:, None] < 0) & (gap > tau_neg) & real
-    q = config.flip_quantile()
-    if q is not None:  # only the top-q of each rollout's disagreeing tokens, by |g|
-        top = _top_fraction(gap.abs(), flip_pos | flip_neg, q)
-        flip_pos, flip_neg = flip_pos & top, flip_neg & top
-    return flip_pos, flip_neg
+    b = base[:, None]
+    flip = _flip_from_evidence(torch.sign(b) * gap, b, gap, config) & (mask > 0)
+    return flip & (b > 0), flip & (b < 0)
+
+
+def _shape(weight: torch.Tensor, b: torch.Tensor, config: CastConfig) -> torch.Tensor:
+    """A_hat = B (1 + lam (w - 1)), in place over `weight` (which it consumes); the same sign as B.
+
+    The config keeps 1 + lam (w - 1) > 0, but with lam (1 - lo) just below 1 fp32 rounds it to 0 or
+    below, so there the factor is floored at fp32's epsilon (the floor pass is skipped when the
+    factor is provably far from 0; lam = 1 skips an exact multiply).
+    """
+    factor = weight.sub_(1)
+    if config.lam != 1:
+        factor.mul_(config.lam)
+    factor.add_(1)
+    min_factor = min(1 + config.lam * (lo - 1) for lo in (config.band_pos[0], config.band_neg[0]))
+    if min_factor <= 1e-6 * (config.lam + 2):  # fp32 error of the factor is < 3e-7 (lam + 1)
+        factor.clamp_(min=_MIN_SHAPING)
+    return factor.mul_(b)
+
+
+def _flip(shaped: torch.Tensor, base: torch.Tensor, flip: torch.Tensor, config: CastConfig) -> torch.Tensor:
+    """Spec §2.4 on the flipped tokens: -kappa_pos |A_hat| if B > 0, +min(kappa_neg |A_hat|, pos_cap |B|) if B < 0.
+
+    sign(A_hat) = sign(B), so |A_hat| kappa = A_hat * (-kappa) row by row (bit-identical, one pass).
+    Writes into `shaped`: every fresh (B, T) buffer costs page faults that outweigh the arithmetic.
+    """
+    coef = torch.where(base > 0, -config.kappa_pos, -config.kappa_neg)[:, None]
+    cap = torch.where(base < 0, config.pos_cap * base.abs(), math.inf)[:, None]
+    return torch.where(flip, (shaped * coef).clamp_(max=cap), shaped, out=shaped)
 
 
 @register_advantage("cast", CastConfig, needs_teacher=True)
 def cast_token_advantages(batch: PreparedBatch, config: CastConfig, step: int):
     """CAST: base advantage, asymmetric clipped teacher weight, sign-preserving shaping, flips, band."""
     base = cast_base(batch, config)  # (B,)
-    weight = cast_weight(base, batch.gap, config)  # (B, T)
-    shaped = base[:, None] * (1 + config.lam * (weight - 1))  # same sign as B (checked in config)
-    adv = shaped
-    flip_pos = flip_neg = torch.zeros_like(batch.mask, dtype=torch.bool)
-    if config.flip:
-        flip_pos, flip_neg = flip_masks(base, batch.gap, batch.mask, config)
-        capped = torch.minimum(config.kappa_neg * shaped.abs(), config.pos_cap * base.abs()[:, None])
-        adv = torch.where(flip_pos, -config.kappa_pos * shaped.abs(), adv)
-        adv = torch.where(flip_neg, capped, adv)
-    adv = adv.clamp(-config.adv_clip, config.adv_clip)
-    stats = flip_metrics(flip_pos, flip_neg, batch)
-    stats["cast/weight_mean"] = float(weight[batch.mask > 0].mean().item()) if batch.mask.any() else float("nan")
-    stats["cast/frac_base_zero"] = float((base == 0).float().mean().item()) if base.numel() else float("nan")
+    b = base[:, None]
+    evidence = torch.sign(b) * batch.gap  # (B, T) sign(B) g: < 0 where the teacher disagrees with B
+    flip = _flip_from_evidence(evidence, b, batch.gap, config) if config.flip else torch.zeros_like(batch.real)
+    weight = _weight_from_evidence(evidence, b, config)  # (B, T), reuses evidence's memory
+    n_real = float(batch.mask.sum().item())
+    weight_mean = float(torch.dot(weight.reshape(-1), batch.mask.reshape(-1)).item()) / n_real if n_real else math.nan
+    shaped = _shape(weight, b, config)
+    adv = _flip(shaped, base, flip, config) if config.flip else shaped
+    adv = adv.clamp_(-config.adv_clip, config.adv_clip)
+    stats = flip_metrics(flip, base, batch)
+    stats["cast/weight_mean"] = weight_mean
+    stats["cast/frac_base_zero"] = float((base == 0).float().mean().item()) if base.numel() else math.nan
     return adv, stats
 
 

@@ -8,6 +8,7 @@ reconstruction (a default the paper may not use; change it here, not in code).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,6 +28,8 @@ def _check_band(name: str, band: tuple[float, float]) -> None:
 def _check_nonneg(obj: object, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{type(obj).__name__}.{name} must be a number, got {type(value).__name__} {value!r}")
         if not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"{type(obj).__name__}.{name} must be a finite number >= 0, got {value!r}")
 
@@ -158,7 +161,9 @@ class CastConfig(EstimatorConfig):
         _check_nonneg(self, "b_correct", "b_wrong", "lam", "tau_pos", "tau_neg", "kappa_pos", "kappa_neg")
         _check_nonneg(self, "pos_cap", "adv_clip")
         for name, (lo, _) in (("band_pos", self.band_pos), ("band_neg", self.band_neg)):
-            if 1 + self.lam * (lo - 1) <= 0:  # spec §2.3: the shaping must never flip B's sign
+            # spec §2.3: the shaping must never flip B's sign. The 1e-9 slack rejects the exact boundary
+            # given in decimals (lam=5, lo=0.8), which fp64 rounds to just inside it
+            if self.lam * (1 - lo) >= 1 - 1e-9:
                 raise ValueError(
                     f"lam={self.lam} with {name} lo={lo} makes 1 + lam (w - 1) <= 0, so shaping would flip "
                     f"the sign of B; use lam < {1 / (1 - lo):.3g} or a narrower band"
@@ -173,7 +178,10 @@ class CastConfig(EstimatorConfig):
         match = _QUANTILE.match(self.flip_threshold)
         if match is None:
             return None
-        q = float(match["q"])
+        try:
+            q = float(match["q"])
+        except ValueError:
+            q = math.nan  # e.g. 'quantile:1e': reported below with the field name
         if not 0 < q <= 1:
             raise ValueError(f"flip_threshold 'quantile:<q>' needs 0 < q <= 1, got {self.flip_threshold!r}")
         return q

@@ -6,6 +6,7 @@ bodies then see fp32 tensors of known shape, a float mask, and a finite, clamped
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ class PreparedBatch:
     rewards: torch.Tensor  # (B,) fp32
     groups: GroupStats
     mask: torch.Tensor  # (B, T) fp32 in {0, 1}
+    real: torch.Tensor  # (B, T) bool, mask > 0: the real tokens every statistic is over
     gap: torch.Tensor | None  # (B, T) fp32, detached, clamped, 0 on padding and where non-finite
     n_nonfinite_gap: int
 
@@ -33,13 +35,15 @@ def _check_tensor(name: str, value: object, ndim: int) -> torch.Tensor:
     return value
 
 
-def _check_mask(mask: object, shape: torch.Size) -> torch.Tensor:
+def _check_mask(mask: object, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real (B, T) bool, mask (B, T) fp32 in {0, 1}): a float mask counts as real where > 0."""
     mask = _check_tensor("mask", mask, 2)
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise ValueError(f"mask must be a bool or float tensor, got dtype {mask.dtype}")
     if mask.shape != shape:
         raise ValueError(f"mask must have the shape of student_logps {tuple(shape)}, got {tuple(mask.shape)}")
-    return mask.float()
+    real = mask if mask.dtype == torch.bool else mask > 0
+    return real, real.float()
 
 
 def prepare_batch(
@@ -71,7 +75,7 @@ def prepare_batch(
     if not torch.isfinite(rewards).all():
         bad = torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()[:5]
         raise ValueError(f"rewards must be finite; non-finite at rows {bad} (filter or replace them first)")
-    fmask = _check_mask(mask, student_logps.shape)
+    real, fmask = _check_mask(mask, student_logps.shape)
     gap, n_bad = None, 0
     if teacher_logps is not None:
         teacher_logps = _check_tensor("teacher_logps", teacher_logps, 2)
@@ -80,24 +84,35 @@ def prepare_batch(
                 f"teacher_logps must have the shape of student_logps {tuple(student_logps.shape)}, "
                 f"got {tuple(teacher_logps.shape)}"
             )
-        gap, n_bad = sanitize_gap(teacher_logps, student_logps, fmask, config.gap_clip)
+        gap, n_bad = sanitize_gap(teacher_logps, student_logps, real, config.gap_clip)
     elif needs_teacher:
         raise ValueError(f"advantage estimator {estimator!r} needs teacher_logps, got None")
     return PreparedBatch(
         rewards=rewards.detach().float(),
         groups=group_stats(rewards.detach(), group_ids, config.correct_threshold),
         mask=fmask,
+        real=real,
         gap=gap,
         n_nonfinite_gap=n_bad,
     )
 
 
 def sanitize_gap(
-    teacher_logps: torch.Tensor, student_logps: torch.Tensor, mask: torch.Tensor, clip: float
+    teacher_logps: torch.Tensor, student_logps: torch.Tensor, real: torch.Tensor, clip: float
 ) -> tuple[torch.Tensor, int]:
-    """g = u - s in fp32, detached; non-finite real tokens -> 0 (counted), padding -> 0, clamp ±clip."""
+    """g = u - s in fp32, detached; non-finite real tokens -> 0 (counted), padding -> 0, clamp ±clip.
+
+    `real` is the (B, T) bool mask of real tokens. NaN and ±inf propagate to min and max, so one
+    aminmax reduction proves every entry finite (the common case skips the slow isfinite pass) and
+    tells whether the clamp has anything to do.
+    """
     gap = teacher_logps.detach().float() - student_logps.detach().float()
-    real = mask > 0
+    if gap.numel() == 0:
+        return gap, 0
+    low, high = (float(v.item()) for v in torch.aminmax(gap))
+    if math.isfinite(low) and math.isfinite(high):  # in place: fresh 4 MB buffers cost page faults
+        gap = torch.where(real, gap, torch.zeros((), dtype=gap.dtype, device=gap.device), out=gap)
+        return (gap.clamp_(-clip, clip) if low < -clip or high > clip else gap), 0
     finite = torch.isfinite(gap)
     n_bad = int((real & ~finite).sum().item())
     gap = torch.where(real & finite, gap, torch.zeros_like(gap)).clamp(-clip, clip)

@@ -110,10 +110,11 @@ def _check_loss_inputs(logps, old_logps, advantages, mask, ref_logps, beta) -> t
             f"logps, old_logps and mask must share one (B, T) shape, got {tuple(logps.shape)}, "
             f"{tuple(old_logps.shape)}, {tuple(mask.shape)}"
         )
+    given = tuple(advantages.shape)
     if advantages.ndim == 1:
         advantages = advantages[:, None]
-    if advantages.shape[0] != logps.shape[0] or advantages.shape[1] not in (1, logps.shape[1]):
-        raise ValueError(f"advantages must be (B,) or (B, T) for logps {tuple(logps.shape)}, got {tuple(advantages.shape)}")
+    if advantages.ndim != 2 or advantages.shape[0] != logps.shape[0] or advantages.shape[1] not in (1, logps.shape[1]):
+        raise ValueError(f"advantages must be (B,) or (B, T) for logps {tuple(logps.shape)}, got {given}")
     if beta > 0 and (ref_logps is None or ref_logps.shape != logps.shape):
         raise ValueError("beta > 0 needs ref_logps with the shape of logps")
     return advantages.expand_as(logps)

@@ -6,6 +6,8 @@ tokens this step" must not read as "value 0".
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .groups import ALL_CORRECT, ALL_WRONG, MIXED
@@ -14,13 +16,108 @@ from .inputs import PreparedBatch
 NAN = float("nan")
 
 
-def _abs_quantile(values: torch.Tensor, q: float) -> float:
-    """q-quantile of |values| (nearest-rank), via kthvalue: no element limit, unlike torch.quantile."""
-    n = values.numel()
+# Gap statistics are split by rollout class (correct, wrong) x gap sign (pos: g > 0, neg: g < 0);
+# real tokens with g = 0 count in the class totals and the overall statistics only.
+_SPLITS = (("correct", "pos"), ("correct", "neg"), ("wrong", "pos"), ("wrong", "neg"))
+_KEY_SHIFT = 20  # keys keep the float32 sign bit, 8 exponent bits and 3 mantissa bits of g
+_HALF = 1 << (31 - _KEY_SHIFT)  # keys per sign: bins ordered like |g| (1/8 of an octave wide)
+
+
+def _split_moments(
+    gap: torch.Tensor, classes: list[torch.Tensor], scratch: torch.Tensor
+) -> list[tuple[float, float, float]]:
+    """(count, mean, sum of squared deviations) of g per split, in _SPLITS order.
+
+    Two passes (mean, then deviations) over fp32 row sums combined across rows in fp64: as exact
+    as torch's mean/std, without materialising any split (boolean indexing dominated the step).
+    Float masks from sign(g) (+1 / -1 on the split, 0 elsewhere; g is 0 on padding) multiply
+    without bool -> float copies; two (B, T) buffers (`scratch` and the mask) serve every pass,
+    since on CPU each fresh (B, T) buffer costs page faults that outweigh the arithmetic.
+    """
+    in_split = torch.empty_like(gap)
+    out = []
+    for sign in (1.0, -1.0):  # the mask is +1 on g > 0, then -1 on g < 0 (sums come out negated)
+        torch.sign(gap, out=in_split)
+        if sign > 0:
+            in_split.clamp_(min=0)
+        else:
+            in_split.clamp_(max=0)
+        n_rows = in_split.sum(dim=1).double() * sign  # exact: fp32 holds integers up to 2^24
+        s_rows = torch.mul(gap, in_split, out=scratch).sum(dim=1).double() * sign
+        counts = [float(n_rows[r].sum().item()) for r in classes]
+        means = [float(s_rows[r].sum().item()) / n if n else 0.0 for r, n in zip(classes, counts, strict=True)]
+        row_mean = torch.zeros(gap.shape[0], 1, dtype=gap.dtype, device=gap.device)
+        for r, mean in zip(classes, means, strict=True):
+            row_mean[r] = mean
+        dev2 = torch.sub(gap, row_mean, out=scratch).square_().mul_(in_split)
+        m2_rows = dev2.sum(dim=1).double() * sign
+        out += [(n, m, float(m2_rows[r].sum().item())) for r, n, m in zip(classes, counts, means, strict=True)]
+    return [out[0], out[2], out[1], out[3]]  # (pos, neg) x (correct, wrong) -> _SPLITS order
+
+
+def _pooled_mean_std(parts: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """Mean and population std of the union of disjoint parts (Chan et al.'s pooled variance); NaN if empty."""
+    n = sum(p[0] for p in parts)
     if n == 0:
-        return NAN
-    k = min(n, max(1, int(round(q * (n - 1))) + 1))
-    return float(values.abs().kthvalue(k).values.item())
+        return NAN, NAN
+    mean = sum(p[0] * p[1] for p in parts) / n
+    m2 = sum(p[2] + p[0] * (p[1] - mean) ** 2 for p in parts)
+    return mean, math.sqrt(max(m2, 0.0) / n)
+
+
+def _gap_keys(gap: torch.Tensor, correct: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(B*T,) int32 histogram key of each token: 4 ranges of _HALF bins, ordered like |g| within each.
+
+    An arithmetic shift of g's float32 bits gives -_HALF + bin for g < 0 (bits of -0.0 included)
+    and bin for g >= 0, so range 2 * class + (g >= 0) with class 0 = correct, 1 = wrong. Bin 0 holds
+    only zeros and tiny subnormals; padding (g = +0) lands there and is filtered out later. `out`:
+    an optional (B, T) 4-byte scratch buffer to write into (saves a fresh allocation).
+    """
+    offset = torch.where(correct, _HALF, 3 * _HALF).to(torch.int32)[:, None]
+    key = None if out is None else out.view(torch.int32)
+    key = torch.bitwise_right_shift(gap.view(torch.int32), _KEY_SHIFT, out=key)
+    return key.add_(offset).reshape(-1)
+
+
+def _abs_quantiles(
+    gap: torch.Tensor, real: torch.Tensor, key: torch.Tensor, subsets: list[tuple[list[int], int, int]], q: float
+) -> list[float]:
+    """Nearest-rank q-quantile of |g| over token subsets, exactly what kthvalue gives; NaN if empty.
+
+    A subset is (key ranges, exact size n, sign filter +1 / -1 / 0 for none) over real tokens. One
+    histogram of the keys locates the bin of the k-th |g| (bins >= 1 hold only real nonzero g of
+    their range, so their counts are exact; bin 0 gets n minus the rest); only the tokens of those
+    few bins are gathered for a final kthvalue. This replaced boolean indexing plus kthvalue over
+    ~1M tokens, which dominated the CAST step.
+    """
+    hist = torch.bincount(key, minlength=4 * _HALF).view(4, _HALF)
+    wanted = torch.zeros(4 * _HALF, dtype=torch.bool, device=key.device)
+    plans: list[tuple[list[int], int, int] | None] = []
+    for ranges, n, sign in subsets:
+        if n == 0:
+            plans.append(None)
+            continue
+        counts = hist[ranges].sum(0)
+        counts[0] = n - counts[1:].sum()  # bin 0 also holds padding and g = ±0 outside a sign split
+        k = min(n, max(1, int(round(q * (n - 1))) + 1))  # nearest rank, 1-based
+        cum = counts.cumsum(0)
+        b = int((cum < k).sum().item())
+        keys = [r * _HALF + b for r in ranges]
+        wanted[keys] = True
+        plans.append((keys, k - int((cum[b] - counts[b]).item()), sign))
+    idx = wanted.index_select(0, key).nonzero().squeeze(1)
+    cand_key, cand_gap, cand_real = key[idx], gap.reshape(-1)[idx], real.reshape(-1)[idx]
+    out = []
+    for plan in plans:
+        if plan is None:
+            out.append(NAN)
+            continue
+        keys, rank, sign = plan
+        take = cand_real & torch.isin(cand_key, torch.tensor(keys, dtype=cand_key.dtype, device=cand_key.device))
+        if sign:
+            take &= cand_gap * sign > 0
+        out.append(float(cand_gap[take].abs().kthvalue(rank).values.item()))
+    return out
 
 
 def _mean_std(values: torch.Tensor) -> tuple[float, float]:
@@ -63,37 +160,48 @@ def advantage_metrics(adv: torch.Tensor, mask: torch.Tensor) -> dict[str, float]
 def gap_metrics(batch: PreparedBatch) -> dict[str, float]:
     """Gap mean/std/|g| p95 overall and per (correct, wrong) x (teacher-positive, teacher-negative).
 
-    `gap_<c>_<s>_frac` is the share of that rollout class's tokens with that gap sign.
+    `gap_<c>_<s>_frac` is the share of that rollout class's tokens with that gap sign. The p95 is the
+    nearest-rank quantile (k = round(0.95 (n - 1)) + 1) of |g|; std is the population std.
     """
     assert batch.gap is not None, "gap_metrics needs a teacher gap"
-    gap, real = batch.gap, batch.mask > 0
+    gap, correct = batch.gap, batch.groups.correct
+    classes = [correct, ~correct]
+    scratch = torch.empty_like(gap)
+    splits = _split_moments(gap, classes, scratch)  # _SPLITS order
+    real_rows = batch.mask.sum(dim=1)
+    n_class = [int(real_rows[rows].sum().item()) for rows in classes]
+    zeros = [(n_class[c] - splits[2 * c][0] - splits[2 * c + 1][0], 0.0, 0.0) for c in range(2)]
+    # key range of split i: 2 * class + (1 for pos, 0 for neg); sign filter +1 / -1
+    subsets = [([0, 1, 2, 3], sum(n_class), 0)]
+    subsets += [([2 * (i // 2) + 1 - i % 2], int(splits[i][0]), 1 - 2 * (i % 2)) for i in range(4)]
+    p95 = _abs_quantiles(gap, batch.real, _gap_keys(gap, correct, out=scratch), subsets, 0.95)
     out: dict[str, float] = {"cast/gap_nonfinite_count": float(batch.n_nonfinite_gap)}
-    out["cast/gap_mean"], out["cast/gap_std"] = _mean_std(gap[real])
-    out["cast/gap_abs_p95"] = _abs_quantile(gap[real], 0.95)
-    correct = batch.groups.correct[:, None]
-    for cls_name, cls_rows in (("correct", correct), ("wrong", ~correct)):
-        cls_tokens = real & cls_rows
-        n_cls = int(cls_tokens.sum().item())
-        for sign_name, sign_tokens in (("pos", gap > 0), ("neg", gap < 0)):
-            values = gap[cls_tokens & sign_tokens]
-            key = f"cast/gap_{cls_name}_{sign_name}"
-            out[f"{key}_frac"] = values.numel() / n_cls if n_cls else NAN
-            out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
-            out[f"{key}_abs_p95"] = _abs_quantile(values, 0.95)
+    out["cast/gap_mean"], out["cast/gap_std"] = _pooled_mean_std(splits + zeros)
+    out["cast/gap_abs_p95"] = p95[0]
+    for i, (cls_name, sign_name) in enumerate(_SPLITS):
+        n_cls = n_class[i // 2]
+        key = f"cast/gap_{cls_name}_{sign_name}"
+        out[f"{key}_frac"] = splits[i][0] / n_cls if n_cls else NAN
+        out[f"{key}_mean"], out[f"{key}_std"] = _pooled_mean_std([splits[i]])
+        out[f"{key}_abs_p95"] = p95[1 + i]
     return out
 
 
-def flip_metrics(flip_pos: torch.Tensor, flip_neg: torch.Tensor, batch: PreparedBatch) -> dict[str, float]:
-    """Flipped-token fractions among real tokens of correct and of wrong rollouts, and overall."""
-    real = batch.mask > 0
-    flipped = (flip_pos | flip_neg) & real
-    correct = batch.groups.correct[:, None]
+def flip_metrics(flip: torch.Tensor, base: torch.Tensor, batch: PreparedBatch) -> dict[str, float]:
+    """Flipped-token fractions among real tokens of correct and of wrong rollouts, and overall.
+
+    `flip` (B, T) bool is F+ | F- (real tokens only), `base` (B,) the base advantage: a flipped
+    token is in F+ when its row has B > 0. Counted per row first, then split on (B,) vectors.
+    """
+    real_rows = batch.mask.sum(dim=1).long()  # mask is fp32 in {0, 1}: exact counts
+    flip_rows = torch.count_nonzero(flip, dim=1)  # flip holds real tokens; no bool -> int (B, T) copy
+    correct = batch.groups.correct
     out = {}
     for name, rows in (("correct", correct), ("wrong", ~correct)):
-        n = int((real & rows).sum().item())
-        out[f"cast/flip_frac_{name}"] = float((flipped & rows).sum().item()) / n if n else NAN
-    n_real = int(real.sum().item())
-    out["cast/flip_frac"] = float(flipped.sum().item()) / n_real if n_real else NAN
-    out["cast/flip_pos_count"] = float((flip_pos & real).sum().item())
-    out["cast/flip_neg_count"] = float((flip_neg & real).sum().item())
+        n = int(real_rows[rows].sum().item())
+        out[f"cast/flip_frac_{name}"] = float(flip_rows[rows].sum().item()) / n if n else NAN
+    n_real = int(real_rows.sum().item())
+    out["cast/flip_frac"] = float(flip_rows.sum().item()) / n_real if n_real else NAN
+    out["cast/flip_pos_count"] = float(flip_rows[base > 0].sum().item())
+    out["cast/flip_neg_count"] = float(flip_rows[base < 0].sum().item())
     return out

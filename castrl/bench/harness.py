@@ -1,0 +1,216 @@
+"""The benchmark grid: (tier, method, seed) cells, each cached on disk as one JSON file.
+
+Why a cache: a full grid takes about an hour (tiny tier) to days (smollm2 tier) on 2 CPU cores, so it
+must be completable over several invocations. A cell's file name carries a hash of its *full*
+config (tier settings, method overrides, seed, harness version), so changing any knob makes a new
+cell instead of silently reusing a stale one. A cell that raises is reported and not cached, so the
+next invocation retries it. Cells run seed-major (every method of seed 0, then seed 1, ...) so a
+partial grid still holds complete, paired seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+# Bump when the meaning of a cached result changes (what is measured, how), so old cells are not reused.
+HARNESS_VERSION = 1
+DEFAULT_CACHE_DIR = "bench_cache"
+
+
+# --- methods ----------------------------------------------------------------------------------------
+
+# Method name -> CASTConfig overrides common to every tier. Teacher fields that depend on the tier
+# (which context/weights make a meaningful teacher there) are filled in by `method_overrides`.
+_BASE_METHODS: dict[str, dict[str, Any]] = {
+    "grpo": {"advantage_estimator": "grpo"},
+    "dr_grpo": {"advantage_estimator": "dr_grpo", "loss_type": "dr_grpo"},
+    "rlsd": {"advantage_estimator": "rlsd"},
+    "rlrt": {"advantage_estimator": "rlrt"},
+    "cast": {"advantage_estimator": "cast"},
+    "cast_mixed_only": {"advantage_estimator": "cast", "mixed_only": True},
+    "cast_noflip": {"advantage_estimator": "cast", "flip": False},
+    "cast_with_answer": {"advantage_estimator": "cast"},
+}
+# Spec §4: RLSD's privileged teacher has its weights synced every 10 steps; RLRT reuses RLSD's teacher.
+PRIVILEGED_TEACHER_WEIGHTS = "lagged:10"
+
+
+@dataclass(frozen=True)
+class TeacherDefaults:
+    """The tier's teachers: CAST's default (context, weights), the privileged answer context, and
+    the extra CAST weight variants that are meaningful on this tier (name suffix -> weights)."""
+
+    cast_context: str
+    cast_weights: str
+    answer_context: str
+    weight_variants: Mapping[str, str] = field(default_factory=dict)
+
+
+def method_names(teachers: TeacherDefaults) -> tuple[str, ...]:
+    """All methods of a tier's full grid, baselines first."""
+    return (*_BASE_METHODS, *(f"cast_{suffix}" for suffix in teachers.weight_variants))
+
+
+def method_overrides(method: str, teachers: TeacherDefaults) -> dict[str, Any]:
+    """CASTConfig overrides of `method` on a tier whose teachers are `teachers`.
+
+    Ablations change exactly one thing relative to `cast`, so a paired difference isolates it.
+    """
+    if method in _BASE_METHODS:
+        out = dict(_BASE_METHODS[method])
+    elif method.startswith("cast_") and method[5:] in teachers.weight_variants:
+        out = {"advantage_estimator": "cast", "teacher_weights": teachers.weight_variants[method[5:]]}
+    else:
+        raise ValueError(f"unknown bench method {method!r}; valid methods: {', '.join(method_names(teachers))}")
+    if method in ("rlsd", "rlrt"):
+        out.update(teacher_context=teachers.answer_context, teacher_weights=PRIVILEGED_TEACHER_WEIGHTS)
+    elif out["advantage_estimator"] == "cast":
+        out.setdefault("teacher_weights", teachers.cast_weights)
+        context = teachers.answer_context if method == "cast_with_answer" else teachers.cast_context
+        out["teacher_context"] = context
+    return out
+
+
+def parse_methods(spec: str | None, teachers: TeacherDefaults) -> tuple[str, ...]:
+    """`--methods a,b,c` (None or 'all' = the tier's full grid); unknown names fail with the valid list."""
+    if spec is None or spec == "all":
+        return method_names(teachers)
+    names = tuple(part.strip() for part in spec.split(",") if part.strip())
+    for name in names:
+        method_overrides(name, teachers)  # raises with the valid list
+    if not names:
+        raise ValueError(f"--methods is empty; valid methods: {', '.join(method_names(teachers))}")
+    return names
+
+
+# --- cells and the cache ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (tier, method, seed) run. `config` is everything that determines its result (JSON-able)."""
+
+    tier: str
+    method: str
+    seed: int
+    config: Mapping[str, Any]
+
+    def key(self) -> str:
+        """16 hex digits of sha256 over the canonical JSON of tier, method, seed, config, harness version."""
+        payload = {"tier": self.tier, "method": self.method, "seed": self.seed, "config": self.config,
+                   "harness_version": HARNESS_VERSION}
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    def path(self, cache_dir: str | os.PathLike[str]) -> Path:
+        """`<cache>/<tier>/cells/<method>-s<seed>-<key>.json`: readable names, exact-config identity."""
+        return Path(cache_dir) / self.tier / "cells" / f"{self.method}-s{self.seed}-{self.key()}.json"
+
+
+def make_cells(tier: str, methods: Sequence[str], seeds: Sequence[int],
+               config_of: Callable[[str, int], Mapping[str, Any]]) -> list[Cell]:
+    """Seed-major cells: all methods for seeds[0], then seeds[1], ... (a partial grid stays paired)."""
+    return [Cell(tier, m, s, config_of(m, s)) for s in seeds for m in methods]
+
+
+def load_cell(cell: Cell, cache_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The cached result of `cell`, or None when it was never completed."""
+    path = cell.path(cache_dir)
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_cell(cell: Cell, result: Mapping[str, Any], cache_dir: str | os.PathLike[str]) -> Path:
+    """Write the result atomically (temp file + rename), so an interrupted write never looks complete."""
+    path = cell.path(cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"tier": cell.tier, "method": cell.method, "seed": cell.seed, "key": cell.key(),
+              "harness_version": HARNESS_VERSION, "config": cell.config, **result}
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, default=_json_default)
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
+def load_tier(cache_dir: str | os.PathLike[str], tier: str) -> list[dict[str, Any]]:
+    """Every cached cell of `tier` (any config), sorted by method then seed; unreadable files are skipped."""
+    folder = Path(cache_dir) / tier / "cells"
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            with open(path) as f:
+                out.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"[bench] skipping unreadable cell {path}: {exc}")
+    return sorted(out, key=lambda r: (r["method"], r["seed"]))
+
+
+# --- running a grid ---------------------------------------------------------------------------------
+
+
+@dataclass
+class GridOutcome:
+    """What one invocation did: cells read from the cache, run now, and failed (not cached)."""
+
+    cached: list[Cell] = field(default_factory=list)
+    ran: list[Cell] = field(default_factory=list)
+    failed: list[tuple[Cell, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.cached)} cached", f"{len(self.ran)} run", f"{len(self.failed)} failed"]
+        return ", ".join(parts)
+
+
+def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]],
+             cache_dir: str | os.PathLike[str], progress: bool = True,
+             time_budget_s: float | None = None) -> GridOutcome:
+    """Run the cells missing from the cache, in order; a progress bar (with ETA) counts only those.
+
+    `run_cell` returns the result dict that is cached. An exception in one cell is printed and the
+    grid goes on; that cell is not cached. With `time_budget_s`, no new cell starts once the budget
+    is spent (the rest stays missing for the next invocation).
+    """
+    outcome = GridOutcome()
+    todo = []
+    for cell in cells:
+        (outcome.cached if cell.path(cache_dir).exists() else todo).append(cell)
+    start = time.perf_counter()
+    bar = tqdm(todo, desc="bench cells", unit="cell", disable=not progress or not todo, dynamic_ncols=True)
+    for cell in bar:
+        if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+            print(f"[bench] time budget of {time_budget_s:.0f} s spent; {len(todo) - len(outcome.ran)} "
+                  "cell(s) left for a later invocation")
+            break
+        bar.set_postfix_str(f"{cell.method} s{cell.seed}")
+        cell_start = time.perf_counter()
+        try:
+            result = run_cell(cell)
+        except Exception:  # a crashed cell must not stop the grid; it stays uncached and is retried later
+            outcome.failed.append((cell, traceback.format_exc()))
+            print(f"[bench] cell {cell.method} seed {cell.seed} failed:\n{outcome.failed[-1][1]}")
+            continue
+        save_cell(cell, result, cache_dir)
+        outcome.ran.append(cell)
+        outcome.seconds[f"{cell.method}-s{cell.seed}"] = time.perf_counter() - cell_start
+    bar.close()
+    return outcome

@@ -1,0 +1,163 @@
+"""One benchmark cell: an RL run with CASTTrainer, held-out greedy accuracy every `eval_every` steps.
+
+Shared by both tiers; a tier supplies the model, tokenizer, prompts and settings. Why a callback and
+not `castrl train`: the bench needs accuracy at fixed step budgets *during* training (step 0, every
+`eval_every`, the last step) and the per-step metrics in memory, without checkpoints on disk.
+Per-step seconds split as rollout (TRL generation + reward), student and teacher passes, advantage,
+and train = TRL's `step_time` minus those (the optimizer's forward/backward/step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from castrl.rewards import Verifier
+
+TIME_KEYS = ("cast/time_rollout_s", "cast/time_student_s", "cast/time_teacher_s", "cast/time_advantage_s")
+
+
+@dataclass
+class HeldOut:
+    """Held-out problems as ready prompt strings (chat template already applied) and their golds."""
+
+    prompts: list[str]
+    answers: list[str]
+    levels: list[str]
+
+
+@torch.no_grad()
+def greedy_eval(model: Any, tokenizer: Any, held_out: HeldOut, verifier: Verifier, *,
+                max_new_tokens: int, batch_size: int = 64) -> dict[str, Any]:
+    """Greedy accuracy over `held_out` (overall and per level); prompts are pre-rendered strings.
+
+    Strings rather than chat messages so the tiny tier's plain "Q: ...\\nA:" prompts and the chat
+    tier share one path; tokens are added without special tokens, exactly as the trainer sees them.
+    """
+    was_training = model.training
+    model.eval()
+    tokenizer.padding_side = "left"
+    texts: list[str] = []
+    try:
+        for i in range(0, len(held_out.prompts), batch_size):
+            chunk = held_out.prompts[i : i + batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+            texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    scores = verifier.score_batch(texts, held_out.answers)
+    correct = [float(s or 0.0) for s in scores]
+    per_level: dict[str, list[float]] = {}
+    for level, c in zip(held_out.levels, correct, strict=True):
+        per_level.setdefault(level, []).append(c)
+    return {
+        "accuracy": sum(correct) / max(len(correct), 1),
+        "per_level": {k: sum(v) / len(v) for k, v in per_level.items()},
+        "n": len(correct),
+        "example": texts[0] if texts else "",
+    }
+
+
+class BenchRecorder(TrainerCallback):
+    """Keeps every logged step's numeric metrics and evaluates at step 0, every `eval_every`, and the end."""
+
+    def __init__(self, evaluate: Callable[[], dict[str, Any]], eval_every: int, max_steps: int) -> None:
+        self.evaluate = evaluate
+        self.eval_every = eval_every
+        self.max_steps = max_steps
+        self.steps: list[dict[str, float]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.eval_seconds = 0.0
+
+    def run_eval(self, step: int) -> None:
+        start = time.perf_counter()
+        result = self.evaluate()
+        self.eval_seconds += time.perf_counter() - start
+        self.evals.append({"step": step, **result})
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not self.evals:
+            self.run_eval(0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if step % self.eval_every == 0 or step == self.max_steps:
+            self.run_eval(step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "train_runtime" in logs:  # the end-of-training summary is not a step
+            return
+        row = {"step": state.global_step}
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[key] = float(value) if math.isfinite(value) else None
+        self.steps.append(row)
+
+
+def split_step_seconds(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean seconds per step: rollout, student, teacher, advantage, train and total (TRL's step_time).
+
+    The first step is skipped when there are more than two (it pays one-off warm-up costs).
+    """
+    rows = [r for r in steps if r.get("step_time") is not None]
+    rows = rows[1:] if len(rows) > 2 else rows
+    if not rows:
+        return {}
+    def mean(key: str) -> float:
+        return sum(float(r.get(key) or 0.0) for r in rows) / len(rows)
+    out = {
+        "rollout_s": mean("cast/time_rollout_s"),
+        "student_s": mean("cast/time_student_s"),
+        "teacher_s": mean("cast/time_teacher_s"),
+        "advantage_s": mean("cast/time_advantage_s"),
+        "step_s": mean("step_time"),
+    }
+    out["train_s"] = max(out["step_s"] - sum(out[k] for k in ("rollout_s", "student_s", "teacher_s",
+                                                                 "advantage_s")), 0.0)
+    out["n_steps_timed"] = float(len(rows))
+    return out
+
+
+def run_rl_cell(*, model: Any, tokenizer: Any, config: Any, train_dataset: Any, held_out: HeldOut,
+                verifier: Verifier, eval_every: int, eval_max_new_tokens: int,
+                peft_config: Any = None) -> dict[str, Any]:
+    """Train `model` with `CASTTrainer(config)` and return evals, per-step metrics, timings and wall time."""
+    from castrl.rewards import make_trl_reward
+    from castrl.trl import CASTTrainer
+
+    start = time.perf_counter()
+    trainer = CASTTrainer(model=model, reward_funcs=make_trl_reward(verifier), args=config,
+                          train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config)
+
+    def evaluate() -> dict[str, Any]:
+        return greedy_eval(trainer.model, tokenizer, held_out, verifier, max_new_tokens=eval_max_new_tokens)
+
+    recorder = BenchRecorder(evaluate, eval_every, config.max_steps)
+    trainer.add_callback(recorder)
+    trainer.train()
+    wall = time.perf_counter() - start
+    return {
+        "evals": recorder.evals,
+        "steps": recorder.steps,
+        "timing": split_step_seconds(recorder.steps),
+        "eval_seconds": recorder.eval_seconds,
+        "wall_s": wall,
+        "train_wall_s": wall - recorder.eval_seconds,
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+    import trl
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "threads": str(torch.get_num_threads())}
