@@ -121,6 +121,19 @@ def _heldout(model, tokenizer, records, verifier, run, label: str) -> dict[str, 
     return result
 
 
+def make_trainer(run: RunArguments, config: CASTConfig, model, tokenizer, verifier: Verifier, records) -> CASTTrainer:
+    """The CASTTrainer of a run: verifier reward, TRL dataset in the run's prompt style, optional LoRA."""
+    lora = _lora(run)
+    return CASTTrainer(
+        model=model,
+        reward_funcs=make_trl_reward(verifier),
+        args=config,
+        train_dataset=to_trl_dataset(records, style=run.prompt_style),
+        processing_class=tokenizer,
+        peft_config=peft_config(lora) if lora else None,
+    )
+
+
 def train(run: RunArguments, config: CASTConfig) -> dict:
     """The whole run; returns the summary written to `summary.json`."""
     if run.threads:
@@ -130,18 +143,10 @@ def train(run: RunArguments, config: CASTConfig) -> dict:
     if run.resume and resume_from is None:
         print(f"[castrl] --resume: no complete checkpoint in {config.output_dir}; starting fresh", flush=True)
     model, tokenizer = load_model_and_tokenizer(run.model, dtype=run.dtype, cache_dir=run.cache_dir)
-    lora = _lora(run)
     verifier = Verifier(timeout_s=run.verifier_timeout_s, num_workers=run.verifier_workers)
     try:
         before = {} if resume_from else _heldout(model, tokenizer, held_out, verifier, run, "before")
-        trainer = CASTTrainer(
-            model=model,
-            reward_funcs=make_trl_reward(verifier),
-            args=config,
-            train_dataset=to_trl_dataset(train_records, style=run.prompt_style),
-            processing_class=tokenizer,
-            peft_config=peft_config(lora) if lora else None,
-        )
+        trainer = make_trainer(run, config, model, tokenizer, verifier, train_records)
         trainer.add_callback(MetricsJsonl(config.output_dir))
         if before:
             append_metrics(config.output_dir, {"step": 0, "heldout/accuracy": before["accuracy"]})

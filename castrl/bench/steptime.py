@@ -1,0 +1,95 @@
+"""`castrl bench steptime`: seconds per training step, split rollout / student / teacher / advantage /
+train, for several estimators on the same model, data, seed and batch, in one process.
+
+With the same seed and starting weights the first step of every method samples the same rollouts,
+so that step is an exactly paired comparison; later steps drift as the weights do. Every method
+starts from a fresh copy of the model. Prints a markdown table, the ratio to the first method, and
+the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+PARTS = ("rollout", "student", "teacher", "advantage")
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="castrl bench steptime", description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="grpo,cast", help="Comma-separated advantage estimators.")
+    parser.add_argument("--steps", type=int, default=3, help="Optimizer steps per method.")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument("--json", default=None, help="Also write the measurements to this JSON file.")
+    args, train_flags = parser.parse_known_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
+    return args, train_flags
+
+
+def _measure(method: str, steps: int, train_flags: list[str]) -> list[dict[str, float]]:
+    from castrl.data import load_problems
+    from castrl.models import load_model_and_tokenizer
+    from castrl.rewards import Verifier
+    from castrl.train import make_trainer, parse_args
+
+    with tempfile.TemporaryDirectory() as out:
+        flags = [*train_flags, "--advantage_estimator", method, "--max_steps", str(steps), "--output_dir", out,
+                 "--save_strategy", "no", "--skip_eval", "true"]
+        run, config = parse_args(flags)
+        records = load_problems(run.data, split="train", **({"n_per_level": run.n_per_level} if run.n_per_level else {}))
+        model, tokenizer = load_model_and_tokenizer(run.model, dtype=run.dtype, cache_dir=run.cache_dir)
+        with Verifier(timeout_s=run.verifier_timeout_s, num_workers=run.verifier_workers) as verifier:
+            trainer = make_trainer(run, config, model, tokenizer, verifier, records)
+            trainer.train()
+    rows = []
+    for log in trainer.state.log_history:
+        if "step_time" not in log:
+            continue
+        row = {"step": log["step"], "total": log["step_time"]}
+        for part in PARTS:
+            row[part] = log.get(f"cast/time_{part}_s", 0.0)
+        row["train"] = row["total"] - sum(row[p] for p in PARTS)
+        row["mean_length"] = log.get("completions/mean_length", float("nan"))
+        rows.append(row)
+    return rows
+
+
+def _table(results: dict[str, list[dict[str, float]]]) -> str:
+    base = results[next(iter(results))]
+    lines = ["| method | step | total s | rollout | student | teacher | advantage | train | mean length | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for method, rows in results.items():
+        for row, ref in zip(rows, base):
+            cells = [f"{row[k]:.1f}" for k in ("total", *PARTS, "train")]
+            lines.append(f"| {method} | {row['step']} | " + " | ".join(cells)
+                         + f" | {row['mean_length']:.1f} | {row['total'] / ref['total']:.2f} |")
+    lines.append("")
+    for method, rows in results.items():
+        mean = statistics.fmean(r["total"] for r in rows)
+        ref = statistics.fmean(r["total"] for r in base)
+        lines.append(f"{method}: mean step {mean:.1f} s, ratio to {next(iter(results))} {mean / ref:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args, train_flags = _parse(argv)
+    torch.set_num_threads(args.threads)
+    results = {}
+    for method in args.methods.split(","):
+        start = time.perf_counter()
+        results[method] = _measure(method, args.steps, train_flags)
+        print(f"[bench steptime] {method}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    print(_table(results))
+    print(f"\nreproduce: castrl bench steptime {shlex.join(argv)}  (torch threads {torch.get_num_threads()})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"argv": argv, "results": results}, f, indent=2)
+    return 0

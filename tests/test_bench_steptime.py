@@ -1,0 +1,26 @@
+"""`castrl bench steptime` on a tiny local model: one row per (method, step), phases add up."""
+
+from __future__ import annotations
+
+import json
+
+from castrl.bench import main
+from castrl.testing import save_tiny_model
+
+
+def test_steptime_table_and_json(tmp_path, capsys):
+    model = str(save_tiny_model(tmp_path / "tiny"))
+    out = tmp_path / "steptime.json"
+    flags = ["steptime", "--steps", "1", "--json", str(out), "--model", model, "--data", "arithmetic:add1",
+             "--n_per_level", "8", "--lora", "off", "--max_completion_length", "4", "--per_device_train_batch_size",
+             "8", "--num_generations", "4", "--gradient_accumulation_steps", "1", "--verifier_workers", "1"]
+    assert main(flags) == 0
+    printed = capsys.readouterr().out
+    assert "cast: mean step" in printed and "reproduce: castrl bench steptime" in printed
+    results = json.load(open(out))["results"]
+    assert set(results) == {"grpo", "cast"}
+    assert results["grpo"][0]["teacher"] == 0.0 and results["cast"][0]["teacher"] > 0.0
+    for rows in results.values():
+        row = rows[0]
+        parts = row["rollout"] + row["student"] + row["teacher"] + row["advantage"] + row["train"]
+        assert abs(parts - row["total"]) < 1e-6 and row["train"] > 0
