@@ -1,0 +1,233 @@
+"""One diagnosis end to end: settings -> problems -> groups -> rewards -> student/teacher scores -> numbers.
+
+Settings and problems are validated in `settings` before the model loads; the defaults fit the
+10-minute budget of the bundled SmolLM2-135M on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from castrl.data import build_prompt
+from castrl.models import load_model_and_tokenizer
+from castrl.teacher import build_teacher_prompt
+
+from .analysis import analyze
+from .scoring import (
+    Rollouts,
+    chat_prompt_ids,
+    completion_logps,
+    sample_groups,
+    teacher_scope,
+    teacher_weights_note,
+)
+from .settings import DiagnoseSettings, check_context_columns, select_problems
+
+__all__ = [
+    "DiagnoseSettings",
+    "DiagnosticsRun",
+    "check_context_columns",
+    "run_diagnostics",
+    "select_problems",
+]
+
+RewardFn = Callable[[list[str], list[str]], list[float | None]]
+
+
+@dataclass
+class DiagnosticsRun:
+    """A finished diagnosis: the raw tensors (scorable rows only, B rows) and every number."""
+
+    settings: DiagnoseSettings
+    problems: list[dict[str, Any]]
+    rollouts: Rollouts  # all sampled rows
+    kept: torch.Tensor  # (B_all,) bool, rows whose gold the verifier could parse
+    rewards: torch.Tensor  # (B,) fp32
+    group_ids: torch.Tensor  # (B,) long
+    mask: torch.Tensor  # (B, T) fp32
+    student_logps: torch.Tensor  # (B, T) fp32
+    teacher_logps: dict[str, torch.Tensor]  # name -> (B, T) fp32
+    results: dict[str, Any]
+    timings: dict[str, float]
+    notes: dict[str, str]
+
+
+def _load(settings: DiagnoseSettings) -> tuple[Any, Any]:
+    model, tokenizer = load_model_and_tokenizer(
+        settings.model, dtype=settings.dtype, cache_dir=settings.cache_dir
+    )
+    if settings.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, settings.adapter)
+    return model.eval(), tokenizer
+
+
+def _verify(settings: DiagnoseSettings, texts: list[str], golds: list[str]) -> list[float | None]:
+    from castrl.rewards import Verifier
+
+    with Verifier(timeout_s=settings.verifier_timeout_s, num_workers=2) as verifier:
+        return verifier.score_batch(texts, golds)
+
+
+def _sample_and_verify(
+    settings: DiagnoseSettings,
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[dict[str, Any]],
+    student_ids: list[list[int]],
+    reward_fn: RewardFn | None,
+    timings: dict[str, float],
+) -> tuple[Rollouts, list[float | None]]:
+    """Sampled groups and one reward per row (None where the gold cannot be parsed)."""
+    torch.manual_seed(settings.seed)
+    start = time.perf_counter()
+    rollouts = sample_groups(
+        model,
+        tokenizer,
+        student_ids,
+        group_size=settings.group_size,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        batch_size=settings.gen_batch_size,
+        progress=settings.progress,
+    )
+    timings["sample_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    golds = [problems[int(i)]["answer"] for i in rollouts.group_ids]
+    rewards = (reward_fn or (lambda t, g: _verify(settings, t, g)))(rollouts.texts, golds)
+    timings["verify_s"] = time.perf_counter() - start
+    if len(rewards) != len(golds):
+        raise ValueError(f"reward_fn returned {len(rewards)} rewards for {len(golds)} completions")
+    return rollouts, rewards
+
+
+def _score_all(
+    settings: DiagnoseSettings,
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[dict[str, Any]],
+    student_prompts: list[Any],
+    student_ids: list[list[int]],
+    rollouts: Rollouts,
+    timings: dict[str, float],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(student (B, T), {context: teacher (B, T)}) log-probs of every sampled token."""
+    rows = rollouts.group_ids.tolist()
+    score = dict(
+        temperature=settings.temperature,
+        pad_id=tokenizer.pad_token_id,
+        batch_size=settings.score_batch_size,
+        progress=settings.progress,
+    )
+    start = time.perf_counter()
+    student = completion_logps(
+        model, [student_ids[i] for i in rows], rollouts.completion_ids, rollouts.mask, desc="student", **score
+    )
+    timings["score_student_s"] = time.perf_counter() - start
+    examples = [{**p, "prompt": prompt} for p, prompt in zip(problems, student_prompts, strict=True)]
+    teachers = {}
+    for context in settings.teachers:
+        ids = chat_prompt_ids(tokenizer, [build_teacher_prompt(e, context) for e in examples])
+        start = time.perf_counter()
+        with teacher_scope(settings.teacher_weights, model):
+            teachers[context] = completion_logps(
+                model,
+                [ids[i] for i in rows],
+                rollouts.completion_ids,
+                rollouts.mask,
+                desc=f"teacher {context}",
+                **score,
+            )
+        timings[f"score_{context}_s"] = time.perf_counter() - start
+    return student, teachers
+
+
+def run_diagnostics(
+    settings: DiagnoseSettings,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    reward_fn: RewardFn | None = None,
+    problems: list[dict[str, Any]] | None = None,
+) -> DiagnosticsRun:
+    """Sample, verify, score and analyse. `model`/`tokenizer` skip loading, `problems` skips
+    `select_problems`, and `reward_fn(texts, golds)` replaces the math-verify verifier (tests)."""
+    timings: dict[str, float] = {}
+    problems = select_problems(settings) if problems is None else problems
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    start = time.perf_counter()
+    if model is None or tokenizer is None:
+        model, tokenizer = _load(settings)
+    timings["load_s"] = time.perf_counter() - start
+    student_prompts = [build_prompt(p["problem"], settings.style) for p in problems]
+    student_ids = chat_prompt_ids(tokenizer, student_prompts)
+    rollouts, rewards = _sample_and_verify(
+        settings, model, tokenizer, problems, student_ids, reward_fn, timings
+    )
+    kept = torch.tensor([r is not None for r in rewards])
+    if not kept.any():
+        raise ValueError(
+            f"no rollout could be scored: the verifier cannot parse any gold answer of {settings.data!r}"
+        )
+    student, teachers = _score_all(
+        settings, model, tokenizer, problems, student_prompts, student_ids, rollouts, timings
+    )
+    start = time.perf_counter()
+    reward_t = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
+    mask, group_ids, student = rollouts.mask[kept], rollouts.group_ids[kept], student[kept]
+    teachers = {k: v[kept] for k, v in teachers.items()}
+    config = settings.cast_config()
+    results = analyze(
+        reward_t, group_ids, student, teachers, mask, config, position_bins=settings.position_bins
+    )
+    results["groups"]["unscorable_count"] = float((~kept).sum())
+    results["groups"]["truncated_frac"] = float(rollouts.truncated[kept].float().mean())
+    _describe_extremes(results, rollouts, kept, tokenizer, problems)
+    timings["analysis_s"] = time.perf_counter() - start
+    notes = {"teacher_weights": teacher_weights_note(settings.teacher_weights, model)}
+    tensors = dict(kept=kept, rewards=reward_t, group_ids=group_ids, mask=mask, student_logps=student)
+    return DiagnosticsRun(
+        settings,
+        problems,
+        rollouts,
+        **tensors,
+        teacher_logps=teachers,
+        results=results,
+        timings=timings,
+        notes=notes,
+    )
+
+
+def _describe_extremes(
+    results: dict[str, Any],
+    rollouts: Rollouts,
+    kept: torch.Tensor,
+    tokenizer: Any,
+    problems: Sequence[dict[str, Any]],
+    context_tokens: int = 12,
+) -> None:
+    """Replace (row, t, g) triples by readable records: problem id, token text, preceding text."""
+    rows = kept.nonzero().flatten().tolist()
+    for teacher in results["teachers"].values():
+        for kind, triples in teacher["extremes"].items():
+            described = []
+            for row, t, g in triples:
+                ids = rollouts.completion_ids[rows[row]]
+                described.append(
+                    {
+                        "problem_id": problems[int(rollouts.group_ids[rows[row]])]["id"],
+                        "rollout": rows[row],
+                        "position": t,
+                        "gap": g,
+                        "token": tokenizer.decode(ids[t : t + 1]),
+                        "before": tokenizer.decode(ids[max(0, t - context_tokens) : t]),
+                    }
+                )
+            teacher["extremes"][kind] = described

@@ -1,0 +1,339 @@
+"""Outputs of a diagnosis: diagnostics.json (every number + the command), diagnostics.md, the PNGs,
+and report.html (self-contained: tables inline, PNGs embedded as base64).
+
+Tables are built once as (title, header, rows) and rendered to both markdown and HTML, so the two
+reports cannot disagree. NaN (an empty token set) is written as null in JSON and "n/a" in tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .analysis import CLASSES, QUANTILES, SIGNS
+from .figures import write_figures
+
+JSON_FILE, MD_FILE, HTML_FILE = "diagnostics.json", "diagnostics.md", "report.html"
+SIGN_LABEL = {"pos": "teacher-positive", "neg": "teacher-negative", "all": "all"}
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with tuples as lists and non-finite floats as None (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def num(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def pct(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.1f} %"
+
+
+def _run_table(payload: dict[str, Any]) -> Table:
+    g, s = payload["results"]["groups"], payload["settings"]
+    rows = [
+        [
+            "problems x group size",
+            f"{s['n_prompts']} x {s['group_size']} ({int(g['n_rollouts'])} scorable rollouts)",
+        ],
+        ["reward mean / correct rollouts", f"{num(g['reward_mean'])} / {int(g['n_rollouts_correct'])}"],
+        [
+            "groups mixed / all-correct / all-wrong",
+            f"{pct(g['frac_mixed'])} / {pct(g['frac_all_correct'])} / {pct(g['frac_all_wrong'])}",
+        ],
+        ["tokens in correct / wrong rollouts", f"{int(g['n_tokens_correct'])} / {int(g['n_tokens_wrong'])}"],
+        [
+            "mean length correct / wrong (tokens)",
+            f"{num(g['mean_length_correct'], 1)} / {num(g['mean_length_wrong'], 1)}",
+        ],
+        ["rollouts hitting max_new_tokens", pct(g["truncated_frac"])],
+        ["teacher weights", payload["notes"]["teacher_weights"]],
+        ["wall time", f"{payload['timings_s'].get('total_s', float('nan')):.0f} s"],
+        ["torch threads / load average at start, end", _load_text(payload.get("environment", {}))],
+    ]
+    return Table("Run", ["quantity", "value"], rows)
+
+
+def _load_text(env: dict[str, Any]) -> str:
+    if not env:
+        return "n/a"
+    start, end = env["loadavg_1_5_15_start"][0], env["loadavg_1_5_15_end"][0]
+    return f"{env['torch_threads']} / {start:.1f}, {end:.1f} (1-min, on {env['cpu_count']} CPUs)"
+
+
+def _quadrant_table(results: dict[str, Any]) -> Table:
+    header = ["teacher", "rollouts", "tokens", "g sign", "share", "mean", "std"] + [
+        f"p{round(q * 100)}" for q in QUANTILES
+    ]
+    rows = []
+    for name, teacher in results["teachers"].items():
+        quads = teacher["quadrants"]
+        for cls in CLASSES:
+            for sign in (*SIGNS, "all"):
+                q = quads[f"{cls}_{sign}"]
+                share = pct(q["frac"]) if sign != "all" else ""
+                rows.append(
+                    [name, cls, str(int(q["count"])), SIGN_LABEL[sign], share, num(q["mean"]), num(q["std"])]
+                    + [num(q[f"p{round(p * 100)}"]) for p in QUANTILES]
+                )
+    return Table(
+        "Gap g = u - s by (rollout class) x (teacher sign)",
+        header,
+        rows,
+        "share = fraction of the class's tokens with that sign; quantiles are nearest-rank.",
+    )
+
+
+def _flip_table(results: dict[str, Any], flip_threshold: str) -> Table:
+    header = [
+        "teacher",
+        "tau_pos / tau_neg",
+        "flipped in correct",
+        "flipped in wrong",
+        "all tokens",
+        "mixed groups",
+        "all-correct groups",
+        "all-wrong groups",
+        "F+ / F- tokens",
+    ]
+    rows = []
+    for name, teacher in results["teachers"].items():
+        f = teacher["flips"]
+        rows.append(
+            [
+                name,
+                f"{num(f['taus'][0])} / {num(f['taus'][1])}",
+                pct(f["flip_frac_correct"]),
+                pct(f["flip_frac_wrong"]),
+                pct(f["flip_frac"]),
+                pct(f["flip_frac_mixed"]),
+                pct(f["flip_frac_all_correct"]),
+                pct(f["flip_frac_all_wrong"]),
+                f"{int(f['flip_pos_count'])} / {int(f['flip_neg_count'])}",
+            ]
+        )
+    return Table(
+        f"Tokens CAST would flip (flip_threshold={flip_threshold!r})",
+        header,
+        rows,
+        "F+ = teacher-negative tokens of B > 0 rollouts (g < -tau_pos); F- = teacher-positive tokens "
+        "of B < 0 rollouts (g > tau_neg). Shares are of the real tokens of that class or group type.",
+    )
+
+
+def _sweep_table(results: dict[str, Any]) -> Table:
+    thresholds = list(next(iter(results["teachers"].values()))["flips"]["sweep"])
+    header = ["teacher", "rollouts"] + thresholds
+    rows = []
+    for name, teacher in results["teachers"].items():
+        sweep = teacher["flips"]["sweep"]
+        for cls in CLASSES:
+            rows.append([name, cls] + [pct(sweep[t][cls]) for t in thresholds])
+    return Table("Flipped-token share by flip_threshold", header, rows)
+
+
+def _sequence_table(results: dict[str, Any]) -> Table:
+    header = [
+        "teacher",
+        "pairs",
+        "AUC summed gap",
+        "AUC mean gap",
+        "AUC mean gap (all pairs)",
+        "mean gap/token correct",
+        "mean gap/token wrong",
+    ]
+    rows = []
+    for name, teacher in results["teachers"].items():
+        q = teacher["sequences"]
+        rows.append(
+            [
+                name,
+                str(int(q["n_pairs"])),
+                num(q["auc_sum"]),
+                num(q["auc_mean"]),
+                num(q["auc_mean_all"]),
+                num(q["mean_gap_correct"]),
+                num(q["mean_gap_wrong"]),
+            ]
+        )
+    return Table(
+        "Does the teacher rank correct rollouts above wrong ones?",
+        header,
+        rows,
+        "AUC = P(a correct rollout's gap score > a wrong one's) over (correct, wrong) pairs of the same "
+        "mixed group; 0.5 = the teacher cannot tell them apart. 'all pairs' mixes problems. 'mean gap/token' = "
+        "mean over rollouts of each rollout's mean gap per token.",
+    )
+
+
+def _agreement_table(results: dict[str, Any]) -> Table:
+    header = [
+        "teachers",
+        "tokens",
+        "same sign",
+        "same sign (correct)",
+        "same sign (wrong)",
+        "Pearson r",
+        "flip Jaccard",
+    ]
+    rows = []
+    for pair, a in results["agreement"].items():
+        rows.append(
+            [
+                pair.replace("|", " vs "),
+                str(int(a["count"])),
+                pct(a["agree_frac"]),
+                pct(a.get("agree_frac_correct")),
+                pct(a.get("agree_frac_wrong")),
+                num(a.get("pearson")),
+                num(a.get("flip_jaccard")),
+            ]
+        )
+    return Table(
+        "Sign agreement between teachers",
+        header,
+        rows,
+        "Over real tokens where both gaps are non-zero; 'all' = every teacher has the same sign.",
+    )
+
+
+def _position_table(results: dict[str, Any]) -> Table:
+    edges = next(iter(results["teachers"].values()))["position"]["edges"]
+    header = ["teacher", "rollouts"] + [
+        f"{a:.1f}-{b:.1f}" for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
+    rows = []
+    for name, teacher in results["teachers"].items():
+        for cls in CLASSES:
+            rows.append([name, cls] + [num(m) for m in teacher["position"][cls]["mean"]])
+    return Table("Mean gap by relative position in the completion", header, rows)
+
+
+def _extremes_table(results: dict[str, Any]) -> Table:
+    rows = []
+    for name, teacher in results["teachers"].items():
+        for kind, items in teacher["extremes"].items():
+            for item in items[:5]:
+                rows.append(
+                    [
+                        name,
+                        kind.replace("_", " "),
+                        num(item["gap"]),
+                        repr(item["token"]),
+                        repr(item["before"][-40:]),
+                        item["problem_id"],
+                    ]
+                )
+    return Table(
+        "Most extreme disagreements (the tokens flips act on first)",
+        ["teacher", "kind", "g", "token", "text before", "problem"],
+        rows,
+    )
+
+
+def build_tables(payload: dict[str, Any]) -> list[Table]:
+    """Every report table, in reading order."""
+    results = payload["results"]
+    return [
+        _run_table(payload),
+        _quadrant_table(results),
+        _flip_table(results, payload["settings"]["flip_threshold"]),
+        _sweep_table(results),
+        _sequence_table(results),
+        _agreement_table(results),
+        _position_table(results),
+        _extremes_table(results),
+    ]
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "\\n")
+
+
+def render_markdown(payload: dict[str, Any], tables: list[Table], figures: dict[str, str]) -> str:
+    lines = ["# castrl diagnose: teacher-signal report", "", "```", payload["command"], "```", ""]
+    for table in tables:
+        lines += [
+            f"## {table.title}",
+            "",
+            "| " + " | ".join(table.header) + " |",
+            "|" + "---|" * len(table.header),
+        ]
+        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+        lines += (["", table.note] if table.note else []) + [""]
+    lines += ["## Figures", ""] + [f"![{cap}]({os.path.basename(p)})" for cap, p in figures.items()] + [""]
+    return "\n".join(lines)
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}"
+    "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}"
+    "td:first-child,td:nth-child(2){text-align:left}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}"
+    "img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}.note{color:#555;font-size:12px}"
+)
+
+
+def render_html(payload: dict[str, Any], tables: list[Table], figures: dict[str, str]) -> str:
+    """One self-contained HTML page: no external file, script or stylesheet."""
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>castrl diagnose</title>",
+        f"<style>{_CSS}</style></head><body><h1>castrl diagnose: teacher-signal report</h1>",
+        f"<pre>{esc(payload['command'])}</pre>",
+    ]
+    for table in tables:
+        parts.append(
+            f"<h2>{esc(table.title)}</h2><table><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in table.header)
+            + "</tr>"
+        )
+        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table.rows]
+        parts.append("</table>" + (f"<p class='note'>{esc(table.note)}</p>" if table.note else ""))
+    parts.append("<h2>Figures</h2>")
+    for caption, path in figures.items():
+        with open(path, "rb") as handle:
+            data = base64.b64encode(handle.read()).decode("ascii")
+        parts.append(f"<h3>{esc(caption)}</h3><img alt='{esc(caption)}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(payload: dict[str, Any], out_dir: str) -> dict[str, str]:
+    """Write the JSON, the figures, the markdown and the HTML report; returns {kind: path}."""
+    os.makedirs(out_dir, exist_ok=True)
+    figures = write_figures(payload["results"], out_dir)
+    payload = {**payload, "figures": {cap: os.path.basename(p) for cap, p in figures.items()}}
+    tables = build_tables(payload)
+    paths = {
+        "json": os.path.join(out_dir, JSON_FILE),
+        "markdown": os.path.join(out_dir, MD_FILE),
+        "html": os.path.join(out_dir, HTML_FILE),
+    }
+    with open(paths["json"], "w") as handle:
+        json.dump(jsonable(payload), handle, indent=1, allow_nan=False)
+    with open(paths["markdown"], "w") as handle:
+        handle.write(render_markdown(payload, tables, figures))
+    with open(paths["html"], "w") as handle:
+        handle.write(render_html(payload, tables, figures))
+    return {**paths, **{f"figure:{os.path.basename(p)}": p for p in figures.values()}}

@@ -1,0 +1,180 @@
+"""`castrl diagnose` settings and problem selection: everything a user can get wrong is checked here,
+before the model loads, with errors that name the flag and say how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from castrl.core import CastConfig
+from castrl.data import STYLES, load_problems
+from castrl.models import DEFAULT_MODEL
+from castrl.teacher import TEACHER_CONTEXTS, check_teacher_config, context_uses
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class DiagnoseSettings:
+    """What to diagnose and how; every field is a `castrl diagnose` flag (`group_size` -> --group-size)."""
+
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "HF id, local folder, or 'smollm2-135m' (bundled)."}
+    )
+    adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optional PEFT/LoRA adapter folder applied on --model (e.g. a castrl train "
+            "'final' folder); with --teacher-weights frozen the teacher is the model "
+            "with this adapter disabled."
+        },
+    )
+    data: str = field(
+        default="arithmetic:add1,add2,mul21",
+        metadata={"help": "Problems: arithmetic[:levels] or a .jsonl/.json/.parquet path[:preset]."},
+    )
+    split: str = field(
+        default="train", metadata={"help": "Split to draw problems from (arithmetic, {split} in paths)."}
+    )
+    style: str = field(default="oneshot", metadata={"help": f"Student prompt style: {', '.join(STYLES)}."})
+    group_size: int = field(default=8, metadata={"help": "G: completions sampled per prompt (>= 2)."})
+    teachers: tuple[str, ...] = field(
+        default=("self_teach", "with_answer"),
+        metadata={
+            "help": "Comma-separated teacher contexts to score with: "
+            f"{', '.join(TEACHER_CONTEXTS)} (spec §3)."
+        },
+    )
+    teacher_weights: str = field(
+        default="policy",
+        metadata={
+            "help": "Teacher weights: policy, ema, frozen or lagged:K. Without training, "
+            "ema and lagged equal the policy; frozen differs only with --adapter."
+        },
+    )
+    n_prompts: int = field(default=16, metadata={"help": "Problems drawn (seeded) from the data."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Completion length limit in tokens."})
+    temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature, also applied to every score."}
+    )
+    gen_batch_size: int = field(default=32, metadata={"help": "Rollouts per generate call (whole groups)."})
+    score_batch_size: int = field(default=16, metadata={"help": "Rollouts per scoring forward pass."})
+    flip_threshold: str = field(
+        default="tau",
+        metadata={"help": "CastConfig.flip_threshold: tau, band, zero, a float or quantile:<q>."},
+    )
+    correct_threshold: float = field(
+        default=0.5, metadata={"help": "A rollout is correct when reward >= this."}
+    )
+    position_bins: int = field(default=10, metadata={"help": "Bins of relative position in the completion."})
+    dtype: str = field(default="float32", metadata={"help": "Model dtype: float32 or bfloat16."})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads (0 = torch's default)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the problem draw and the sampling."})
+    out: str = field(default="outputs/castrl-diagnose", metadata={"help": "Output folder."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache of converted models."})
+    verifier_timeout_s: float = field(default=5.0, metadata={"help": "Hard timeout of one answer check (s)."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self) -> None:
+        minimums = {
+            "group_size": 2,
+            "n_prompts": 1,
+            "max_new_tokens": 1,
+            "gen_batch_size": 1,
+            "score_batch_size": 1,
+            "position_bins": 1,
+            "threads": 0,
+        }
+        for name, low in minimums.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                why = " (a group of one has no group statistics)" if name == "group_size" else ""
+                raise ValueError(f"{_flag(name)} must be an integer >= {low}, got {value!r}{why}")
+        if not (
+            isinstance(self.temperature, (int, float))
+            and math.isfinite(self.temperature)
+            and self.temperature > 0
+        ):
+            raise ValueError(f"--temperature must be a finite number > 0, got {self.temperature!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"--style must be one of {', '.join(STYLES)}, got {self.style!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
+        self._check_teachers()
+        self._check_model_paths()
+        self.cast_config()  # validates --flip-threshold and --correct-threshold
+
+    def _check_teachers(self) -> None:
+        if not self.teachers:
+            raise ValueError(f"--teachers is empty; name one or more of {', '.join(TEACHER_CONTEXTS)}")
+        unknown = [t for t in self.teachers if t not in TEACHER_CONTEXTS]
+        if unknown:
+            raise ValueError(
+                f"--teachers: unknown teacher context(s) {unknown}; valid: {', '.join(TEACHER_CONTEXTS)}"
+            )
+        if len(set(self.teachers)) != len(self.teachers):
+            raise ValueError(f"--teachers lists a context twice: {list(self.teachers)}")
+        for context in self.teachers:
+            check_teacher_config(context, self.teacher_weights)
+        if "student" in self.teachers and not (self.teacher_weights == "frozen" and self.adapter):
+            # without training, ema / lagged / frozen-without-adapter weights are the policy's
+            raise ValueError(
+                f"--teachers student with --teacher-weights {self.teacher_weights} scores with the student's own "
+                "weights in a run without training, so its gap is always 0; use --teacher-weights frozen with "
+                "--adapter (the base model as teacher), or drop student from --teachers"
+            )
+
+    def _check_model_paths(self) -> None:
+        if os.path.isfile(os.path.join(os.path.expanduser(self.model), "adapter_config.json")):
+            raise ValueError(
+                f"--model {self.model!r} is a LoRA adapter folder; pass its base model as --model "
+                "and this folder as --adapter"
+            )
+        if self.adapter and not os.path.isfile(
+            os.path.join(os.path.expanduser(self.adapter), "adapter_config.json")
+        ):
+            raise ValueError(
+                f"--adapter {self.adapter!r} is not a PEFT adapter folder (no adapter_config.json)"
+            )
+
+    def cast_config(self) -> CastConfig:
+        """The CastConfig whose flip rule and correctness threshold the report applies (defaults otherwise)."""
+        try:
+            return CastConfig(flip_threshold=self.flip_threshold, correct_threshold=self.correct_threshold)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--flip-threshold / --correct-threshold: {err}") from err
+
+
+def select_problems(settings: DiagnoseSettings) -> list[dict[str, Any]]:
+    """Load the data, check the teacher contexts' columns, and draw `n_prompts` problems (seeded)."""
+    problems = load_problems(settings.data, split=settings.split)
+    if settings.n_prompts > len(problems):
+        raise ValueError(
+            f"--n-prompts {settings.n_prompts} but {settings.data!r} ({settings.split}) holds only "
+            f"{len(problems)} problems; lower --n-prompts"
+        )
+    chosen = random.Random(settings.seed).sample(problems, settings.n_prompts)
+    check_context_columns(chosen, settings.teachers, settings.data)
+    return chosen
+
+
+def check_context_columns(problems: Sequence[dict[str, Any]], teachers: Sequence[str], source: str) -> None:
+    """Raise ValueError when a teacher context reads a column (answer, solution) some problem lacks."""
+    for context in teachers:
+        for column in ("answer", "solution"):
+            if not context_uses(context, column):
+                continue
+            missing = [p.get("id", "?") for p in problems if not p.get(column)]
+            if missing:
+                raise ValueError(
+                    f"--teachers {context} reads the {column!r} column, but {len(missing)} problem(s) of {source!r} "
+                    f"have none (first: id {missing[0]!r}); drop {context} from --teachers or use data with a "
+                    f"{column!r} column"
+                )
