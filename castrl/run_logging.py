@@ -62,11 +62,11 @@ def plot_run(output_dir: str, path: str | None = None) -> str | None:
         ("flipped tokens", ["cast/flip_frac_correct", "cast/flip_frac_wrong"]),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (title, keys) in zip(axes, panels):
+    for ax, (title, keys) in zip(axes, panels, strict=True):
         for key in keys:
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
             if points:
-                xs, ys = zip(*points)
+                xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="o", markersize=3, label=key.split("/")[-1])
         ax.set_title(title)
         ax.set_xlabel("step")

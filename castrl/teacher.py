@@ -152,12 +152,12 @@ class TeacherWeights:
                 yield
             return
         params = self._params(model)
-        for p, s in zip(params, self.shadow):
+        for p, s in zip(params, self.shadow, strict=True):
             p.data, s.data = s.data, p.data
         try:
             yield
         finally:
-            for p, s in zip(params, self.shadow):
+            for p, s in zip(params, self.shadow, strict=True):
                 p.data, s.data = s.data, p.data
 
     @torch.no_grad()
@@ -167,14 +167,14 @@ class TeacherWeights:
             return
         params = self._params(model)
         if self.spec.kind == "ema":
-            for p, s in zip(params, self.shadow):
+            for p, s in zip(params, self.shadow, strict=True):
                 s.lerp_(p.detach().to(s.dtype), 1.0 - self.ema_decay)
         elif self.spec.kind == "lagged" and global_step % self.spec.lag == 0:
-            for p, s in zip(params, self.shadow):
+            for p, s in zip(params, self.shadow, strict=True):
                 s.copy_(p.detach())
 
     def state_dict(self) -> dict[str, Any]:
-        shadow = None if self.shadow is None else dict(zip(self.names, (s.cpu() for s in self.shadow)))
+        shadow = None if self.shadow is None else dict(zip(self.names, (s.cpu() for s in self.shadow), strict=True))
         return {"spec": self.spec.kind, "lag": self.spec.lag, "ema_decay": self.ema_decay, "shadow": shadow}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -189,7 +189,7 @@ class TeacherWeights:
         if missing:
             raise ValueError(f"checkpoint teacher state lacks parameters {sorted(missing)[:3]}...")
         with torch.no_grad():
-            for name, s in zip(self.names, self.shadow):
+            for name, s in zip(self.names, self.shadow, strict=True):
                 s.copy_(state["shadow"][name].to(s.device, s.dtype))
 
 

@@ -130,7 +130,7 @@ def test_state_dict_round_trip_and_mismatch():
     state = teacher.state_dict()
     other = TeacherWeights("ema", _model(), ema_decay=0.9)
     other.load_state_dict(state)
-    for a, b in zip(teacher.shadow, other.shadow):
+    for a, b in zip(teacher.shadow, other.shadow, strict=True):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="teacher_weights"):
         TeacherWeights("lagged:3", _model()).load_state_dict(state)

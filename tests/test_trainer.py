@@ -110,7 +110,7 @@ def test_checkpoint_holds_teacher_state_and_resume_restores_it(tmp_path):
     os.remove(os.path.join(ckpt, COMPLETE_MARKER))
     assert last_complete_checkpoint(trainer.args.output_dir).endswith("checkpoint-1")
     # After loading step 2's EMA and one more update, the shadow moved from the saved one.
-    shadow = dict(zip(resumed.teacher_weights.names, resumed.teacher_weights.shadow))
+    shadow = dict(zip(resumed.teacher_weights.names, resumed.teacher_weights.shadow, strict=True))
     assert set(shadow) == set(saved)
     assert any(not torch.equal(shadow[n], saved[n]) for n in saved)
 

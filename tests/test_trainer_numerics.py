@@ -21,11 +21,11 @@ def test_guard_skips_step_on_nonfinite_grad_and_leaves_weights_and_state():
     model(torch.tensor([[float("nan"), 1.0]])).sum().backward()
     opt.step()
     assert skipped == [1] and not opt.state
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
     model(torch.ones(1, 2)).sum().backward()
     opt.step()
-    assert skipped == [1] and not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert skipped == [1] and not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def inf_first_reward(completions, **kwargs):

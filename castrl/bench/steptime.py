@@ -67,7 +67,7 @@ def _table(results: dict[str, list[dict[str, float]]]) -> str:
     lines = ["| method | step | total s | rollout | student | teacher | advantage | train | mean length | ratio |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for method, rows in results.items():
-        for row, ref in zip(rows, base):
+        for row, ref in zip(rows, base, strict=True):
             cells = [f"{row[k]:.1f}" for k in ("total", *PARTS, "train")]
             lines.append(f"| {method} | {row['step']} | " + " | ".join(cells)
                          + f" | {row['mean_length']:.1f} | {row['total'] / ref['total']:.2f} |")
