@@ -56,7 +56,7 @@ class RunArguments:
 # What `castrl train` with no arguments runs: CAST on the bundled model, sized for 2 CPU cores.
 DEMO_DEFAULTS = dict(
     output_dir="outputs/castrl-train",
-    max_steps=10,
+    max_steps=8,
     per_device_train_batch_size=16,
     gradient_accumulation_steps=2,  # 32 rollouts per step = 4 prompts x 8
     num_generations=8,
