@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-SUITES = ("core", "steptime")
+SUITES = ("core", "steptime", "tiny", "smollm2", "report")
 
 
 def main(argv: list[str]) -> int:
@@ -18,6 +18,18 @@ def main(argv: list[str]) -> int:
         from castrl.bench.steptime import main as steptime_main
 
         return steptime_main(rest)
+    if suite == "tiny":  # RL grid on a tiny from-scratch model (castrl/bench/tiny.py)
+        from castrl.bench.tiny import main as tiny_main
+
+        return tiny_main(rest)
+    if suite == "smollm2":  # RL grid on SmolLM2-135M + LoRA (castrl/bench/smollm2.py)
+        from castrl.bench.smollm2 import main as smollm2_main
+
+        return smollm2_main(rest)
+    if suite == "report":  # docs/results.md from the cell cache (castrl/bench/report.py)
+        from castrl.bench.report import main as report_main
+
+        return report_main(rest)
     if suite == "core":
         from castrl.bench.core import main as core_main
 

@@ -191,6 +191,8 @@ def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]
     is spent (the rest stays missing for the next invocation).
     """
     outcome = GridOutcome()
+    # Cells of one invocation share machine conditions: the report pairs step times only within one.
+    invocation = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     todo = []
     for cell in cells:
         (outcome.cached if cell.path(cache_dir).exists() else todo).append(cell)
@@ -209,8 +211,27 @@ def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]
             outcome.failed.append((cell, traceback.format_exc()))
             print(f"[bench] cell {cell.method} seed {cell.seed} failed:\n{outcome.failed[-1][1]}")
             continue
-        save_cell(cell, result, cache_dir)
+        save_cell(cell, {**result, "invocation": invocation}, cache_dir)
         outcome.ran.append(cell)
         outcome.seconds[f"{cell.method}-s{cell.seed}"] = time.perf_counter() - cell_start
     bar.close()
     return outcome
+
+
+def grid_cli(tier: str, cells: Sequence[Cell], run_cell: Callable[[Cell], Mapping[str, Any]],
+             cache_dir: str, *, list_only: bool, progress: bool, time_budget_s: float | None) -> int:
+    """The shared tail of `castrl bench <tier>`: list the cells, or fill the missing ones and say what ran."""
+    if list_only:
+        for cell in cells:
+            state = "cached" if cell.path(cache_dir).exists() else "missing"
+            print(f"{cell.method:18s} seed {cell.seed}  {state}  {cell.path(cache_dir)}")
+        return 0
+    start = time.perf_counter()
+    outcome = run_grid(cells, run_cell, cache_dir, progress=progress, time_budget_s=time_budget_s)
+    print(f"[bench] {tier}: {outcome.summary()} in {time.perf_counter() - start:.0f} s")
+    for name, seconds in outcome.seconds.items():
+        print(f"[bench]   {name}: {seconds:.1f} s")
+    missing = sum(not c.path(cache_dir).exists() for c in cells)
+    if missing:
+        print(f"[bench] {tier}: {missing} cell(s) still missing; run the same command again to fill them")
+    return 1 if outcome.failed else 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from castrl.rewards import Verifier
 
@@ -134,11 +135,16 @@ def run_rl_cell(*, model: Any, tokenizer: Any, config: Any, train_dataset: Any, 
     from castrl.trl import CASTTrainer
 
     start = time.perf_counter()
+    n_params = sum(p.numel() for p in model.parameters())
     trainer = CASTTrainer(model=model, reward_funcs=make_trl_reward(verifier), args=config,
                           train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config)
 
+    trainer.remove_callback(PrinterCallback)  # one dict per step on stdout would drown the progress bar
+
     def evaluate() -> dict[str, Any]:
-        return greedy_eval(trainer.model, tokenizer, held_out, verifier, max_new_tokens=eval_max_new_tokens)
+        result = greedy_eval(trainer.model, tokenizer, held_out, verifier, max_new_tokens=eval_max_new_tokens)
+        verifier.pop_stats()  # held-out checks must not show up in the training reward counters
+        return result
 
     recorder = BenchRecorder(evaluate, eval_every, config.max_steps)
     trainer.add_callback(recorder)
@@ -151,6 +157,7 @@ def run_rl_cell(*, model: Any, tokenizer: Any, config: Any, train_dataset: Any, 
         "eval_seconds": recorder.eval_seconds,
         "wall_s": wall,
         "train_wall_s": wall - recorder.eval_seconds,
+        "model_params": n_params,
         "versions": _versions(),
     }
 

@@ -1,0 +1,252 @@
+"""`castrl bench report`: `docs/results.md` and learning-curve PNGs from the cached cells.
+
+Only what the cache holds is reported: every number is computed here from cell JSONs, and every
+table names the command that produced its cells. Cells are selected by the tier's settings (the
+default grid, or `--quick`'s), so a smoke run never mixes into the real tables. Intervals are 95 %
+t-intervals over seeds; comparisons with GRPO are paired by seed (same data order and SFT model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier
+from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
+
+BASELINE = "grpo"
+SIGNAL_KEYS = (
+    ("reward", "reward"),
+    ("non-zero adv", "cast/frac_nonzero_adv"),
+    ("all-correct", "cast/frac_all_correct"),
+    ("all-wrong", "cast/frac_all_wrong"),
+    ("mixed", "cast/frac_mixed"),
+    ("flip (correct)", "cast/flip_frac_correct"),
+    ("flip (wrong)", "cast/flip_frac_wrong"),
+)
+TIME_PARTS = ("rollout_s", "student_s", "teacher_s", "advantage_s", "train_s", "step_s")
+
+
+@dataclass
+class TierView:
+    """The cells of one tier and configuration, indexed by method then seed."""
+
+    tier: str
+    title: str
+    command: str
+    cells: dict[str, dict[int, dict[str, Any]]]
+    notes: list[str]
+
+    @property
+    def methods(self) -> list[str]:
+        """Methods in the order they first appear in the cache, the baseline first."""
+        names = sorted(self.cells, key=lambda m: (m != BASELINE, m))
+        return names
+
+    def seeds(self, method: str) -> list[int]:
+        return sorted(self.cells.get(method, {}))
+
+
+def select_cells(records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> dict[str, dict[int, dict]]:
+    """method -> seed -> record, for the records whose tier settings equal `settings`."""
+    wanted = json.loads(json.dumps(settings))  # as stored: tuples become lists
+    out: dict[str, dict[int, dict]] = {}
+    for rec in records:
+        if rec.get("config", {}).get("settings") == wanted:
+            out.setdefault(rec["method"], {})[int(rec["seed"])] = rec
+    return out
+
+
+# --- per-cell extraction ------------------------------------------------------------------------------
+
+
+def acc_at(rec: dict[str, Any]) -> dict[int, float]:
+    """step -> held-out greedy accuracy of one cell."""
+    return {int(e["step"]): float(e["accuracy"]) for e in rec.get("evals", [])}
+
+
+def final_step(rec: dict[str, Any]) -> int:
+    return max(acc_at(rec)) if rec.get("evals") else 0
+
+
+def step_mean(rec: dict[str, Any], key: str) -> float:
+    """Mean of a per-step metric over the cell's logged steps (NaN when never logged)."""
+    values = [r[key] for r in rec.get("steps", []) if r.get(key) is not None]
+    return sum(values) / len(values) if values else math.nan
+
+
+def steps_to_reach(rec: dict[str, Any], target: float) -> int | None:
+    """First evaluated step whose accuracy >= target, or None when never reached."""
+    for step, acc in sorted(acc_at(rec).items()):
+        if acc >= target - 1e-12:
+            return step
+    return None
+
+
+# --- tables -------------------------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def budgets(view: TierView) -> list[int]:
+    """Evaluated steps common to the baseline's cells (or to all cells when there is no baseline)."""
+    recs = [r for m in view.cells.values() for r in m.values()]
+    base = list(view.cells.get(BASELINE, {}).values()) or recs
+    steps = set.intersection(*(set(acc_at(r)) for r in base)) if base else set()
+    return sorted(steps)
+
+
+def accuracy_tables(view: TierView) -> list[str]:
+    steps = budgets(view)
+    rows, diffs = [], []
+    base = {s: acc_at(r) for s, r in view.cells.get(BASELINE, {}).items()}
+    for m in view.methods:
+        per_seed = {s: acc_at(r) for s, r in view.cells[m].items()}
+        rows.append([m, str(len(per_seed))] + [fmt_ci(mean_ci([a.get(k, math.nan) for a in per_seed.values()]))
+                                               for k in steps])
+        if m != BASELINE and base:
+            cells = [fmt_ci(paired_diff({s: a[k] for s, a in per_seed.items() if k in a},
+                                        {s: a[k] for s, a in base.items() if k in a}), signed=True)
+                     for k in steps[1:]]
+            diffs.append([m] + cells)
+    out = ["### Held-out greedy accuracy (mean ± 95% CI over seeds)", ""]
+    out += _table(["method", "seeds"] + [f"step {k}" for k in steps], rows)
+    if diffs:
+        out += ["", f"### Paired difference vs {BASELINE} (method − {BASELINE}, mean [95% CI] over seeds)", ""]
+        out += _table(["method"] + [f"step {k}" for k in steps[1:]], diffs)
+    return out
+
+
+def reach_table(view: TierView) -> list[str]:
+    """Steps each method needs to reach GRPO's final accuracy, paired by seed (target = that seed's GRPO)."""
+    base = view.cells.get(BASELINE, {})
+    if not base:
+        return []
+    rows = []
+    for m in view.methods:
+        hits, n = [], 0
+        for seed, rec in view.cells[m].items():
+            if seed not in base:
+                continue
+            n += 1
+            hit = steps_to_reach(rec, acc_at(base[seed])[final_step(base[seed])])
+            if hit is not None:
+                hits.append(hit)
+        budget = max(final_step(r) for r in base.values())
+        mean = sum(hits) / len(hits) if hits else None
+        rows.append([m, "not reached" if mean is None else f"{mean:.1f}", f"{len(hits)}/{n}",
+                     "-" if mean is None else f"{mean / budget:.2f}"])
+    head = ["### Steps to reach GRPO's final accuracy", "",
+            f"Per seed, the target is that seed's {BASELINE} accuracy at its last step; the mean is over "
+            "the seeds that reach it (evaluations happen every few steps, so a step count is an upper bound).", ""]
+    return head + _table(["method", "steps (mean)", "seeds reached", f"÷ {BASELINE} budget"], rows)
+
+
+def signal_table(view: TierView) -> list[str]:
+    rows = []
+    for m in view.methods:
+        recs = list(view.cells[m].values())
+        rows.append([m] + [fmt_ci(mean_ci([step_mean(r, key) for r in recs])) for _, key in SIGNAL_KEYS])
+    head = ["### Rollout signal (per-step means, then mean ± 95% CI over seeds)", "",
+            "`non-zero adv` is the share of rollouts whose advantage is non-zero on some token; group types "
+            "are fractions of prompt groups; flips are fractions of completion tokens that CAST flipped.", ""]
+    return head + _table(["method"] + [name for name, _ in SIGNAL_KEYS], rows)
+
+
+def _same_invocation_ratio(rec: dict, base: dict | None) -> float | None:
+    if base is None or rec.get("invocation") != base.get("invocation"):
+        return None
+    num, den = rec.get("timing", {}).get("step_s"), base.get("timing", {}).get("step_s")
+    return num / den if num and den else None
+
+
+def timing_table(view: TierView) -> tuple[list[str], dict[str, Interval]]:
+    base = view.cells.get(BASELINE, {})
+    rows, ratios = [], {}
+    for m in view.methods:
+        recs = view.cells[m]
+        parts = [fmt_ci(mean_ci([r.get("timing", {}).get(p, math.nan) for r in recs.values()]), digits=3)
+                 for p in TIME_PARTS]
+        pairs = [_same_invocation_ratio(r, base.get(s)) for s, r in recs.items()]
+        ratios[m] = mean_ci([p for p in pairs if p is not None])
+        ratio = fmt_ci(ratios[m], digits=2) + f" (n={ratios[m].n})" if ratios[m].n else "-"
+        wall = mean_ci([r.get("wall_s", math.nan) for r in recs.values()])
+        rows.append([m] + parts + [ratio, f"{wall.mean:.0f}"])
+    head = ["### Seconds per step (mean ± 95% CI over seeds; first step excluded)", "",
+            "rollout = TRL generation + reward; student/teacher = CAST's no-grad log-prob passes; train = TRL "
+            f"`step_time` minus the rest. `÷ {BASELINE}` pairs each seed with the {BASELINE} cell of the same "
+            "invocation (same machine load) and averages the step-time ratios. Wall = whole cell, evals included.", ""]
+    header = ["method", "rollout", "student", "teacher", "advantage", "train", "total", f"÷ {BASELINE}", "wall s"]
+    return head + _table(header, rows), ratios
+
+
+def headline(view: TierView, ratios: dict[str, Interval]) -> list[str]:
+    """CAST against the issue's targets, as measured (no verdict is assumed)."""
+    if "cast" not in view.cells or BASELINE not in view.cells:
+        return ["(CAST or GRPO cells missing: no headline.)"]
+    base, cast = view.cells[BASELINE], view.cells["cast"]
+    final = budgets(view)[-1]
+    delta = paired_diff({s: acc_at(r).get(final, math.nan) for s, r in cast.items()},
+                        {s: acc_at(r).get(final, math.nan) for s, r in base.items()})
+    hits = [steps_to_reach(r, acc_at(base[s])[final_step(base[s])]) for s, r in cast.items() if s in base]
+    reached = [h for h in hits if h is not None]
+    nonzero = mean_ci([step_mean(r, "cast/frac_nonzero_adv") for r in cast.values()])
+    steps_text = (f"{sum(reached) / len(reached) / final:.2f}× the budget ({len(reached)}/{len(hits)} seeds reach it)"
+                  if reached else f"not reached (0/{len(hits)} seeds)")
+    rows = [
+        [f"held-out accuracy at step {final}, cast − grpo", "> 0", fmt_ci(delta, signed=True)],
+        ["steps to reach GRPO's final accuracy", "≤ 0.6× GRPO's", steps_text],
+        ["rollouts with a non-zero advantage (cast)", "100%", fmt_ci(nonzero)],
+        ["step time cast ÷ grpo (same invocation)", "≤ 1.10", fmt_ci(ratios.get("cast", Interval(math.nan, math.nan, 0)),
+                                                                    digits=2)],
+    ]
+    return _table(["measure", "target", "measured"], rows)
+
+
+def render_tier(view: TierView, figures: dict[str, str]) -> list[str]:
+    lines = [f"## {view.title}", "", f"Reproduce: `{view.command}`", ""]
+    lines += [f"- {note}" for note in view.notes] + [""]
+    if not view.cells:
+        return lines + ["No cells of this configuration are cached yet.", ""]
+    timing, ratios = timing_table(view)
+    lines += ["### Headline", ""] + headline(view, ratios) + [""]
+    for block in (accuracy_tables(view), reach_table(view), signal_table(view), timing):
+        lines += block + [""]
+    lines += [f"![{name}]({path})" for name, path in figures.items()] + [""]
+    return lines
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="castrl bench report", description=__doc__.splitlines()[0])
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
+    p.add_argument("--out", default="docs/results.md")
+    p.add_argument("--figures", default="docs/figures/bench", help="folder of the PNGs (written beside --out)")
+    p.add_argument("--quick", action="store_true", help="report the --quick grids instead of the full ones")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Write the markdown report and its figures; prints the path."""
+    from castrl.bench.report_figures import write_figures
+    from castrl.bench.report_tiers import tier_views
+
+    args = _parser().parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# castrl benchmark results", "",
+             "Generated by `castrl bench report` from the cell cache; do not edit by hand. Numbers are whatever "
+             "the cached cells measured.", ""]
+    for view in tier_views(args.cache_dir, quick=args.quick, loader=load_tier):
+        figures = write_figures(view, Path(args.figures), out.parent) if view.cells else {}
+        lines += render_tier(view, figures)
+    out.write_text("\n".join(lines))
+    print(f"[bench] report: {out}")
+    return 0

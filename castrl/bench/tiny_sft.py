@@ -1,0 +1,180 @@
+"""The tiny tier's starting point: a ~1M-parameter Llama trained from scratch by SFT on arithmetic.
+
+Why SFT to a *middling* accuracy: RL needs groups with reward variance, so the model must already
+answer in the right format and get some problems right, but not all. SFT runs until greedy accuracy
+on a monitor set of RL training problems reaches `target_accuracy` (checked every `eval_every`
+steps) or `max_steps` is spent, whichever comes first. The checkpoint is cached under
+`<cache>/tiny_sft/<hash of the settings>/`, written to a temporary folder and renamed when complete.
+
+A share `hint_fraction` of SFT prompts carry the answer (the privileged teacher's template), so the
+answer-aware teachers of rlsd / rlrt / cast_with_answer read a context the model has learnt to use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from castrl.bench.rl_cell import HeldOut, greedy_eval
+from castrl.data import make_arithmetic
+from castrl.rewards import Verifier
+
+# Plain-text formats (no chat: a model trained from scratch follows no instructions).
+PROMPT_TEMPLATE = "Q: {problem}\nA:"
+ANSWER_TEMPLATE = "Q: {problem} (answer: {answer})\nA:"
+SFT_INFO_FILE = "sft.json"
+# Distinct problems per level and split in the arithmetic suite (castrl.data.arithmetic docstring).
+POOL_SIZES = {"add1": {"train": 63, "test": 16}, "mul21": {"train": 579, "test": 132}}
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    """Everything that determines the SFT checkpoint (its cache key is a hash of these fields)."""
+
+    levels: tuple[str, ...] = ("add1", "add2", "mul21")
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 512
+    n_per_level: int = 500
+    data_seed: int = 100
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    max_steps: int = 4000
+    eval_every: int = 250
+    target_accuracy: float = 0.40
+    monitor_n_per_level: int = 32
+    hint_fraction: float = 0.25
+    seed: int = 0
+
+    def key(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def prompt_text(problem: str) -> str:
+    """The student prompt of the tiny tier (RL, eval and SFT use exactly this)."""
+    return PROMPT_TEMPLATE.format(problem=problem)
+
+
+def target_text(record: dict[str, Any]) -> str:
+    """The SFT completion: ' 12 + 7 = 19. \\boxed{19}' (the worked equation, then the boxed answer)."""
+    equation = record["solution"].split(". The final answer")[0] if record.get("solution") else record["answer"]
+    return f" {equation}. \\boxed{{{record['answer']}}}"
+
+
+def records(split: str, levels: Sequence[str], n_per_level: int, seed: int) -> list[dict[str, Any]]:
+    """`n_per_level` problems per level, capped at the level's pool size (add1 has 63 train / 16 test)."""
+    out: list[dict[str, Any]] = []
+    for level in levels:
+        n = min(n_per_level, POOL_SIZES.get(level, {}).get(split, n_per_level))
+        out += make_arithmetic(split, [level], n_per_level=n, seed=seed)
+    return out
+
+
+def held_out_of(recs: Sequence[dict[str, Any]]) -> HeldOut:
+    return HeldOut([prompt_text(r["problem"]) for r in recs], [r["answer"] for r in recs],
+                   [r["level"] or "" for r in recs])
+
+
+def _encode(tokenizer: Any, rec: dict[str, Any], hint: bool) -> tuple[list[int], list[int]]:
+    """(input ids, labels): loss on the completion and EOS only, -100 on the prompt."""
+    prompt = ANSWER_TEMPLATE.format(**rec) if hint else prompt_text(rec["problem"])
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    t_ids = tokenizer(target_text(rec), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return p_ids + t_ids, [-100] * len(p_ids) + t_ids
+
+
+def _batch(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    n = max(len(x) for x, _ in rows)
+    return {
+        "input_ids": torch.tensor([x + [pad_id] * (n - len(x)) for x, _ in rows]),
+        "labels": torch.tensor([y + [-100] * (n - len(y)) for _, y in rows]),
+        "attention_mask": torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x, _ in rows]),
+    }
+
+
+def train_sft(settings: SFTSettings, monitor: HeldOut, progress: bool = True) -> tuple[Any, Any, dict]:
+    """Train from scratch; returns (model, tokenizer, info with the accuracy history and stop reason)."""
+    from castrl.testing import build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, hidden=settings.hidden, layers=settings.layers, heads=settings.heads,
+                             kv_heads=settings.kv_heads, intermediate=settings.intermediate,
+                             max_positions=128, seed=settings.seed)
+    rng = random.Random(settings.seed)
+    data = records("train", settings.levels, settings.n_per_level, settings.data_seed)
+    encoded = [_encode(tokenizer, r, hint=False) for r in data] + [_encode(tokenizer, r, hint=True) for r in data]
+    n_plain = len(data)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
+    verifier = Verifier(use_pool=False)
+    history: list[dict[str, float]] = []
+    info: dict[str, Any] = {"stopped": "max_steps"}
+    model.train()
+    start = time.perf_counter()
+    for step in tqdm(range(1, settings.max_steps + 1), desc="tiny SFT", disable=not progress, unit="step"):
+        rows = [encoded[rng.randrange(n_plain, len(encoded)) if rng.random() < settings.hint_fraction
+                        else rng.randrange(n_plain)] for _ in range(settings.batch_size)]
+        loss = model(**_batch(rows, tokenizer.pad_token_id)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % settings.eval_every == 0 or step == settings.max_steps:
+            acc = greedy_eval(model, tokenizer, monitor, verifier, max_new_tokens=32)["accuracy"]
+            history.append({"step": step, "loss": float(loss.detach()), "monitor_accuracy": acc,
+                            "seconds": time.perf_counter() - start})
+            print(f"[bench] tiny SFT step {step}: loss {history[-1]['loss']:.3f}, monitor accuracy {acc:.3f} "
+                  f"({history[-1]['seconds']:.0f} s)", flush=True)
+            if acc >= settings.target_accuracy:
+                info["stopped"] = "target_accuracy"
+                break
+    verifier.close()
+    info.update(history=history, steps=history[-1]["step"] if history else 0,
+                params=sum(p.numel() for p in model.parameters()), seconds=time.perf_counter() - start)
+    return model.eval(), tokenizer, info
+
+
+def sft_checkpoint(settings: SFTSettings, cache_dir: str | os.PathLike[str], rl_seed_data: int = 0,
+                   progress: bool = True) -> Path:
+    """Path of the cached SFT checkpoint for `settings`, training it first when it is missing.
+
+    The monitor set is the first `monitor_n_per_level` RL training problems per level (data seed
+    `rl_seed_data`): "middling" is measured where RL will train.
+    """
+    folder = Path(cache_dir) / "tiny_sft" / settings.key()
+    if (folder / SFT_INFO_FILE).exists():
+        return folder
+    monitor = held_out_of(records("train", settings.levels, settings.monitor_n_per_level, rl_seed_data))
+    model, tokenizer, info = train_sft(settings, monitor, progress=progress)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(tmp / SFT_INFO_FILE, "w") as f:
+        json.dump({"settings": asdict(settings), **info}, f, indent=1)
+    if folder.exists():  # another invocation finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+    last = info["history"][-1] if info["history"] else {}
+    print(f"[bench] tiny SFT: {info['steps']} steps, monitor accuracy {last.get('monitor_accuracy', float('nan')):.3f}"
+          f" ({info['stopped']}), {info['seconds']:.0f} s -> {folder}")
+    return folder
+
+
+def sft_info(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    with open(Path(folder) / SFT_INFO_FILE) as f:
+        return json.load(f)

@@ -1,0 +1,239 @@
+"""The benchmark harness, statistics and report on synthetic cells; the tiny tier's --quick run (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict
+
+import pytest
+
+from castrl.bench import harness
+from castrl.bench.harness import Cell, TeacherDefaults, make_cells, method_overrides, parse_methods, run_grid
+from castrl.bench.report import TierView, accuracy_tables, headline, reach_table, steps_to_reach, timing_table
+from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff, t_cdf, t_quantile
+
+TEACHERS = TeacherDefaults("student", "ema", "with_answer", {"frozen": "frozen", "lagged5": "lagged:5"})
+
+
+# --- cache keying and grid filling ---------------------------------------------------------------
+
+
+def test_cell_key_depends_on_every_part_of_the_config():
+    base = Cell("tiny", "cast", 0, {"settings": {"steps": 60, "lr": 1e-4}, "overrides": {"flip": True}})
+    variants = [
+        Cell("tiny", "cast", 1, base.config),
+        Cell("tiny", "grpo", 0, base.config),
+        Cell("smollm2", "cast", 0, base.config),
+        Cell("tiny", "cast", 0, {"settings": {"steps": 61, "lr": 1e-4}, "overrides": {"flip": True}}),
+        Cell("tiny", "cast", 0, {"settings": {"steps": 60, "lr": 1e-4}, "overrides": {"flip": False}}),
+    ]
+    keys = {base.key()} | {v.key() for v in variants}
+    assert len(keys) == 1 + len(variants)
+    # Key order in the config does not matter: the JSON is canonical.
+    same = Cell("tiny", "cast", 0, {"overrides": {"flip": True}, "settings": {"lr": 1e-4, "steps": 60}})
+    assert same.key() == base.key() and len(base.key()) == 16
+
+
+def test_harness_version_is_part_of_the_key(monkeypatch):
+    cell = Cell("tiny", "cast", 0, {"a": 1})
+    before = cell.key()
+    monkeypatch.setattr(harness, "HARNESS_VERSION", harness.HARNESS_VERSION + 1)
+    assert cell.key() != before
+
+
+def test_run_grid_fills_only_missing_cells_and_does_not_cache_crashes(tmp_path):
+    cells = make_cells("tiny", ["grpo", "cast"], [0, 1], lambda m, s: {"m": m})
+    assert [(c.method, c.seed) for c in cells] == [("grpo", 0), ("cast", 0), ("grpo", 1), ("cast", 1)]
+    calls = []
+
+    def run(cell):
+        calls.append((cell.method, cell.seed))
+        if cell.method == "cast" and cell.seed == 1:
+            raise RuntimeError("boom")
+        return {"evals": [{"step": 0, "accuracy": 0.5}]}
+
+    first = run_grid(cells, run, tmp_path, progress=False)
+    assert len(first.ran) == 3 and len(first.failed) == 1 and not first.cached
+    assert not cells[3].path(tmp_path).exists()
+    record = json.loads(cells[0].path(tmp_path).read_text())
+    assert record["key"] == cells[0].key() and record["method"] == "grpo" and "invocation" in record
+    calls.clear()
+    second = run_grid(cells, lambda c: {"evals": []}, tmp_path, progress=False)
+    assert len(second.cached) == 3 and [(c.method, c.seed) for c in second.ran] == [("cast", 1)]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_run_grid_time_budget_stops_before_the_next_cell(tmp_path):
+    cells = make_cells("tiny", ["grpo"], [0, 1, 2], lambda m, s: {})
+    outcome = run_grid(cells, lambda c: {}, tmp_path, progress=False, time_budget_s=-1.0)
+    assert not outcome.ran and not any(c.path(tmp_path).exists() for c in cells)
+
+
+def test_methods_change_one_thing_relative_to_cast():
+    cast = method_overrides("cast", TEACHERS)
+    assert cast == {"advantage_estimator": "cast", "teacher_context": "student", "teacher_weights": "ema"}
+    assert method_overrides("cast_noflip", TEACHERS) == {**cast, "flip": False}
+    assert method_overrides("cast_mixed_only", TEACHERS) == {**cast, "mixed_only": True}
+    assert method_overrides("cast_with_answer", TEACHERS) == {**cast, "teacher_context": "with_answer"}
+    assert method_overrides("cast_lagged5", TEACHERS) == {**cast, "teacher_weights": "lagged:5"}
+    assert method_overrides("dr_grpo", TEACHERS) == {"advantage_estimator": "dr_grpo", "loss_type": "dr_grpo"}
+    rlsd = method_overrides("rlsd", TEACHERS)
+    assert rlsd["teacher_context"] == "with_answer" and rlsd["teacher_weights"] == "lagged:10"
+    assert "teacher_context" not in method_overrides("grpo", TEACHERS)
+
+
+def test_parse_methods_rejects_unknown_names_listing_valid_ones():
+    assert parse_methods(None, TEACHERS)[:2] == ("grpo", "dr_grpo")
+    assert "cast_frozen" in parse_methods("all", TEACHERS)
+    with pytest.raises(ValueError, match="valid methods: grpo, dr_grpo"):
+        parse_methods("grpo,cast_bogus", TEACHERS)
+
+
+def test_every_tiny_method_builds_a_valid_trainer_config(tmp_path):
+    from castrl.bench import tiny
+
+    for method in parse_methods(None, tiny.TEACHERS):
+        cfg = tiny.trainer_config(tiny.QUICK, method_overrides(method, tiny.TEACHERS), 0, str(tmp_path))
+        assert cfg.max_steps == tiny.QUICK.steps and cfg.num_generations == tiny.QUICK.num_generations
+
+
+def test_every_smollm2_method_builds_a_valid_trainer_config(tmp_path):
+    from castrl.bench import smollm2
+
+    methods = parse_methods(None, smollm2.TEACHERS)
+    assert {"cast_ema", "cast_frozen", "rlsd"} <= set(methods)
+    for method in methods:
+        cfg = smollm2.trainer_config(smollm2.SmolSettings(), method_overrides(method, smollm2.TEACHERS), 1,
+                                     str(tmp_path))
+        assert cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps == 32
+    assert method_overrides("cast", smollm2.TEACHERS)["teacher_context"] == "self_teach"
+
+
+def test_tiny_list_prints_cells_without_training(tmp_path, capsys):
+    from castrl.bench import main as bench_main
+
+    assert bench_main(["tiny", "--list", "--seeds", "2", "--methods", "grpo,cast", "--cache-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all("missing" in line for line in lines)
+    assert not (tmp_path / "tiny_sft").exists()
+    with pytest.raises(ValueError, match="--seeds must be >= 1"):
+        bench_main(["tiny", "--list", "--seeds", "0", "--cache-dir", str(tmp_path)])
+
+
+# --- statistics -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)])
+def test_t_quantile_matches_tables(df, expected):
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=2e-4)
+    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=2e-4)
+    assert t_cdf(expected, df) == pytest.approx(0.975, abs=1e-5)
+
+
+def test_mean_ci_and_paired_difference():
+    iv = mean_ci([0.1, 0.2, 0.3])
+    assert iv.mean == pytest.approx(0.2) and iv.n == 3
+    assert iv.half == pytest.approx(t_quantile(0.975, 2) * 0.1 / math.sqrt(3))
+    assert math.isnan(mean_ci([0.4]).half) and mean_ci([]).n == 0
+    assert mean_ci([0.2, None, float("nan"), 0.4]).n == 2
+    # Paired: a constant offset has zero-width interval even though each method's spread is large.
+    a = {0: 0.9, 1: 0.1, 2: 0.5, 3: 0.7}
+    b = {s: v - 0.05 for s, v in a.items()} | {9: 0.0}  # seed 9 has no partner and is ignored
+    diff = paired_diff(a, b)
+    assert diff.n == 4 and diff.mean == pytest.approx(0.05) and diff.half == pytest.approx(0.0, abs=1e-12)
+    assert fmt_ci(Interval(0.05, 0.01, 4), signed=True) == "+0.050 [+0.040, +0.060]"
+    assert fmt_ci(Interval(0.412, 0.031, 5)) == "0.412 ± 0.031" and fmt_ci(mean_ci([])) == "-"
+
+
+# --- report on synthetic cells -----------------------------------------------------------------------
+
+
+def _cell(method: str, seed: int, curve: dict[int, float], step_s: float, invocation: str = "inv1") -> dict:
+    steps = [{"step": k, "reward": 0.3, "cast/frac_nonzero_adv": 1.0 if method == "cast" else 0.6,
+              "cast/frac_all_correct": 0.2, "cast/frac_all_wrong": 0.3, "cast/frac_mixed": 0.5,
+              "step_time": step_s} for k in range(1, 7)]
+    return {"method": method, "seed": seed, "config": {"settings": {"x": 1}},
+            "evals": [{"step": k, "accuracy": v} for k, v in curve.items()], "steps": steps,
+            "timing": {"step_s": step_s, "rollout_s": step_s / 2, "train_s": step_s / 2}, "wall_s": 10.0,
+            "invocation": invocation}
+
+
+def _view() -> TierView:
+    rng = random.Random(0)
+    cells: dict[str, dict[int, dict]] = {"grpo": {}, "cast": {}, "cast_noflip": {}}
+    for seed in range(4):
+        noise = rng.uniform(-0.02, 0.02)
+        cells["grpo"][seed] = _cell("grpo", seed, {0: 0.3, 3: 0.35 + noise, 6: 0.40 + noise}, 1.0)
+        cells["cast"][seed] = _cell("cast", seed, {0: 0.3, 3: 0.45 + noise, 6: 0.50 + noise}, 1.2,
+                                    invocation="inv1" if seed < 3 else "inv2")
+        cells["cast_noflip"][seed] = _cell("cast_noflip", seed, {0: 0.3, 3: 0.31, 6: 0.32}, 1.1)
+    return TierView("tiny", "tiny", "castrl bench tiny --seeds 4", cells, [])
+
+
+def test_report_tables_on_synthetic_cells():
+    view = _view()
+    acc = "\n".join(accuracy_tables(view))
+    assert "| grpo | 4 | 0.300 ± 0.000 |" in acc
+    assert "| cast | +0.100 [+0.100, +0.100] | +0.100 [+0.100, +0.100] |" in acc
+    reach = "\n".join(reach_table(view))
+    assert "| cast | 3.0 | 4/4 | 0.50 |" in reach and "| cast_noflip | not reached | 0/4 | - |" in reach
+    timing, ratios = timing_table(view)
+    # seed 3 of cast ran in another invocation than grpo's, so only 3 pairs enter the ratio
+    assert ratios["cast"].n == 3 and ratios["cast"].mean == pytest.approx(1.2)
+    head = "\n".join(headline(view, ratios))
+    assert "+0.100" in head and "0.50× the budget (4/4 seeds reach it)" in head and "| 100% | 1.000 ± 0.000 |" in head and "| ≤ 1.10 | 1.20 ± 0.00 |" in head
+
+
+def test_steps_to_reach_uses_the_first_evaluation_at_or_above_target():
+    rec = {"evals": [{"step": 0, "accuracy": 0.1}, {"step": 10, "accuracy": 0.4}, {"step": 20, "accuracy": 0.3}]}
+    assert steps_to_reach(rec, 0.4) == 10 and steps_to_reach(rec, 0.41) is None and steps_to_reach(rec, 0.0) == 0
+
+
+def test_report_cli_writes_markdown_and_figures(tmp_path):
+    from castrl.bench import report as report_mod
+    from castrl.bench import tiny
+
+    settings = asdict(tiny.QUICK)
+    for rec in [r for m in _view().cells.values() for r in m.values()]:
+        rec["config"] = {"settings": settings, "overrides": {}}
+        cell = Cell("tiny", rec["method"], rec["seed"], rec["config"])
+        path = cell.path(tmp_path / "cache")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec))
+    out = tmp_path / "docs" / "results.md"
+    rc = report_mod.main(["--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                          "--figures", str(tmp_path / "docs" / "figures" / "bench"), "--quick"])
+    assert rc == 0
+    text = out.read_text()
+    assert "Reproduce: `castrl bench tiny --seeds 4 --quick && castrl bench report --quick`" in text
+    assert "![tiny held-out accuracy](figures/bench/tiny_heldout.png)" in text
+    assert (tmp_path / "docs" / "figures" / "bench" / "tiny_heldout.png").stat().st_size > 1000
+    assert "smollm2 tier" in text and "No cells of this configuration are cached yet." in text
+
+
+# --- the real thing, small ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bench_tiny_quick_end_to_end(tmp_path):
+    """`castrl bench tiny --quick` trains the SFT model, runs grpo and cast for 2 seeds, and re-running
+    it reads every cell from the cache."""
+    from castrl.bench import main as bench_main
+
+    cache = tmp_path / "cache"
+    assert bench_main(["tiny", "--quick", "--cache-dir", str(cache), "--no-progress"]) == 0
+    cells = sorted((cache / "tiny" / "cells").glob("*.json"))
+    assert len(cells) == 4
+    rec = json.loads(cells[0].read_text())
+    steps = [e["step"] for e in rec["evals"]]
+    assert steps[0] == 0 and steps[-1] == rec["config"]["settings"]["steps"]
+    assert rec["timing"]["step_s"] > 0 and len(rec["steps"]) == rec["config"]["settings"]["steps"]
+    mtimes = {p: p.stat().st_mtime for p in cells}
+    assert bench_main(["tiny", "--quick", "--cache-dir", str(cache), "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime for p in cells} == mtimes
+    out = tmp_path / "results.md"
+    assert bench_main(["report", "--quick", "--cache-dir", str(cache), "--out", str(out),
+                       "--figures", str(tmp_path / "fig")]) == 0
+    assert "| cast |" in out.read_text()
