@@ -29,22 +29,47 @@ def _curve(points_per_seed: list[dict[int, float]]) -> tuple[list[int], list[flo
     return steps, means, lows, highs
 
 
-def _per_step(rec: dict, key: str) -> dict[int, float]:
-    return {int(r["step"]): r[key] for r in rec.get("steps", []) if r.get(key) is not None}
+def _per_step(rec: dict, key: str, window: int = 5) -> dict[int, float]:
+    """A per-step metric, as a trailing mean over `window` steps (one step's batch of 8 groups is noisy)."""
+    points = sorted((int(r["step"]), r[key]) for r in rec.get("steps", []) if r.get(key) is not None)
+    out = {}
+    for i, (step, _) in enumerate(points):
+        recent = [v for _, v in points[max(0, i - window + 1) : i + 1]]
+        out[step] = sum(recent) / len(recent)
+    return out
 
 
-def _plot(ax, view: TierView, series) -> None:
-    for method in view.methods:
+# Fixed colours: the two methods every panel compares, then a palette without black or red for the rest.
+_FIXED = {BASELINE: "black", "cast": "tab:red"}
+_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+            "tab:olive", "tab:cyan", "navy", "gold")
+
+
+def _colour(method: str, methods: list[str]) -> str:
+    others = [m for m in methods if m not in _FIXED]
+    return _FIXED.get(method) or _PALETTE[others.index(method) % len(_PALETTE)]
+
+
+def _plot(ax, view: TierView, series, methods: list[str], bands: bool = True) -> None:
+    """Mean curve per method; CI bands only for grpo and cast (ten overlapping bands are unreadable)."""
+    for method in methods:
         steps, means, lows, highs = _curve([series(r) for r in view.cells[method].values()])
         if not steps:
             continue
-        style = {"linewidth": 2.4, "color": "black"} if method == BASELINE else {"linewidth": 1.4}
-        if method == "cast":
-            style = {"linewidth": 2.4, "color": "tab:red"}
-        line = ax.plot(steps, means, label=method, **style)[0]
-        ax.fill_between(steps, lows, highs, alpha=0.12, color=line.get_color())
+        colour = _colour(method, view.methods)
+        ax.plot(steps, means, label=method, color=colour, linewidth=2.4 if method in _FIXED else 1.4)
+        if bands and method in _FIXED:
+            ax.fill_between(steps, lows, highs, alpha=0.12, color=colour)
     ax.set_xlabel("RL step")
     ax.grid(alpha=0.3)
+
+
+def _panels(view: TierView) -> list[tuple[str, list[str]]]:
+    """Baselines vs CAST, and CAST's ablations / teacher variants vs CAST (both with grpo)."""
+    fixed = [m for m in (BASELINE, "cast") if m in view.cells]
+    baselines = [m for m in view.methods if not m.startswith("cast") and m != BASELINE]
+    variants = [m for m in view.methods if m.startswith("cast_")]
+    return [("baselines", fixed + baselines), ("CAST ablations and teachers", fixed + variants)]
 
 
 def write_figures(view: TierView, folder: Path, md_dir: Path) -> dict[str, str]:
@@ -56,11 +81,12 @@ def write_figures(view: TierView, folder: Path, md_dir: Path) -> dict[str, str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, str] = {}
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    _plot(ax, view, acc_at)
-    ax.set_ylabel("held-out greedy accuracy")
-    ax.set_title(f"{view.tier}: held-out accuracy (mean, 95% CI band over seeds)")
-    ax.legend(fontsize=7, ncol=2)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    for ax, (title, methods) in zip(axes, _panels(view), strict=True):
+        _plot(ax, view, acc_at, methods)
+        ax.set_title(f"{view.tier}: {title}")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("held-out greedy accuracy (mean; band: 95% CI over seeds)")
     fig.tight_layout()
     path = folder / f"{view.tier}_heldout.png"
     fig.savefig(path, dpi=110)
@@ -70,9 +96,9 @@ def write_figures(view: TierView, folder: Path, md_dir: Path) -> dict[str, str]:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, (key, label) in zip(axes, (("reward", "training reward"),
                                        ("cast/frac_nonzero_adv", "rollouts with non-zero advantage")), strict=True):
-        _plot(ax, view, lambda r, k=key: _per_step(r, k))
+        _plot(ax, view, lambda r, k=key: _per_step(r, k), view.methods, bands=False)
         ax.set_ylabel(label)
-        ax.set_title(label)
+        ax.set_title(f"{view.tier}: {label}\n(mean over seeds, 5-step trailing mean)", fontsize=10)
     axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = folder / f"{view.tier}_signal.png"
