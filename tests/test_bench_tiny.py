@@ -11,7 +11,15 @@ import pytest
 
 from castrl.bench import harness
 from castrl.bench.harness import Cell, TeacherDefaults, make_cells, method_overrides, parse_methods, run_grid
-from castrl.bench.report import TierView, accuracy_tables, headline, reach_table, steps_to_reach, timing_table
+from castrl.bench.report import (
+    TierView,
+    accuracy_tables,
+    headline,
+    reach_table,
+    steps_to_reach,
+    timing_table,
+    verdict,
+)
 from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff, t_cdf, t_quantile
 
 TEACHERS = TeacherDefaults("student", "ema", "with_answer", {"frozen": "frozen", "lagged5": "lagged:5"})
@@ -183,6 +191,8 @@ def test_report_tables_on_synthetic_cells():
     # seed 3 of cast ran in another invocation than grpo's, so only 3 pairs enter the ratio
     assert ratios["cast"].n == 3 and ratios["cast"].mean == pytest.approx(1.2)
     head = "\n".join(headline(view, ratios))
+    lines = "\n".join(verdict(view))
+    assert "`cast` is better than `grpo` at step 6" in lines and "`cast_noflip` is worse than `grpo`" in lines
     assert "+0.100" in head and "0.50× the budget (4/4 seeds reach it)" in head and "| 100% | 1.000 ± 0.000 |" in head and "| ≤ 1.10 | 1.20 ± 0.00 |" in head
 
 

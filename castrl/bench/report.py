@@ -232,13 +232,33 @@ def headline(view: TierView, ratios: dict[str, Interval]) -> list[str]:
     return _table(["measure", "target", "measured"], rows)
 
 
+def verdict(view: TierView) -> list[str]:
+    """One computed sentence per method: is its final-step paired difference vs GRPO outside zero?"""
+    steps = budgets(view)
+    base = view.cells.get(BASELINE, {})
+    if not steps or not base:
+        return []
+    final, lines = steps[-1], []
+    for m in view.methods:
+        if m == BASELINE:
+            continue
+        iv = paired_diff({s: acc_at(r).get(final, math.nan) for s, r in view.cells[m].items()},
+                         {s: acc_at(r).get(final, math.nan) for s, r in base.items()})
+        if iv.n < 2:
+            continue
+        word = "better than" if iv.lo > 0 else "worse than" if iv.hi < 0 else "not distinguishable from"
+        lines.append(f"- `{m}` is {word} `{BASELINE}` at step {final} (paired Δ {fmt_ci(iv, signed=True)}, "
+                     f"{iv.n} seeds, 95% t-interval).")
+    return lines
+
+
 def render_tier(view: TierView, figures: dict[str, str]) -> list[str]:
     lines = [f"## {view.title}", "", f"Reproduce: `{view.command}`", ""]
     lines += [f"- {note}" for note in view.notes] + [""]
     if not view.cells:
         return lines + ["No cells of this configuration are cached yet.", ""]
     timing, ratios = timing_table(view)
-    lines += ["### Headline", ""] + headline(view, ratios) + [""]
+    lines += ["### Headline", ""] + headline(view, ratios) + [""] + verdict(view) + [""]
     for block in (accuracy_tables(view), level_table(view), reach_table(view), signal_table(view), timing):
         lines += block + [""]
     lines += [f"![{name}]({path})" for name, path in figures.items()] + [""]

@@ -69,7 +69,7 @@ class TinySettings:
 
 
 QUICK = TinySettings(
-    sft=SFTSettings(max_steps=300, eval_every=150, n_per_level=200),
+    sft=SFTSettings(max_steps=200, eval_every=100, n_per_level=200),
     steps=6, prompts_per_step=4, eval_every=3, train_n_per_level=16, eval_n_per_level=16,
 )
 QUICK_METHODS = "grpo,cast"
