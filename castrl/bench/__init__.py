@@ -1,5 +1,6 @@
 """`castrl bench <suite>`: benchmarks. Suites: `core` (CAST vs GRPO advantage micro-benchmark),
-`steptime` (seconds per training step split by phase, several estimators on one config)."""
+`steptime` (seconds per training step split by phase, several estimators on one config),
+`tiny` / `smollm2` (the cached CAST-vs-baselines grid) and `report` (docs/results.md)."""
 
 from __future__ import annotations
 
