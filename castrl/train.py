@@ -22,7 +22,7 @@ from castrl.models import LoraSettings, default_lora_for, load_model_and_tokeniz
 from castrl.rewards import Verifier, make_trl_reward
 from castrl.run_logging import MetricsJsonl, append_metrics, plot_run
 from castrl.trl import CASTConfig, CASTTrainer
-from castrl.trl.trainer import last_complete_checkpoint
+from castrl.trl.checkpoint import last_complete_checkpoint
 
 
 @dataclass

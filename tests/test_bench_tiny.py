@@ -92,6 +92,20 @@ def test_methods_change_one_thing_relative_to_cast():
     assert "teacher_context" not in method_overrides("grpo", TEACHERS)
 
 
+def test_knob_methods_change_the_named_fields_only():
+    cast = method_overrides("cast", TEACHERS)
+    assert method_overrides("cast@lam=0.5", TEACHERS) == {**cast, "lam": 0.5}
+    assert method_overrides("cast@flip_threshold=zero@flip=false", TEACHERS) == {
+        **cast, "flip_threshold": "zero", "flip": False}
+    assert method_overrides("cast_frozen@band_pos=[0.9,1.1]", TEACHERS)["band_pos"] == [0.9, 1.1]
+    with pytest.raises(ValueError, match="bad knob 'lamda=1'.*expected field=value"):
+        method_overrides("cast@lamda=1", TEACHERS)
+    with pytest.raises(ValueError, match="bad knob 'lam'"):
+        method_overrides("cast@lam", TEACHERS)
+    with pytest.raises(ValueError, match="unknown bench method"):
+        method_overrides("bogus@lam=1", TEACHERS)
+
+
 def test_parse_methods_rejects_unknown_names_listing_valid_ones():
     assert parse_methods(None, TEACHERS)[:2] == ("grpo", "dr_grpo")
     assert "cast_frozen" in parse_methods("all", TEACHERS)

@@ -48,37 +48,66 @@ PRIVILEGED_TEACHER_WEIGHTS = "lagged:10"
 @dataclass(frozen=True)
 class TeacherDefaults:
     """The tier's teachers: CAST's default (context, weights), the privileged answer context, and
-    the extra CAST weight variants that are meaningful on this tier (name suffix -> weights)."""
+    the extra CAST weight variants that are meaningful on this tier (name suffix -> weights).
+
+    `knobs` are knob-study methods (`method@field=value`, see `method_overrides`) that belong to the
+    tier's full grid."""
 
     cast_context: str
     cast_weights: str
     answer_context: str
     weight_variants: Mapping[str, str] = field(default_factory=dict)
+    knobs: tuple[str, ...] = ()
 
 
 def method_names(teachers: TeacherDefaults) -> tuple[str, ...]:
     """All methods of a tier's full grid, baselines first."""
-    return (*_BASE_METHODS, *(f"cast_{suffix}" for suffix in teachers.weight_variants))
+    return (*_BASE_METHODS, *(f"cast_{suffix}" for suffix in teachers.weight_variants), *teachers.knobs)
 
 
 def method_overrides(method: str, teachers: TeacherDefaults) -> dict[str, Any]:
     """CASTConfig overrides of `method` on a tier whose teachers are `teachers`.
 
     Ablations change exactly one thing relative to `cast`, so a paired difference isolates it.
+    `name@field=value[@field=value...]` is `name` with estimator fields changed (a knob study,
+    e.g. `cast@lam=0.5`); values are read as JSON where they parse (numbers, true/false), else
+    as strings (`cast@flip_threshold=zero`).
     """
-    if method in _BASE_METHODS:
-        out = dict(_BASE_METHODS[method])
-    elif method.startswith("cast_") and method[5:] in teachers.weight_variants:
-        out = {"advantage_estimator": "cast", "teacher_weights": teachers.weight_variants[method[5:]]}
+    name, *knobs = method.split("@")
+    if name in _BASE_METHODS:
+        out = dict(_BASE_METHODS[name])
+    elif name.startswith("cast_") and name[5:] in teachers.weight_variants:
+        out = {"advantage_estimator": "cast", "teacher_weights": teachers.weight_variants[name[5:]]}
     else:
-        raise ValueError(f"unknown bench method {method!r}; valid methods: {', '.join(method_names(teachers))}")
-    if method in ("rlsd", "rlrt"):
+        raise ValueError(f"unknown bench method {method!r}; valid methods: {', '.join(method_names(teachers))}, "
+                         "each optionally followed by @field=value")
+    if name in ("rlsd", "rlrt"):
         out.update(teacher_context=teachers.answer_context, teacher_weights=PRIVILEGED_TEACHER_WEIGHTS)
     elif out["advantage_estimator"] == "cast":
         out.setdefault("teacher_weights", teachers.cast_weights)
-        context = teachers.answer_context if method == "cast_with_answer" else teachers.cast_context
+        context = teachers.answer_context if name == "cast_with_answer" else teachers.cast_context
         out["teacher_context"] = context
+    for knob in knobs:
+        out.update(_parse_knob(method, knob))
     return out
+
+
+def _parse_knob(method: str, knob: str) -> dict[str, Any]:
+    """`field=value` of a knob-study method name -> {field: value}; the field must be an estimator field."""
+    from dataclasses import fields
+
+    from castrl.core.config import CastConfig, GRPOAdvConfig, OPSDConfig, RLSDConfig
+
+    key, sep, text = knob.partition("=")
+    known = {f.name for cls in (CastConfig, GRPOAdvConfig, RLSDConfig, OPSDConfig) for f in fields(cls)}
+    if not sep or key not in known:
+        raise ValueError(f"bad knob {knob!r} in bench method {method!r}: expected field=value with field one of "
+                         f"{', '.join(sorted(known))}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return {key: value}
 
 
 def parse_methods(spec: str | None, teachers: TeacherDefaults) -> tuple[str, ...]:

@@ -35,6 +35,9 @@ TEACHERS = TeacherDefaults(
     cast_weights="policy",
     answer_context="with_answer",
     weight_variants={"ema": "ema", "frozen": "frozen"},
+    # Knob study: a weak model's groups are mostly all-wrong, where B = -b_wrong pushes every sampled
+    # token down; this cell measures how much of CAST's effect that term carries.
+    knobs=("cast@b_wrong=0.25",),
 )
 
 

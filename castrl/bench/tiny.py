@@ -5,7 +5,8 @@ here uses the student's own prompt (`teacher_context="student"`) with an EMA tea
 variants swap the weights (frozen SFT model, a copy lagging 5 steps). The answer-aware teacher
 (rlsd, rlrt, cast_with_answer) reads `ANSWER_TEMPLATE`, a prompt the SFT taught the model to use.
 Prompts are plain strings ("Q: What is 12 + 7?\\nA:"), the same for SFT, RL and evaluation.
-Sized so the full grid (10 methods x 5 seeds) fits in about an hour on 2 quiet cores.
+Sized so the main grid (10 methods x 5 seeds) fits in about an hour on 2 quiet cores; the three
+knob-study methods (`cast@lam=0`, `cast@lam=0.5`, `cast@flip_threshold=zero`) add about 20 minutes.
 
     castrl bench tiny [--seeds 5] [--methods all] [--cache-dir bench_cache] [--quick]
 """
@@ -45,6 +46,9 @@ TEACHERS = TeacherDefaults(
     cast_weights="ema",
     answer_context=ANSWER_TEMPLATE,
     weight_variants={"frozen": "frozen", "lagged5": "lagged:5"},
+    # Knob study (issue: which knob moves CAST vs GRPO): no token shaping, half shaping, flip every
+    # disagreeing token. Teacher weights/context and flip on/off are covered by the variants above.
+    knobs=("cast@lam=0", "cast@lam=0.5", "cast@flip_threshold=zero"),
 )
 
 

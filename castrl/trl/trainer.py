@@ -6,19 +6,19 @@ sampling, entropy options and PEFT keep working:
 - `_generate_and_score_completions`: after TRL's rollout, run the student and teacher no-grad
   passes and replace TRL's (B,) advantages by the estimator's (B, T) ones;
 - `_save_checkpoint` / `_load_optimizer_and_scheduler`: persist the teacher's EMA/lagged weights and
-  mark a checkpoint complete only when everything is on disk.
+  commit each checkpoint atomically (staging folder + rename, `castrl.trl.checkpoint`).
 Advantages are computed on the batch gathered from all processes, since a group can straddle them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
@@ -26,10 +26,16 @@ from trl.trainer.utils import pad
 from castrl.core import get_estimator
 from castrl.teacher import TeacherWeights, build_teacher_prompt
 
+from .checkpoint import (
+    commit_checkpoint,
+    fsync_tree,
+    remove_stale_staging,
+    staging_root,
+    write_complete_marker,
+)
 from .config import CASTConfig
 
 TEACHER_STATE_FILE = "castrl_teacher.pt"
-COMPLETE_MARKER = "castrl_complete.json"
 
 
 class _TeacherUpdate(TrainerCallback):
@@ -186,13 +192,37 @@ class CASTTrainer(GRPOTrainer):
     # -- checkpoints ----------------------------------------------------------------------------
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-        if self.teacher_weights is not None:
-            torch.save(self.teacher_weights.state_dict(), os.path.join(folder, TEACHER_STATE_FILE))
-        write_complete_marker(folder, self.state.global_step)
+        """Let TRL/HF write the checkpoint into a staging folder, then commit it with one rename
+        (see `castrl.trl.checkpoint`): a `checkpoint-N/` is never half-written."""
+        run_dir = self._get_output_dir(trial=trial)
+        step = self.state.global_step
+        staging = staging_root(run_dir, step)
+        staged = os.path.join(staging, f"checkpoint-{step}")
+        final = os.path.join(run_dir, f"checkpoint-{step}")
+        if self.args.should_save:
+            remove_stale_staging(run_dir)
+        self.accelerator.wait_for_everyone()
+        # An instance attribute shadows the method for the duration of super()'s call only, so the
+        # model, optimizer, RNG states (every process) and trainer state all land in staging; HF's
+        # rotation then sees a folder with one checkpoint and deletes nothing.
+        self._get_output_dir = lambda trial=None: staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        self.accelerator.wait_for_everyone()  # every rank's files are in staging before the commit
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == staged:
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+            if self.teacher_weights is not None:
+                torch.save(self.teacher_weights.state_dict(), os.path.join(staged, TEACHER_STATE_FILE))
+            write_complete_marker(staged, step)
+            fsync_tree(staged)
+            commit_checkpoint(staged, final)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -201,29 +231,6 @@ class CASTTrainer(GRPOTrainer):
         path = os.path.join(checkpoint, TEACHER_STATE_FILE)
         if os.path.exists(path):
             self.teacher_weights.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-
-
-def write_complete_marker(folder: str, step: int) -> None:
-    """Atomically mark `folder` as a complete checkpoint (written last, via rename)."""
-    tmp = os.path.join(folder, COMPLETE_MARKER + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"global_step": step}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(folder, COMPLETE_MARKER))
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The highest-step `checkpoint-N` in `output_dir` that carries the complete marker, else None."""
-    if not os.path.isdir(output_dir):
-        return None
-    best, best_step = None, -1
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if name.startswith("checkpoint-") and name[11:].isdigit() and os.path.exists(os.path.join(path, COMPLETE_MARKER)):
-            if int(name[11:]) > best_step:
-                best, best_step = path, int(name[11:])
-    return best
 
 
 def guard_nonfinite_steps(optimizer: torch.optim.Optimizer, on_skip) -> None:
