@@ -73,9 +73,13 @@ def _smollm2_view(cache_dir: str, quick: bool, loader: Callable) -> TierView:
 
     settings = smollm2.QUICK if quick else smollm2.SmolSettings()
     cells = select_cells(loader(cache_dir, smollm2.TIER), asdict(settings))
-    seeds = _seed_count(cells) or 2
+    seeds = max(_seed_count(cells), 1 if quick else 2)
     flag = " --quick" if quick else ""
     command = f"castrl bench smollm2 --seeds {seeds}{flag} && castrl bench report{flag}"
+    from castrl.bench.harness import method_names
+
+    grid = [(m, s) for m in method_names(smollm2.TEACHERS) for s in range(seeds)]
+    missing = [f"{m} s{s}" for m, s in grid if s not in cells.get(m, {})]
     per_cell = [r.get("wall_s", math.nan) for m in cells.values() for r in m.values()]
     notes = [
         f"Model: bundled SmolLM2-135M-Instruct with LoRA r={settings.lora_r}; data {', '.join(settings.levels)}, "
@@ -88,6 +92,9 @@ def _smollm2_view(cache_dir: str, quick: bool, loader: Callable) -> TierView:
     ]
     if per_cell:
         notes.append(f"Cells cached: {len(per_cell)}; mean wall time per cell {sum(per_cell) / len(per_cell):.0f} s.")
+    if missing and not quick:
+        notes.append(f"**Partial grid**: {len(grid) - len(missing)} of {len(grid)} cells; not yet run: "
+                     f"{', '.join(missing)}. The same command fills in only the missing cells.")
     return TierView(smollm2.TIER, "smollm2 tier: SmolLM2-135M + LoRA (CPU)", command, cells, notes)
 
 
