@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from dataclasses import asdict
 
 import pytest
@@ -75,8 +76,11 @@ def test_run_grid_fills_only_missing_cells_and_does_not_cache_crashes(tmp_path):
 
 def test_run_grid_time_budget_stops_before_the_next_cell(tmp_path):
     cells = make_cells("tiny", ["grpo"], [0, 1, 2], lambda m, s: {})
-    outcome = run_grid(cells, lambda c: {}, tmp_path, progress=False, time_budget_s=-1.0)
-    assert not outcome.ran and not any(c.path(tmp_path).exists() for c in cells)
+    outcome = run_grid(cells, lambda c: time.sleep(0.2) or {}, tmp_path, progress=False, time_budget_s=0.1)
+    assert outcome.ran == cells[:1]
+    assert [c.path(tmp_path).exists() for c in cells] == [True, False, False]
+    with pytest.raises(ValueError, match="--time-budget must be a positive number"):
+        run_grid(cells, lambda c: {}, tmp_path, progress=False, time_budget_s=-1.0)
 
 
 def test_methods_change_one_thing_relative_to_cast():

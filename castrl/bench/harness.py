@@ -219,6 +219,8 @@ def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]
     grid goes on; that cell is not cached. With `time_budget_s`, no new cell starts once the budget
     is spent (the rest stays missing for the next invocation).
     """
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ValueError(f"--time-budget must be a positive number of seconds, got {time_budget_s}")
     outcome = GridOutcome()
     # Cells of one invocation share machine conditions: the report pairs step times only within one.
     invocation = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
