@@ -78,3 +78,26 @@ def plot_run(output_dir: str, path: str | None = None) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def drift_warning(records: list[dict[str, Any]], before: dict[str, float] | None, after: dict[str, float] | None,
+                  *, min_drop: float = 0.05, entropy_rise: float = 1.2) -> str | None:
+    """A warning when held-out accuracy fell by more than `min_drop` while the policy's entropy rose by
+    more than `entropy_rise`x (mean of the first two logged steps vs the last two), else None.
+
+    That pair is the signature of an update that pushes probability away from the model's own
+    samples; with the spec's defaults it is what CAST does to the bundled 135M model (README).
+    """
+    if not before or not after or before["accuracy"] - after["accuracy"] <= min_drop:
+        return None
+    entropy = [float(r["entropy"]) for r in records if "loss" in r and r.get("entropy") is not None]
+    if len(entropy) < 4:
+        return None
+    first, last = sum(entropy[:2]) / 2, sum(entropy[-2:]) / 2
+    if not last > entropy_rise * first:
+        return None
+    return (f"[castrl] warning: held-out accuracy fell {before['accuracy']:.3f} -> {after['accuracy']:.3f} while the "
+            f"policy's entropy rose {first:.2f} -> {last:.2f}: the update pushes probability away from the model's "
+            "own samples. Check that the teacher carries signal on this model (`castrl diagnose --model ...`: a "
+            "per-token AUC <= 0.5 means it does not) and compare with --advantage_estimator grpo. "
+            "README: 'Read this before you trust the demo's numbers'.")

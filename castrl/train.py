@@ -20,7 +20,7 @@ from castrl.data import load_problems, to_trl_dataset
 from castrl.evaluate import greedy_accuracy
 from castrl.models import LoraSettings, default_lora_for, load_model_and_tokenizer, peft_config
 from castrl.rewards import Verifier, make_trl_reward
-from castrl.run_logging import MetricsJsonl, append_metrics, plot_run
+from castrl.run_logging import MetricsJsonl, append_metrics, drift_warning, plot_run, read_metrics
 from castrl.trl import CASTConfig, CASTTrainer
 from castrl.trl.checkpoint import last_complete_checkpoint
 
@@ -167,6 +167,7 @@ def train(run: RunArguments, config: CASTConfig) -> dict:
         "heldout_after": after,
         "run_args": asdict(run),
         "plot": plot_run(config.output_dir),
+        "warnings": [w for w in [drift_warning(read_metrics(config.output_dir), before, after)] if w],
     }
     with open(os.path.join(config.output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -184,6 +185,8 @@ def _print_summary(summary: dict) -> None:
             print(f"| {key} | {b} | {after[key]:.3f} |")
     if summary["plot"]:
         print(f"[castrl] plot: {summary['plot']}")
+    for warning in summary["warnings"]:
+        print(warning)
 
 
 def main(argv: list[str] | None = None) -> int:
