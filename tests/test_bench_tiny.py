@@ -102,6 +102,8 @@ def test_knob_methods_change_the_named_fields_only():
     assert method_overrides("cast@flip_threshold=zero@flip=false", TEACHERS) == {
         **cast, "flip_threshold": "zero", "flip": False}
     assert method_overrides("cast_frozen@band_pos=[0.9,1.1]", TEACHERS)["band_pos"] == [0.9, 1.1]
+    assert method_overrides("cast@teacher_context=self_teach@teacher_weights=frozen", TEACHERS) == {
+        **cast, "teacher_context": "self_teach", "teacher_weights": "frozen"}
     with pytest.raises(ValueError, match="bad knob 'lamda=1'.*expected field=value"):
         method_overrides("cast@lamda=1", TEACHERS)
     with pytest.raises(ValueError, match="bad knob 'lam'"):

@@ -93,13 +93,15 @@ def method_overrides(method: str, teachers: TeacherDefaults) -> dict[str, Any]:
 
 
 def _parse_knob(method: str, knob: str) -> dict[str, Any]:
-    """`field=value` of a knob-study method name -> {field: value}; the field must be an estimator field."""
+    """`field=value` of a knob-study method name -> {field: value}; the field must be an estimator or
+    teacher field (e.g. `cast@teacher_context=student@teacher_weights=ema`)."""
     from dataclasses import fields
 
     from castrl.core.config import CastConfig, GRPOAdvConfig, OPSDConfig, RLSDConfig
 
     key, sep, text = knob.partition("=")
     known = {f.name for cls in (CastConfig, GRPOAdvConfig, RLSDConfig, OPSDConfig) for f in fields(cls)}
+    known |= {"teacher_context", "teacher_weights", "teacher_ema_decay", "teacher_max_prompt_length"}
     if not sep or key not in known:
         raise ValueError(f"bad knob {knob!r} in bench method {method!r}: expected field=value with field one of "
                          f"{', '.join(sorted(known))}")
