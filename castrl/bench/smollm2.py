@@ -35,9 +35,11 @@ TEACHERS = TeacherDefaults(
     cast_weights="policy",
     answer_context="with_answer",
     weight_variants={"ema": "ema", "frozen": "frozen"},
-    # Knob study: a weak model's groups are mostly all-wrong, where B = -b_wrong pushes every sampled
-    # token down; this cell measures how much of CAST's effect that term carries.
-    knobs=("cast@b_wrong=0.25",),
+    # Knob study of CAST's parts on this model: less all-wrong push-down, base advantages only (no
+    # token signal), and the student's own prompt with EMA / frozen (adapter off) weights as teacher.
+    # cast_mixed_only and cast_noflip (above) remove the zero-variance base term and the flips.
+    knobs=("cast@b_wrong=0.25", "cast@flip=false@lam=0", "cast@teacher_context=student@teacher_weights=ema",
+           "cast@teacher_context=student@teacher_weights=frozen"),
 )
 
 
