@@ -98,10 +98,11 @@ def _parse_knob(method: str, knob: str) -> dict[str, Any]:
     from dataclasses import fields
 
     from castrl.core.config import CastConfig, GRPOAdvConfig, OPSDConfig, RLSDConfig
+    from castrl.trl import CASTConfig
 
     key, sep, text = knob.partition("=")
     known = {f.name for cls in (CastConfig, GRPOAdvConfig, RLSDConfig, OPSDConfig) for f in fields(cls)}
-    known |= {"teacher_context", "teacher_weights", "teacher_ema_decay", "teacher_max_prompt_length"}
+    known |= {f.name for f in fields(CASTConfig) if f.name.startswith("teacher_")}
     if not sep or key not in known:
         raise ValueError(f"bad knob {knob!r} in bench method {method!r}: expected field=value with field one of "
                          f"{', '.join(sorted(known))}")

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from castrl.bench.harness import method_names
 from castrl.bench.report import TierView, select_cells
 
 
@@ -76,8 +77,6 @@ def _smollm2_view(cache_dir: str, quick: bool, loader: Callable) -> TierView:
     seeds = max(_seed_count(cells), 1 if quick else 2)
     flag = " --quick" if quick else ""
     command = f"castrl bench smollm2 --seeds {seeds}{flag} && castrl bench report{flag}"
-    from castrl.bench.harness import method_names
-
     grid = [(m, s) for m in method_names(smollm2.TEACHERS) for s in range(seeds)]
     missing = [f"{m} s{s}" for m, s in grid if s not in cells.get(m, {})]
     per_cell = [r.get("wall_s", math.nan) for m in cells.values() for r in m.values()]
