@@ -10,6 +10,8 @@ from .advantages import (
     EstimatorSpec,
     cast_advantages,
     compute_advantages,
+    compute_base_advantages,
+    compute_token_advantages,
     get_estimator,
     register_advantage,
 )
@@ -37,6 +39,8 @@ __all__ = [
     "cast_advantages",
     "clipped_surrogate_loss",
     "compute_advantages",
+    "compute_base_advantages",
+    "compute_token_advantages",
     "get_estimator",
     "get_loss",
     "group_stats",

@@ -6,6 +6,10 @@ with rewards (B,) float, group_ids (B,) int, student/teacher log-probs (B, T) fl
 None for estimators that do not use it), mask (B, T) bool/float. `adv` is (B, T), detached, zero on
 padding, in student_logps' dtype and device; `stats` maps `cast/...` metric names to floats.
 The math runs in fp32. Registered bodies receive a `PreparedBatch` (validated, gap sanitised).
+
+Each estimator is also available as its two halves, a base step over whole groups and a row-local
+token step (`compute_base_advantages`, `compute_token_advantages`): a trainer can then compute the
+token advantages of a micro-batch inside its loss, from the log-probs of the training forward pass.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from .config import CastConfig, EstimatorConfig, GRPOAdvConfig, OPSDConfig, RLSDConfig
 from .groups import ALL_CORRECT, MIXED
-from .inputs import PreparedBatch, prepare_batch
+from .inputs import PreparedBatch, prepare_batch, prepare_groups
 from .registry import Registry
 from .stats import advantage_metrics, flip_metrics, gap_metrics, group_metrics
 
@@ -38,16 +42,46 @@ class AdvantageEstimator(Protocol):
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-Body = Callable[[PreparedBatch, EstimatorConfig, int], tuple[torch.Tensor, dict[str, float]]]
+BaseFn = Callable[[PreparedBatch, EstimatorConfig], torch.Tensor]
+Body = Callable[[PreparedBatch, torch.Tensor, EstimatorConfig, int], tuple[torch.Tensor, dict[str, float]]]
+
+
+class BaseStep(Protocol):
+    def __call__(
+        self, rewards: torch.Tensor, group_ids: torch.Tensor, config: EstimatorConfig | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class TokenStep(Protocol):
+    def __call__(
+        self,
+        base: torch.Tensor,  # (B,) float, the base step's output for these rows
+        rewards: torch.Tensor,  # (B,) float, for the correct / wrong split of the metrics only
+        student_logps: torch.Tensor,
+        teacher_logps: torch.Tensor | None,
+        mask: torch.Tensor,
+        config: EstimatorConfig | None = None,
+        step: int = 0,
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """A registered estimator: the callable, its config class and whether it needs a teacher."""
+    """A registered estimator: the callable, its config class, whether it needs a teacher, and its
+    two halves.
+
+    Every estimator is a *base step* over whole groups (rewards -> one (B,) base advantage per
+    rollout) followed by a *token step* that is local to each row (base, log-probs -> (B, T)).
+    `fn` runs both on one batch. The halves let a trainer run the base step when the rewards are
+    in and the token step later, on any subset of rows, e.g. a training micro-batch whose forward
+    pass already yields the student log-probs (`CASTConfig.fuse_student_pass`).
+    """
 
     fn: AdvantageEstimator
     config_cls: type[EstimatorConfig]
     needs_teacher: bool
+    base_step: BaseStep
+    token_step: TokenStep
 
 
 ADVANTAGE_ESTIMATORS: Registry[EstimatorSpec] = Registry("advantage estimator")
@@ -68,32 +102,64 @@ def _apply_mask(adv: torch.Tensor, batch: PreparedBatch) -> torch.Tensor:
     return adv.mul_(batch.mask) if owned else adv * batch.mask
 
 
-def register_advantage(
-    name: str, config_cls: type[EstimatorConfig], needs_teacher: bool
-) -> Callable[[Body], AdvantageEstimator]:
-    """Register `body(batch, config, step) -> (adv fp32 (B,T), stats)` under `name`.
+def _check_base(base: object, n_rows: int) -> torch.Tensor:
+    if not isinstance(base, torch.Tensor) or not base.is_floating_point():
+        raise TypeError(f"base must be a float torch.Tensor, got {getattr(base, 'dtype', type(base).__name__)}")
+    if base.shape != (n_rows,):
+        raise ValueError(f"base must have shape ({n_rows},) (one value per row), got {tuple(base.shape)}")
+    if not torch.isfinite(base).all():
+        raise ValueError("base must be finite")
+    return base.detach().float()
 
-    The wrapper adds what every estimator shares: config defaulting and type check, input
-    validation, masking, dtype/device of the output, detaching, and the common metrics.
+
+def register_advantage(
+    name: str, config_cls: type[EstimatorConfig], needs_teacher: bool, base: BaseFn
+) -> Callable[[Body], AdvantageEstimator]:
+    """Register an estimator as `base(batch, config) -> (B,)` over whole groups and a row-local
+    `body(batch, base, config, step) -> (adv fp32 (B, T), stats)`.
+
+    The body must not read group statistics (`batch.groups` other than `.correct`): the token step
+    calls it with every row in a group of its own. The wrapper adds what every estimator shares:
+    config defaulting and type check, input validation, masking, dtype/device of the output,
+    detaching, and the common metrics.
     """
 
     def decorate(body: Body) -> AdvantageEstimator:
-        @functools.wraps(body)
-        def estimator(rewards, group_ids, student_logps, teacher_logps, mask, config=None, step=0):
+        def checked(config: EstimatorConfig | None) -> EstimatorConfig:
             config = config_cls() if config is None else config
             if not isinstance(config, config_cls):
                 raise TypeError(f"{name!r} needs a {config_cls.__name__}, got {type(config).__name__}")
-            batch = prepare_batch(
-                rewards, group_ids, student_logps, teacher_logps, mask, config, needs_teacher, name
-            )
-            adv, stats = body(batch, config, step)
+            return config
+
+        def tokens(batch, base_adv, student_logps, config, step):
+            adv, stats = body(batch, base_adv, config, step)
             adv = _apply_mask(adv, batch).detach().to(dtype=student_logps.dtype)
-            stats = {**group_metrics(batch), **stats, **advantage_metrics(adv, batch.mask)}
+            stats = {**stats, **advantage_metrics(adv, batch.mask)}
             if batch.gap is not None:
                 stats.update(gap_metrics(batch))
             return adv, stats
 
-        ADVANTAGE_ESTIMATORS.add(name, EstimatorSpec(estimator, config_cls, needs_teacher))
+        @functools.wraps(body)
+        def estimator(rewards, group_ids, student_logps, teacher_logps, mask, config=None, step=0):
+            config = checked(config)
+            batch = prepare_batch(
+                rewards, group_ids, student_logps, teacher_logps, mask, config, needs_teacher, name
+            )
+            adv, stats = tokens(batch, base(batch, config), student_logps, config, step)
+            return adv, {**group_metrics(batch), **stats}
+
+        def base_step(rewards, group_ids, config=None):
+            config = checked(config)
+            batch = prepare_groups(rewards, group_ids, config)
+            return base(batch, config).detach(), group_metrics(batch)
+
+        def token_step(base_adv, rewards, student_logps, teacher_logps, mask, config=None, step=0):
+            config = checked(config)
+            rows = torch.arange(rewards.shape[0] if isinstance(rewards, torch.Tensor) else 0)
+            batch = prepare_batch(rewards, rows, student_logps, teacher_logps, mask, config, needs_teacher, name)
+            return tokens(batch, _check_base(base_adv, batch.rewards.shape[0]), student_logps, config, step)
+
+        ADVANTAGE_ESTIMATORS.add(name, EstimatorSpec(estimator, config_cls, needs_teacher, base_step, token_step))
         return estimator
 
     return decorate
@@ -118,6 +184,31 @@ def compute_advantages(
     return get_estimator(name).fn(rewards, group_ids, student_logps, teacher_logps, mask, config, step)
 
 
+def compute_base_advantages(
+    name: str, rewards: torch.Tensor, group_ids: torch.Tensor, config: EstimatorConfig | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """First half of estimator `name`: the (B,) base advantage per rollout (needs whole groups) and
+    the group metrics. No log-probs: it can run as soon as the rewards are in."""
+    return get_estimator(name).base_step(rewards, group_ids, config)
+
+
+def compute_token_advantages(
+    name: str,
+    base: torch.Tensor,
+    rewards: torch.Tensor,
+    student_logps: torch.Tensor,
+    teacher_logps: torch.Tensor | None,
+    mask: torch.Tensor,
+    config: EstimatorConfig | None = None,
+    step: int = 0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Second half of estimator `name`: (B, T) token advantages from the rows' `base` (from
+    `compute_base_advantages`) and log-probs. Row-local: any subset of rows gives those rows'
+    advantages of the full-batch `compute_advantages`. `rewards` only split the metrics by
+    correctness."""
+    return get_estimator(name).token_step(base, rewards, student_logps, teacher_logps, mask, config, step)
+
+
 # ---------------------------------------------------------------------------------------------
 # Outcome baselines
 
@@ -134,47 +225,59 @@ def _broadcast(base: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return base[:, None].expand_as(mask)
 
 
-@register_advantage("grpo", GRPOAdvConfig, needs_teacher=False)
-def grpo_advantages(batch: PreparedBatch, config: GRPOAdvConfig, step: int):
+def _grpo_scaled(batch: PreparedBatch, config: EstimatorConfig) -> torch.Tensor:
+    return grpo_base(batch, config.std_eps, scale=True)
+
+
+def _grpo_centred(batch: PreparedBatch, config: EstimatorConfig) -> torch.Tensor:
+    return grpo_base(batch, config.std_eps, scale=False)
+
+
+def _no_base(batch: PreparedBatch, config: EstimatorConfig) -> torch.Tensor:
+    return torch.zeros_like(batch.rewards)
+
+
+@register_advantage("grpo", GRPOAdvConfig, needs_teacher=False, base=_grpo_scaled)
+def grpo_advantages(batch: PreparedBatch, base: torch.Tensor, config: GRPOAdvConfig, step: int):
     """GRPO: (r - mean) / (std + 1e-4) with the sample std, as TRL's scale_rewards='group'."""
-    return _broadcast(grpo_base(batch, config.std_eps, scale=True), batch.mask), {}
+    return _broadcast(base, batch.mask), {}
 
 
-@register_advantage("dr_grpo", GRPOAdvConfig, needs_teacher=False)
-def dr_grpo_advantages(batch: PreparedBatch, config: GRPOAdvConfig, step: int):
+@register_advantage("dr_grpo", GRPOAdvConfig, needs_teacher=False, base=_grpo_centred)
+def dr_grpo_advantages(batch: PreparedBatch, base: torch.Tensor, config: GRPOAdvConfig, step: int):
     """Dr. GRPO: r - mean (no std scaling); pair it with the `seq-mean-token-sum-norm` loss."""
-    return _broadcast(grpo_base(batch, config.std_eps, scale=False), batch.mask), {}
+    return _broadcast(base, batch.mask), {}
 
 
 # ---------------------------------------------------------------------------------------------
 # Self-distillation baselines
 
 
-def _rlsd_like(batch: PreparedBatch, config: RLSDConfig, step: int, reverse_on_correct: bool):
-    base = grpo_base(batch, config.std_eps, scale=True)[:, None]  # (B, 1)
-    sign = torch.sign(base)
+def _rlsd_like(batch: PreparedBatch, base: torch.Tensor, config: RLSDConfig, step: int, reverse_on_correct: bool):
+    b = base[:, None]  # (B, 1)
+    sign = torch.sign(b)
     if reverse_on_correct:  # RLRT: w = exp(-g) in positive rollouts too
         sign = -sign.abs()
     lo, hi = config.rlsd_band
     weight = torch.exp(sign * batch.gap).clamp(lo, hi)
     lam = config.lam_at(step)
-    return base * (1 + lam * (weight - 1)), {"cast/rlsd_lam": lam}
+    return b * (1 + lam * (weight - 1)), {"cast/rlsd_lam": lam}
 
 
-@register_advantage("rlsd", RLSDConfig, needs_teacher=True)
-def rlsd_advantages(batch: PreparedBatch, config: RLSDConfig, step: int):
+@register_advantage("rlsd", RLSDConfig, needs_teacher=True, base=_grpo_scaled)
+def rlsd_advantages(batch: PreparedBatch, base: torch.Tensor, config: RLSDConfig, step: int):
     """RLSD: B (1 + lam (w - 1)), w = clip(exp(sign(B) g), 0.8, 1.2), lam 0.5 -> 0 over 50 steps."""
-    return _rlsd_like(batch, config, step, reverse_on_correct=False)
+    return _rlsd_like(batch, base, config, step, reverse_on_correct=False)
 
 
-@register_advantage("rlrt", RLSDConfig, needs_teacher=True)
-def rlrt_advantages(batch: PreparedBatch, config: RLSDConfig, step: int):
+@register_advantage("rlrt", RLSDConfig, needs_teacher=True, base=_grpo_scaled)
+def rlrt_advantages(batch: PreparedBatch, base: torch.Tensor, config: RLSDConfig, step: int):
     """RLRT [R]: RLSD with the teacher evidence reversed on correct rollouts (w = exp(-g) when B > 0)."""
-    return _rlsd_like(batch, config, step, reverse_on_correct=True)
+    return _rlsd_like(batch, base, config, step, reverse_on_correct=True)
 
 
-@register_advantage("opsd", OPSDConfig, needs_teacher=True)
-def opsd_advantages(batch: PreparedBatch, config: OPSDConfig, step: int):
+@register_advantage("opsd", OPSDConfig, needs_teacher=True, base=_no_base)
+def opsd_advantages(batch: PreparedBatch, base: torch.Tensor, config: OPSDConfig, step: int):
     """OPSD: the per-token gap sg[g] is the advantage (sampled-token reverse-KL gradient, no reward)."""
     return batch.gap.clone(), {}
 
@@ -285,10 +388,9 @@ def _flip(shaped: torch.Tensor, base: torch.Tensor, flip: torch.Tensor, config: 
     return torch.where(flip, (shaped * coef).clamp_(max=cap), shaped, out=shaped)
 
 
-@register_advantage("cast", CastConfig, needs_teacher=True)
-def cast_token_advantages(batch: PreparedBatch, config: CastConfig, step: int):
+@register_advantage("cast", CastConfig, needs_teacher=True, base=cast_base)
+def cast_token_advantages(batch: PreparedBatch, base: torch.Tensor, config: CastConfig, step: int):
     """CAST: base advantage, asymmetric clipped teacher weight, sign-preserving shaping, flips, band."""
-    base = cast_base(batch, config)  # (B,)
     b = base[:, None]
     evidence = torch.sign(b) * batch.gap  # (B, T) sign(B) g: < 0 where the teacher disagrees with B
     flip = _flip_from_evidence(evidence, b, batch.gap, config) if config.flip else torch.zeros_like(batch.real)

@@ -46,6 +46,38 @@ def _check_mask(mask: object, shape: torch.Size) -> tuple[torch.Tensor, torch.Te
     return real, real.float()
 
 
+def _check_rewards(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rewards = _check_tensor("rewards", rewards, 1)
+    group_ids = _check_tensor("group_ids", group_ids, 1)
+    if not rewards.is_floating_point():
+        raise ValueError(f"rewards must be a float tensor, got dtype {rewards.dtype}")
+    if group_ids.is_floating_point() or group_ids.dtype == torch.bool:
+        raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}")
+    if group_ids.shape[0] != rewards.shape[0]:
+        raise ValueError(f"batch size mismatch: rewards has {rewards.shape[0]} rows, group_ids {group_ids.shape[0]}")
+    if not torch.isfinite(rewards).all():
+        bad = torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()[:5]
+        raise ValueError(f"rewards must be finite; non-finite at rows {bad} (filter or replace them first)")
+    return rewards, group_ids
+
+
+def prepare_groups(rewards: torch.Tensor, group_ids: torch.Tensor, config: EstimatorConfig) -> PreparedBatch:
+    """The group half of `prepare_batch`: validated rewards and group statistics, no tokens (T = 0).
+
+    What the base-advantage step of an estimator reads; it never looks at log-probs.
+    """
+    rewards, group_ids = _check_rewards(rewards, group_ids)
+    empty = torch.zeros(rewards.shape[0], 0, device=rewards.device)
+    return PreparedBatch(
+        rewards=rewards.detach().float(),
+        groups=group_stats(rewards.detach(), group_ids, config.correct_threshold),
+        mask=empty,
+        real=empty.bool(),
+        gap=None,
+        n_nonfinite_gap=0,
+    )
+
+
 def prepare_batch(
     rewards: torch.Tensor,
     group_ids: torch.Tensor,
@@ -57,24 +89,13 @@ def prepare_batch(
     estimator: str,
 ) -> PreparedBatch:
     """Validate shapes/dtypes/values and build the fp32, detached view the estimators use."""
-    rewards = _check_tensor("rewards", rewards, 1)
-    group_ids = _check_tensor("group_ids", group_ids, 1)
+    rewards, group_ids = _check_rewards(rewards, group_ids)
     student_logps = _check_tensor("student_logps", student_logps, 2)
-    if not rewards.is_floating_point():
-        raise ValueError(f"rewards must be a float tensor, got dtype {rewards.dtype}")
-    if group_ids.is_floating_point() or group_ids.dtype == torch.bool:
-        raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}")
     if not student_logps.is_floating_point():
         raise ValueError(f"student_logps must be a float tensor, got dtype {student_logps.dtype}")
     n = rewards.shape[0]
-    if group_ids.shape[0] != n or student_logps.shape[0] != n:
-        raise ValueError(
-            f"batch size mismatch: rewards has {n} rows, group_ids {group_ids.shape[0]}, "
-            f"student_logps {student_logps.shape[0]}"
-        )
-    if not torch.isfinite(rewards).all():
-        bad = torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()[:5]
-        raise ValueError(f"rewards must be finite; non-finite at rows {bad} (filter or replace them first)")
+    if student_logps.shape[0] != n:
+        raise ValueError(f"batch size mismatch: rewards has {n} rows, student_logps {student_logps.shape[0]}")
     real, fmask = _check_mask(mask, student_logps.shape)
     gap, n_bad = None, 0
     if teacher_logps is not None:
