@@ -4,23 +4,37 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from castrl.bench import main
+from castrl.bench.steptime import method_flags
 from castrl.testing import save_tiny_model
 
 
 def test_steptime_table_and_json(tmp_path, capsys):
     model = str(save_tiny_model(tmp_path / "tiny"))
     out = tmp_path / "steptime.json"
-    flags = ["steptime", "--steps", "1", "--json", str(out), "--model", model, "--data", "arithmetic:add1",
+    flags = ["steptime", "--steps", "1", "--methods", "grpo,cast,cast@fuse_student_pass=false", "--json", str(out), "--model", model, "--data", "arithmetic:add1",
              "--n_per_level", "8", "--lora", "off", "--max_completion_length", "4", "--per_device_train_batch_size",
              "8", "--num_generations", "4", "--gradient_accumulation_steps", "1", "--verifier_workers", "1"]
     assert main(flags) == 0
     printed = capsys.readouterr().out
     assert "cast: mean step" in printed and "reproduce: castrl bench steptime" in printed
     results = json.load(open(out))["results"]
-    assert set(results) == {"grpo", "cast"}
+    assert set(results) == {"grpo", "cast", "cast@fuse_student_pass=false"}
     assert results["grpo"][0]["teacher"] == 0.0 and results["cast"][0]["teacher"] > 0.0
+    # fused (the default): no separate student pass; with it off, the pass is timed
+    fused, separate = results["cast"][0]["student"], results["cast@fuse_student_pass=false"][0]["student"]
+    assert fused < 1e-3 and separate > 10 * fused
     for rows in results.values():
         row = rows[0]
         parts = row["rollout"] + row["student"] + row["teacher"] + row["advantage"] + row["train"]
         assert abs(parts - row["total"]) < 1e-6 and row["train"] > 0
+
+
+def test_method_flags():
+    assert method_flags("cast") == ["--advantage_estimator", "cast"]
+    assert method_flags("cast@fuse_student_pass=false@lam=0.5") == [
+        "--advantage_estimator", "cast", "--fuse_student_pass", "false", "--lam", "0.5"]  # fmt: skip
+    with pytest.raises(ValueError, match="expected flag=value"):
+        method_flags("cast@lam")

@@ -80,19 +80,27 @@ def test_all_wrong_batch_gradient(tmp_path, estimator, expect_grad):
     assert (grad_norm > 0) == expect_grad
 
 
-def test_student_context_teacher_reproduces_student_logps(tmp_path):
-    """With the student's own context and an EMA copy equal to the policy, the gap is exactly 0."""
-    trainer = _trainer(tmp_path, teacher_context="student", teacher_weights="ema")
+@pytest.mark.parametrize("fuse", [False, True])
+def test_student_context_teacher_reproduces_student_logps(tmp_path, fuse):
+    """With the student's own context and an EMA copy equal to the policy, the gap is exactly 0:
+    the teacher pass reproduces the separate student pass and, fused, the loss's forward pass."""
+    trainer = _trainer(tmp_path, teacher_context="student", teacher_weights="ema", fuse_student_pass=fuse)
     torch.manual_seed(0)
     inputs = trainer._generate_and_score_completions(_batch(trainer))
+    if fuse:
+        assert inputs.get("old_per_token_logps") is None and inputs["advantages"].isnan().all()
+        trainer.current_gradient_accumulation_steps = 1  # set by train()
+        trainer.compute_loss(trainer.model, inputs)
+        assert inputs["advantages"].shape == inputs["completion_ids"].shape
+    else:
+        assert inputs["old_per_token_logps"].shape == inputs["completion_ids"].shape
     metrics = trainer._metrics["train"]
     assert metrics["cast/gap_abs_p95"][-1] == pytest.approx(0.0, abs=1e-5)
     assert metrics["cast/gap_std"][-1] == pytest.approx(0.0, abs=1e-5)
-    assert inputs["old_per_token_logps"].shape == inputs["completion_ids"].shape
 
 
 def test_self_teach_context_gives_nonzero_gap(tmp_path):
-    trainer = _trainer(tmp_path)
+    trainer = _trainer(tmp_path, fuse_student_pass=False)
     torch.manual_seed(0)
     trainer._generate_and_score_completions(_batch(trainer))
     assert trainer._metrics["train"]["cast/gap_std"][-1] > 0

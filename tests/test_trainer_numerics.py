@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from castrl.trl.trainer import guard_nonfinite_steps
@@ -34,10 +35,14 @@ def inf_first_reward(completions, **kwargs):
     return rewards
 
 
-def test_nonfinite_reward_rows_get_zero_advantage_and_are_counted(tmp_path):
-    trainer = _trainer(tmp_path, reward=inf_first_reward)
+@pytest.mark.parametrize("fuse", [False, True])
+def test_nonfinite_reward_rows_get_zero_advantage_and_are_counted(tmp_path, fuse):
+    trainer = _trainer(tmp_path, reward=inf_first_reward, fuse_student_pass=fuse)
     torch.manual_seed(0)
     out = trainer._generate_and_score_completions(_batch(trainer))
+    if fuse:  # the advantages appear when the loss has run
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.compute_loss(trainer.model, out)
     assert torch.all(out["advantages"][0] == 0)
     assert torch.isfinite(out["advantages"]).all()
     assert trainer._metrics["train"]["cast/nonfinite_reward_count"][-1] == 1.0

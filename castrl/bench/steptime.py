@@ -24,7 +24,11 @@ PARTS = ("rollout", "student", "teacher", "advantage")
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="castrl bench steptime", description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="grpo,cast", help="Comma-separated advantage estimators.")
+    parser.add_argument(
+        "--methods", default="grpo,cast",
+        help="Comma-separated advantage estimators, each optionally with train flags as name@flag=value[@...], "
+        "e.g. cast@fuse_student_pass=false.",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=3, help="Optimizer steps per method.")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     parser.add_argument("--json", default=None, help="Also write the measurements to this JSON file.")
@@ -34,6 +38,18 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, train_flags
 
 
+def method_flags(method: str) -> list[str]:
+    """`cast@fuse_student_pass=false` -> ["--advantage_estimator", "cast", "--fuse_student_pass", "false"]."""
+    name, *settings = method.split("@")
+    flags = ["--advantage_estimator", name]
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bad setting {setting!r} in method {method!r}: expected flag=value")
+        flags += [f"--{key}", value]
+    return flags
+
+
 def _measure(method: str, steps: int, train_flags: list[str]) -> list[dict[str, float]]:
     from castrl.data import load_problems
     from castrl.models import load_model_and_tokenizer
@@ -41,7 +57,7 @@ def _measure(method: str, steps: int, train_flags: list[str]) -> list[dict[str, 
     from castrl.train import make_trainer, parse_args
 
     with tempfile.TemporaryDirectory() as out:
-        flags = [*train_flags, "--advantage_estimator", method, "--max_steps", str(steps), "--output_dir", out,
+        flags = [*train_flags, *method_flags(method), "--max_steps", str(steps), "--output_dir", out,
                  "--save_strategy", "no", "--skip_eval", "true"]
         run, config = parse_args(flags)
         records = load_problems(run.data, split="train", **({"n_per_level": run.n_per_level} if run.n_per_level else {}))

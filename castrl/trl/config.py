@@ -68,6 +68,14 @@ class CASTConfig(GRPOConfig):
         default=1024,
         metadata={"help": "Teacher prompts longer than this many tokens are cut from the left (and counted)."},
     )
+    fuse_student_pass: bool = field(
+        default=True,
+        metadata={
+            "help": "On-policy steps (TRL skips old log-probs: num_iterations=1, no vLLM importance sampling): "
+            "take the student log-probs of the teacher gap from the training forward pass instead of a "
+            "separate no-grad pass. Same advantages up to float rounding, one forward pass fewer per step."
+        },
+    )
     epsilon_high: float | None = field(
         default=0.28, metadata={"help": "Upper ratio clip (DAPO clip-higher); CAST uses 0.28 (spec §2.6). [S]"}
     )

@@ -5,6 +5,9 @@ sampling, entropy options and PEFT keep working:
 - `_calculate_rewards`: keep the raw, globally gathered per-function rewards;
 - `_generate_and_score_completions`: after TRL's rollout, run the student and teacher no-grad
   passes and replace TRL's (B,) advantages by the estimator's (B, T) ones;
+- `_compute_loss` / `_get_per_token_logps_and_entropies` (on-policy, `fuse_student_pass`): the
+  student pass is skipped; the estimator's base step runs after the rollout and its row-local token
+  step runs inside the loss, on the log-probs of the training forward pass (see `_DeferredBatch`);
 - `_save_checkpoint` / `_load_optimizer_and_scheduler`: persist the teacher's EMA/lagged weights and
   commit each checkpoint atomically (staging folder + rename, `castrl.trl.checkpoint`).
 Advantages are computed on the batch gathered from all processes, since a group can straddle them.
@@ -12,8 +15,10 @@ Advantages are computed on the batch gathered from all processes, since a group 
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,6 +55,37 @@ class _TeacherUpdate(TrainerCallback):
             trainer.teacher_weights.update(trainer.accelerator.unwrap_model(trainer.model), state.global_step)
 
 
+@dataclass
+class _DeferredBatch:
+    """One generation batch whose token advantages are computed inside the loss (fused student pass).
+
+    Global tensors (all processes' rows, as the estimator's base step saw them): base, rewards,
+    scorable, teacher, mask. Local: the student log-probs collected micro-batch by micro-batch and
+    which rows arrived; `offset` is this process's first global row.
+    """
+
+    base: torch.Tensor
+    rewards: torch.Tensor
+    scorable: torch.Tensor
+    teacher: torch.Tensor
+    mask: torch.Tensor
+    student: torch.Tensor
+    seen: torch.Tensor
+    offset: int
+    step: int
+
+    def statistics(self, trainer: CASTTrainer) -> dict[str, float]:
+        """The token step's metrics over the whole global batch, as the one-call estimator logs them."""
+        student = trainer._gather_rows(self.student)
+        rows = self.scorable.nonzero().flatten()
+        t = student.shape[1]
+        _, stats = trainer.estimator.token_step(
+            self.base[rows], self.rewards[rows], student[rows], self.teacher[rows, :t], self.mask[rows, :t],
+            trainer.estimator_config, self.step,
+        )  # fmt: skip
+        return stats
+
+
 class CASTTrainer(GRPOTrainer):
     """GRPOTrainer whose advantages come from `args.advantage_estimator` (default: CAST)."""
 
@@ -66,6 +102,8 @@ class CASTTrainer(GRPOTrainer):
             self.teacher_weights = TeacherWeights(self.args.teacher_weights, unwrapped, self.args.teacher_ema_decay)
         self.add_callback(_TeacherUpdate(self))
         self._rewards_per_func: torch.Tensor | None = None
+        self._deferred: dict[str, _DeferredBatch] = {}  # mode -> batch whose token step runs in the loss
+        self._fuse_into: dict | None = None  # the micro-batch whose loss forward is running
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -91,17 +129,22 @@ class CASTTrainer(GRPOTrainer):
         if "tool_mask" in output:
             mask = mask * output["tool_mask"]
         student = teacher = None
+        fuse = False
         if self.estimator.needs_teacher:
+            fuse = self._can_fuse_student_pass(output)
             start = time.perf_counter()
-            if output.get("old_per_token_logps") is None:  # on-policy: TRL skipped it, the gap needs it
+            if output.get("old_per_token_logps") is None and not fuse:  # TRL skipped it, the gap needs it
                 output["old_per_token_logps"] = self._completion_logps(output["prompt_ids"], output["prompt_mask"], output)
-            student = output["old_per_token_logps"]
+            student = output.get("old_per_token_logps")
             timings["cast/time_student_s"] = time.perf_counter() - start
             start = time.perf_counter()
             teacher = self._teacher_logps(inputs, output)
             timings["cast/time_teacher_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        output["advantages"], stats = self._token_advantages(mask, student, teacher, mode)
+        if fuse:
+            stats = self._defer_token_advantages(output, mask, teacher, mode)
+        else:
+            output["advantages"], stats = self._token_advantages(mask, student, teacher, mode)
         timings["cast/time_advantage_s"] = time.perf_counter() - start
         for name, value in {**stats, **timings}.items():
             self._metrics[mode][name].append(value)
@@ -160,19 +203,31 @@ class CASTTrainer(GRPOTrainer):
         x = self.accelerator.pad_across_processes(x, dim=1, pad_index=0)
         return self.accelerator.gather(x)
 
-    def _token_advantages(self, mask, student, teacher, mode: str) -> tuple[torch.Tensor, dict[str, float]]:
-        """Global estimator call on scorable rows; returns this process's (B, T) slice and the stats."""
+    def _global_rewards(self, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rewards, group_ids, scorable), each (B_global,), from the gathered per-function rewards."""
         weights = self.reward_weights.to(self._rewards_per_func.device)
         per_func = self._rewards_per_func
         rewards = (per_func * weights.unsqueeze(0)).nansum(dim=1)
         # As TRL, rows no reward function could score carry no signal; so do non-finite (+-inf) sums.
         scorable = ~torch.isnan(per_func).all(dim=1) & torch.isfinite(rewards)
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        group_ids = torch.arange(rewards.numel(), device=rewards.device) // group_size
+        return rewards, group_ids, scorable
+
+    @staticmethod
+    def _reward_counts(rewards: torch.Tensor, scorable: torch.Tensor) -> dict[str, float]:
+        return {
+            "cast/unscorable_count": float((~scorable).sum().item()),
+            "cast/nonfinite_reward_count": float((torch.isinf(rewards)).sum().item()),
+        }
+
+    def _token_advantages(self, mask, student, teacher, mode: str) -> tuple[torch.Tensor, dict[str, float]]:
+        """Global estimator call on scorable rows; returns this process's (B, T) slice and the stats."""
+        rewards, group_ids, scorable = self._global_rewards(mode)
         n_local, t_local = mask.shape
         g_mask = self._gather_rows(mask.float())
         g_student = self._gather_rows(student) if student is not None else torch.zeros_like(g_mask)
         g_teacher = self._gather_rows(teacher) if teacher is not None else None
-        group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        group_ids = torch.arange(rewards.numel(), device=rewards.device) // group_size
         rows = scorable.nonzero().flatten()
         adv, stats = self.estimator.fn(
             rewards[rows],
@@ -184,10 +239,90 @@ class CASTTrainer(GRPOTrainer):
             self.state.global_step,
         )
         full = torch.zeros_like(g_mask).index_copy_(0, rows, adv.float())
-        stats["cast/unscorable_count"] = float((~scorable).sum().item())
-        stats["cast/nonfinite_reward_count"] = float((torch.isinf(rewards)).sum().item())
+        stats.update(self._reward_counts(rewards, scorable))
         start = self.accelerator.process_index * n_local
         return full[start : start + n_local, :t_local], stats
+
+    # -- the fused student pass -----------------------------------------------------------------
+
+    def _can_fuse_student_pass(self, output: dict) -> bool:
+        """On-policy (TRL skipped old log-probs), so the training forward pass sees the sampling
+        weights and its detached log-probs are the student's. Liger's fused loss never exposes them."""
+        return (
+            self.args.fuse_student_pass
+            and output.get("old_per_token_logps") is None
+            and not getattr(self, "use_liger_kernel", False)
+        )
+
+    def _defer_token_advantages(self, output: dict, mask, teacher, mode: str) -> dict[str, float]:
+        """Run the estimator's base step on the global batch now; leave the token step to the loss."""
+        rewards, group_ids, scorable = self._global_rewards(mode)
+        rows = scorable.nonzero().flatten()
+        base_rows, stats = self.estimator.base_step(rewards[rows], group_ids[rows], self.estimator_config)
+        n_local, t_local = mask.shape
+        self._deferred[mode] = _DeferredBatch(
+            base=torch.zeros_like(rewards).index_copy_(0, rows, base_rows.float()),
+            rewards=torch.where(scorable, rewards, torch.zeros_like(rewards)),
+            scorable=scorable,
+            teacher=self._gather_rows(teacher),
+            mask=self._gather_rows(mask.float()),
+            student=torch.full((n_local, t_local), math.nan, device=mask.device),
+            seen=torch.zeros(n_local, dtype=torch.bool, device=mask.device),
+            offset=self.accelerator.process_index * n_local,
+            step=self.state.global_step,
+        )
+        output["castrl_row"] = torch.arange(n_local, device=mask.device)  # follows TRL's shuffle and split
+        # Filled per micro-batch in `_get_per_token_logps_and_entropies`; NaN until then, so a loss that
+        # bypassed the hook could never train on it (and `_compute_loss` says why).
+        output["advantages"] = torch.full((n_local, t_local), math.nan, device=mask.device)
+        stats.update(self._reward_counts(rewards, scorable))
+        return stats
+
+    def _compute_loss(self, model, inputs):
+        if inputs.get("castrl_row") is None:
+            return super()._compute_loss(model, inputs)
+        self._fuse_into = inputs
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            missed, self._fuse_into = self._fuse_into is not None, None
+        if missed:
+            raise RuntimeError(
+                "fuse_student_pass: TRL's loss did not compute the policy log-probs through "
+                "_get_per_token_logps_and_entropies, so no advantages were filled in; set fuse_student_pass=False"
+            )
+        return loss
+
+    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any):
+        result = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        inputs, self._fuse_into = self._fuse_into, None
+        if inputs is not None:  # the loss's forward pass: its log-probs give this micro-batch's advantages
+            inputs["advantages"] = self._fused_token_advantages(inputs, result[0])
+        return result
+
+    def _fused_token_advantages(self, inputs: dict, logps: torch.Tensor) -> torch.Tensor:
+        """(b, T) advantages of a micro-batch from the estimator's row-local token step; once every
+        row of the generation batch was seen, the step's statistics over the whole batch are logged."""
+        mode = "train" if self.model.training else "eval"
+        state = self._deferred[mode]
+        local = inputs["castrl_row"]
+        rows = local + state.offset
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        student = logps.detach().float()
+        t = mask.shape[1]
+        adv, _ = self.estimator.token_step(
+            state.base[rows], state.rewards[rows], student, state.teacher[rows, :t], mask.float(),
+            self.estimator_config, state.step,
+        )  # fmt: skip
+        adv = torch.where(state.scorable[rows, None], adv.float(), torch.zeros((), device=adv.device))
+        state.student[local] = student
+        state.seen[local] = True
+        if bool(state.seen.all()):
+            for name, value in state.statistics(self).items():
+                self._metrics[mode][name].append(value)
+        return adv
 
     # -- checkpoints ----------------------------------------------------------------------------
 
