@@ -29,7 +29,7 @@ def test_steptime_table_and_json(tmp_path, capsys):
     for rows in results.values():
         row = rows[0]
         parts = row["rollout"] + row["student"] + row["teacher"] + row["advantage"] + row["train"]
-        assert abs(parts - row["total"]) < 1e-6 and row["train"] > 0
+        assert abs(parts - row["total"]) < 1e-6 and row["train"] > 0 and row["cpu"] > 0
 
 
 def test_method_flags():

@@ -31,7 +31,7 @@ from tests.trl_helpers import parity_reward, tiny_config, tiny_model_and_tokeniz
 rank = int(os.environ["RANK"])
 model, tokenizer = tiny_model_and_tokenizer(0)
 args = tiny_config(Path({tmp!r}), per_device_train_batch_size=2, num_generations=4, max_steps=1,
-                   teacher_weights="ema", advantage_estimator={estimator!r})
+                   teacher_weights="ema", advantage_estimator={estimator!r}, fuse_student_pass={fuse!r})
 trainer = CASTTrainer(model=model, reward_funcs=parity_reward, args=args, train_dataset=toy_dataset(),
                       processing_class=tokenizer)
 record = {{}}
@@ -47,7 +47,16 @@ def score(inputs):
                   advantages=out["advantages"], rewards=trainer._rewards_per_func.sum(dim=1))
     return out
 
+inner_fused = trainer._fused_token_advantages
+
+def fused(inputs, logps):  # fused student pass: the advantages appear in the loss, rows shuffled
+    adv = inner_fused(inputs, logps)
+    order = torch.argsort(inputs["castrl_row"])
+    record.update(advantages=adv[order], student=logps.detach().float()[order])
+    return adv
+
 trainer._teacher_logps, trainer._generate_and_score_completions = teacher_logps, score
+trainer._fused_token_advantages = fused
 trainer.train()
 torch.save(record, os.path.join({tmp!r}, f"rank{{rank}}.pt"))
 """
@@ -58,10 +67,11 @@ def _pad_cat(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
 
-@pytest.mark.parametrize("estimator", ["cast", "grpo"])
-def test_group_straddling_two_processes_is_one_group(tmp_path, estimator):
+@pytest.mark.parametrize("estimator, fuse", [("cast", True), ("cast", False), ("grpo", True)])
+def test_group_straddling_two_processes_is_one_group(tmp_path, estimator, fuse):
     script = tmp_path / "rank.py"
-    script.write_text(textwrap.dedent(RANK_SCRIPT.format(repo=REPO, tmp=str(tmp_path), estimator=estimator)))
+    script.write_text(textwrap.dedent(RANK_SCRIPT.format(repo=REPO, tmp=str(tmp_path), estimator=estimator,
+                                                         fuse=fuse)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     proc = subprocess.run(cmd, capture_output=True, env=env, timeout=300)
@@ -81,6 +91,7 @@ def test_group_straddling_two_processes_is_one_group(tmp_path, estimator):
                         advantage_estimator=estimator).estimator_config()
     one_group, _ = compute_advantages(estimator, rewards, torch.zeros(4, dtype=torch.long), student, teacher, mask,
                                       config)
+    assert torch.isfinite(got).all()
     torch.testing.assert_close(got, one_group * mask)
 
     halves, _ = compute_advantages(estimator, rewards, torch.tensor([0, 0, 1, 1]), student, teacher, mask, config)

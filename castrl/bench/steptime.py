@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import torch
+from transformers import TrainerCallback
 
 PARTS = ("rollout", "student", "teacher", "advantage")
 
@@ -50,6 +51,21 @@ def method_flags(method: str) -> list[str]:
     return flags
 
 
+class _CPUSeconds(TrainerCallback):
+    """CPU seconds of this process per optimizer step (all its threads). Unlike wall time it barely
+    moves when other jobs share the cores, so ratios stay meaningful on a busy machine."""
+
+    def __init__(self) -> None:
+        self.per_step: dict[int, float] = {}
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.process_time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.per_step[state.global_step] = time.process_time() - self._start
+
+
 def _measure(method: str, steps: int, train_flags: list[str]) -> list[dict[str, float]]:
     from castrl.data import load_problems
     from castrl.models import load_model_and_tokenizer
@@ -64,12 +80,14 @@ def _measure(method: str, steps: int, train_flags: list[str]) -> list[dict[str, 
         model, tokenizer = load_model_and_tokenizer(run.model, dtype=run.dtype, cache_dir=run.cache_dir)
         with Verifier(timeout_s=run.verifier_timeout_s, num_workers=run.verifier_workers) as verifier:
             trainer = make_trainer(run, config, model, tokenizer, verifier, records)
+            cpu = _CPUSeconds()
+            trainer.add_callback(cpu)
             trainer.train()
     rows = []
     for log in trainer.state.log_history:
         if "step_time" not in log:
             continue
-        row = {"step": log["step"], "total": log["step_time"]}
+        row = {"step": log["step"], "total": log["step_time"], "cpu": cpu.per_step.get(log["step"], float("nan"))}
         for part in PARTS:
             row[part] = log.get(f"cast/time_{part}_s", 0.0)
         row["train"] = row["total"] - sum(row[p] for p in PARTS)
@@ -80,18 +98,22 @@ def _measure(method: str, steps: int, train_flags: list[str]) -> list[dict[str, 
 
 def _table(results: dict[str, list[dict[str, float]]]) -> str:
     base = results[next(iter(results))]
-    lines = ["| method | step | total s | rollout | student | teacher | advantage | train | mean length | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | step | total s | rollout | student | teacher | advantage | train | CPU s | mean length | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, rows in results.items():
         for row, ref in zip(rows, base, strict=True):
-            cells = [f"{row[k]:.1f}" for k in ("total", *PARTS, "train")]
+            cells = [f"{row[k]:.1f}" for k in ("total", *PARTS, "train", "cpu")]
             lines.append(f"| {method} | {row['step']} | " + " | ".join(cells)
                          + f" | {row['mean_length']:.1f} | {row['total'] / ref['total']:.2f} |")
     lines.append("")
+    first = next(iter(results))
     for method, rows in results.items():
         mean = statistics.fmean(r["total"] for r in rows)
         ref = statistics.fmean(r["total"] for r in base)
-        lines.append(f"{method}: mean step {mean:.1f} s, ratio to {next(iter(results))} {mean / ref:.2f}")
+        cpu = statistics.fmean(r["cpu"] for r in rows)
+        cpu_ref = statistics.fmean(r["cpu"] for r in base)
+        lines.append(f"{method}: mean step {mean:.1f} s, ratio to {first} {mean / ref:.2f}; "
+                     f"CPU {cpu:.1f} s/step, ratio {cpu / cpu_ref:.2f}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """`CASTTrainer`: TRL's GRPOTrainer with token-level advantages from the castrl.core registry.
 
-It overrides three hooks and calls `super()` in each, so TRL's loss types, vLLM importance
+It overrides a few hooks and calls `super()` in each, so TRL's loss types, vLLM importance
 sampling, entropy options and PEFT keep working:
 - `_calculate_rewards`: keep the raw, globally gathered per-function rewards;
 - `_generate_and_score_completions`: after TRL's rollout, run the student and teacher no-grad
