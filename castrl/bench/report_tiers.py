@@ -15,6 +15,12 @@ from typing import Any
 from castrl.bench.harness import method_names
 from castrl.bench.report import TierView, select_cells
 
+SEPARATE_PASS_NOTE = (
+    "Cells run the separate student log-prob pass (`fuse_student_pass=False`, as when the grid was first "
+    "cached); the trainer's default fuses it into the update's forward pass and saves the `student` column "
+    "below: `castrl bench steptime --methods grpo,cast,cast@fuse_student_pass=false` measures both."
+)
+
 
 def _seed_count(cells: dict[str, dict[int, Any]]) -> int:
     return max((len(v) for v in cells.values()), default=0)
@@ -37,6 +43,7 @@ def _tiny_view(cache_dir: str, quick: bool, loader: Callable) -> TierView:
         "Teachers: cast = student prompt + EMA weights "
         f"(decay {settings.teacher_ema_decay}); cast_frozen / cast_lagged5 swap the weights; rlsd, rlrt and "
         "cast_with_answer read the answer-hint prompt (rlsd/rlrt with weights synced every 10 steps).",
+        SEPARATE_PASS_NOTE,
     ]
     notes += _sft_notes(cells) + _sft_checkpoint_note(cache_dir, settings.sft)
     return TierView(tiny.TIER, "tiny tier: ~1M-parameter Llama trained from scratch (CPU)", command, cells, notes)
@@ -88,6 +95,7 @@ def _smollm2_view(cache_dir: str, quick: bool, loader: Callable) -> TierView:
         f"{settings.eval_every} steps on {settings.eval_n_per_level} test problems per level.",
         "Teachers: cast = self_teach context with the policy weights; rlsd / rlrt / cast_with_answer read the "
         "with_answer context.",
+        SEPARATE_PASS_NOTE,
     ]
     if per_cell:
         notes.append(f"Cells cached: {len(per_cell)}; mean wall time per cell {sum(per_cell) / len(per_cell):.0f} s.")
