@@ -247,12 +247,9 @@ class CASTTrainer(GRPOTrainer):
 
     def _can_fuse_student_pass(self, output: dict) -> bool:
         """On-policy (TRL skipped old log-probs), so the training forward pass sees the sampling
-        weights and its detached log-probs are the student's. Liger's fused loss never exposes them."""
-        return (
-            self.args.fuse_student_pass
-            and output.get("old_per_token_logps") is None
-            and not getattr(self, "use_liger_kernel", False)
-        )
+        weights and its detached log-probs are the student's. A TRL whose loss stops computing them
+        through `_get_per_token_logps_and_entropies` makes `_compute_loss` raise, not train blind."""
+        return self.args.fuse_student_pass and output.get("old_per_token_logps") is None
 
     def _defer_token_advantages(self, output: dict, mask, teacher, mode: str) -> dict[str, float]:
         """Run the estimator's base step on the global batch now; leave the token step to the loss."""
