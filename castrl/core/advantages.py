@@ -155,8 +155,9 @@ def register_advantage(
 
         def token_step(base_adv, rewards, student_logps, teacher_logps, mask, config=None, step=0):
             config = checked(config)
-            n = rewards.shape[0] if isinstance(rewards, torch.Tensor) else 0  # prepare_batch names a non-tensor
-            rows = torch.arange(n, device=rewards.device if n else None)  # every row a group of its own
+            # every row a group of its own; a non-tensor `rewards` is reported by prepare_batch
+            is_tensor = isinstance(rewards, torch.Tensor) and rewards.ndim >= 1
+            rows = torch.arange(rewards.shape[0], device=rewards.device) if is_tensor else torch.zeros(0, dtype=torch.long)
             batch = prepare_batch(rewards, rows, student_logps, teacher_logps, mask, config, needs_teacher, name)
             return tokens(batch, _check_base(base_adv, batch.rewards.shape[0]), student_logps, config, step)
 
