@@ -11,25 +11,35 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
+from castrl.models import LoraSettings, peft_config
+from castrl.trl import CASTTrainer
+
 from .test_trainer import _batch, _trainer
+from .trl_helpers import parity_reward, tiny_config, tiny_model_and_tokenizer, toy_dataset
 
 COMPARED = ("cast/adv_mean", "cast/adv_std", "cast/gap_mean", "cast/gap_std", "cast/flip_frac",
             "cast/frac_mixed", "cast/frac_nonzero_adv", "cast/weight_mean")  # fmt: skip
 
 
-def _train(tmp_path, fuse: bool, **overrides):
-    trainer = _trainer(tmp_path, fuse_student_pass=fuse, gradient_accumulation_steps=2, **overrides)
+def _train(tmp_path, fuse: bool, lora: bool, **overrides):
+    """(weights after training, logged steps, how far the weights moved)."""
+    model, tokenizer = tiny_model_and_tokenizer(0)
+    args = tiny_config(tmp_path, fuse_student_pass=fuse, gradient_accumulation_steps=2, **overrides)
+    peft = peft_config(LoraSettings(r=4, alpha=8)) if lora else None
+    trainer = CASTTrainer(model=model, reward_funcs=parity_reward, args=args, train_dataset=toy_dataset(),
+                          processing_class=tokenizer, peft_config=peft)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    return params, [h for h in trainer.state.log_history if "loss" in h]
+    moved = sum((params[n] - p).abs().sum().item() for n, p in before.items())
+    return params, [h for h in trainer.state.log_history if "loss" in h], moved
 
 
-@pytest.mark.parametrize("estimator", ["cast", "rlsd"])
-def test_fused_training_matches_the_separate_student_pass(tmp_path, estimator):
+@pytest.mark.parametrize("estimator, lora", [("cast", False), ("rlsd", False), ("cast", True)])
+def test_fused_training_matches_the_separate_student_pass(tmp_path, estimator, lora):
     """Two steps, two shuffled micro-batches per step: same weights, same logged statistics."""
-    fused, fused_logs = _train(tmp_path / "fused", True, advantage_estimator=estimator)
-    separate, separate_logs = _train(tmp_path / "separate", False, advantage_estimator=estimator)
-    moved = sum((fused[n] - p).abs().sum().item() for n, p in _trainer(tmp_path / "init").model.named_parameters())
+    fused, fused_logs, moved = _train(tmp_path / "fused", True, lora, advantage_estimator=estimator)
+    separate, separate_logs, _ = _train(tmp_path / "separate", False, lora, advantage_estimator=estimator)
     assert moved > 0, "training must change the weights for the comparison to mean anything"
     for name, value in separate.items():
         torch.testing.assert_close(fused[name], value, rtol=1e-4, atol=1e-6)
