@@ -52,8 +52,9 @@ def method_flags(method: str) -> list[str]:
 
 
 class _CPUSeconds(TrainerCallback):
-    """CPU seconds of this process per optimizer step (all its threads). Unlike wall time it barely
-    moves when other jobs share the cores, so ratios stay meaningful on a busy machine."""
+    """CPU seconds of this process per optimizer step (all its threads). Time slices given to other
+    jobs on the same cores do not count, so on a busy machine it is steadier than wall time (cache and
+    memory-bandwidth contention still show)."""
 
     def __init__(self) -> None:
         self.per_step: dict[int, float] = {}
