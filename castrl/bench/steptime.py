@@ -98,7 +98,8 @@ def _measure(method: str, steps: int, train_flags: list[str]) -> list[dict[str, 
 
 
 def _table(results: dict[str, list[dict[str, float]]]) -> str:
-    base = results[next(iter(results))]
+    first = next(iter(results))
+    base = results[first]
     lines = ["| method | step | total s | rollout | student | teacher | advantage | train | CPU s | mean length | ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, rows in results.items():
@@ -107,12 +108,9 @@ def _table(results: dict[str, list[dict[str, float]]]) -> str:
             lines.append(f"| {method} | {row['step']} | " + " | ".join(cells)
                          + f" | {row['mean_length']:.1f} | {row['total'] / ref['total']:.2f} |")
     lines.append("")
-    first = next(iter(results))
+    ref, cpu_ref = (statistics.fmean(r[k] for r in base) for k in ("total", "cpu"))
     for method, rows in results.items():
-        mean = statistics.fmean(r["total"] for r in rows)
-        ref = statistics.fmean(r["total"] for r in base)
-        cpu = statistics.fmean(r["cpu"] for r in rows)
-        cpu_ref = statistics.fmean(r["cpu"] for r in base)
+        mean, cpu = (statistics.fmean(r[k] for r in rows) for k in ("total", "cpu"))
         lines.append(f"{method}: mean step {mean:.1f} s, ratio to {first} {mean / ref:.2f}; "
                      f"CPU {cpu:.1f} s/step, ratio {cpu / cpu_ref:.2f}")
     return "\n".join(lines)

@@ -55,6 +55,12 @@ class _TeacherUpdate(TrainerCallback):
             trainer.teacher_weights.update(trainer.accelerator.unwrap_model(trainer.model), state.global_step)
 
 
+def _scored_tokens(batch: dict) -> torch.Tensor:
+    """(B, T) mask of the completion tokens that get an advantage: TRL's completion mask, less tool output."""
+    mask = batch["completion_mask"]
+    return mask * batch["tool_mask"] if "tool_mask" in batch else mask
+
+
 @dataclass
 class _DeferredBatch:
     """One generation batch whose token advantages are computed inside the loss (fused student pass).
@@ -125,9 +131,7 @@ class CASTTrainer(GRPOTrainer):
         start = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
         timings = {"cast/time_rollout_s": time.perf_counter() - start}
-        mask = output["completion_mask"]
-        if "tool_mask" in output:
-            mask = mask * output["tool_mask"]
+        mask = _scored_tokens(output)
         student = teacher = None
         fuse = False
         if self.estimator.needs_teacher:
@@ -304,9 +308,7 @@ class CASTTrainer(GRPOTrainer):
         state = self._deferred[mode]
         local = inputs["castrl_row"]
         rows = local + state.offset
-        mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            mask = mask * inputs["tool_mask"]
+        mask = _scored_tokens(inputs)
         student = logps.detach().float()
         t = mask.shape[1]
         adv, _ = self.estimator.token_step(
