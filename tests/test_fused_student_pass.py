@@ -24,6 +24,9 @@ COMPARED = ("cast/adv_mean", "cast/adv_std", "cast/gap_mean", "cast/gap_std", "c
 def _train(tmp_path, fuse: bool, lora: bool, **overrides):
     """(weights after training, logged steps, how far the weights moved)."""
     model, tokenizer = tiny_model_and_tokenizer(0)
+    # Full scoring passes, so the separate student pass is bit-comparable to the fused one; the shared
+    # prompt cache has its own parity tests (test_prompt_cache.py).
+    overrides.setdefault("share_prompt_cache", False)
     args = tiny_config(tmp_path, fuse_student_pass=fuse, gradient_accumulation_steps=2, **overrides)
     peft = peft_config(LoraSettings(r=4, alpha=8)) if lora else None
     trainer = CASTTrainer(model=model, reward_funcs=parity_reward, args=args, train_dataset=toy_dataset(),

@@ -16,9 +16,11 @@ from castrl.bench.harness import method_names
 from castrl.bench.report import TierView, select_cells
 
 SEPARATE_PASS_NOTE = (
-    "Cells run the separate student log-prob pass (`fuse_student_pass=False`, as when the grid was first "
-    "cached); the trainer's default fuses it into the update's forward pass and saves the `student` column "
-    "below: `castrl bench steptime --methods grpo,cast,cast@fuse_student_pass=false` measures both."
+    "Cells run the separate student log-prob pass and score every rollout's prompt in full "
+    "(`fuse_student_pass=False`, `share_prompt_cache=False`, as when the grid was first cached); the "
+    "trainer's defaults fuse the student pass into the update's forward pass (saving the `student` column "
+    "below) and run each distinct teacher prompt once per group: `castrl bench steptime --methods "
+    "grpo,cast,cast@fuse_student_pass=false@share_prompt_cache=false` measures both."
 )
 
 

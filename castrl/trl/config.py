@@ -76,6 +76,14 @@ class CASTConfig(GRPOConfig):
             "separate no-grad pass. Same advantages up to float rounding, one forward pass fewer per step."
         },
     )
+    share_prompt_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "castrl's no-grad scoring passes (teacher; student when not fused) run each distinct prompt "
+            "once and share its KV cache among the group's completions: same log-probs up to float rounding, "
+            "(G-1)/G of the prompt tokens saved. Models without a plain KV cache fall back to the full pass."
+        },
+    )
     epsilon_high: float | None = field(
         default=0.28, metadata={"help": "Upper ratio clip (DAPO clip-higher); CAST uses 0.28 (spec §2.6). [S]"}
     )

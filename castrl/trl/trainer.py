@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
+from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
@@ -39,8 +40,10 @@ from .checkpoint import (
     write_complete_marker,
 )
 from .config import CASTConfig
+from .prompt_cache import completion_logps_shared_prompts
 
 TEACHER_STATE_FILE = "castrl_teacher.pt"
+logger = logging.get_logger(__name__)
 
 
 class _TeacherUpdate(TrainerCallback):
@@ -110,6 +113,7 @@ class CASTTrainer(GRPOTrainer):
         self._rewards_per_func: torch.Tensor | None = None
         self._deferred: dict[str, _DeferredBatch] = {}  # mode -> batch whose token step runs in the loss
         self._fuse_into: dict | None = None  # the micro-batch whose loss forward is running
+        self._share_prompt_cache = self.args.share_prompt_cache
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -159,10 +163,21 @@ class CASTTrainer(GRPOTrainer):
     @torch.no_grad()
     def _completion_logps(self, prompt_ids, prompt_mask, output) -> torch.Tensor:
         """(B, T) fp32 log-probs of the completion tokens after `prompt_ids`, no grad, at TRL's temperature."""
-        completion_ids = output["completion_ids"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, output["completion_mask"]], dim=1)
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if self._share_prompt_cache:
+                logps = completion_logps_shared_prompts(
+                    self.model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                    batch_size=self.args.per_device_train_batch_size, autocast=self.accelerator.autocast,
+                )  # fmt: skip
+                if logps is not None:
+                    return logps
+                if prompt_ids.size(1) > 1 and completion_ids.size(1) > 0:  # the model's cache is not plain key/value: full passes from now on
+                    self._share_prompt_cache = False
+                    logger.warning("share_prompt_cache: this model's KV cache cannot be shared; "
+                                   "scoring with one full forward per rollout")  # fmt: skip
+            input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+            attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.model,
                 input_ids,
