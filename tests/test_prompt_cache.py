@@ -149,3 +149,26 @@ def test_training_with_and_without_sharing_agrees(tmp_path):
     diffs = torch.cat([(shared[name] - value).abs().flatten() for name, value in full.items()])
     assert diffs.max() < 0.02 * 1e-2
     assert (diffs > 1e-6).float().mean() < 1e-3
+
+
+def test_degenerate_widths():
+    model, tokenizer = _tiny()
+    prompt_ids, prompt_mask, completion_ids, completion_mask = _groups(tokenizer.pad_token_id, len(tokenizer))
+    empty = completion_logps_shared_prompts(model, prompt_ids, prompt_mask, completion_ids[:, :0],
+                                            completion_mask[:, :0], batch_size=4)  # fmt: skip
+    assert empty.shape == (prompt_ids.size(0), 0)
+    with pytest.raises(ValueError, match=">= 2 tokens"):
+        completion_logps_shared_prompts(model, prompt_ids[:, -1:], prompt_mask[:, -1:], completion_ids,
+                                        completion_mask, batch_size=4)  # fmt: skip
+
+
+def test_trainer_falls_back_to_full_passes_once(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path)
+    torch.manual_seed(0)
+    inputs = _batch(trainer)
+    output = trainer._generate_and_score_completions(inputs)
+    expected = trainer._teacher_logps(inputs, output)
+    monkeypatch.setattr(prompt_cache, "_prompt_key_values", lambda *args: None)  # as a sliding-window model
+    fallback = trainer._teacher_logps(inputs, output)
+    assert trainer._share_prompt_cache is False
+    torch.testing.assert_close(fallback, expected, rtol=1e-5, atol=2e-5)

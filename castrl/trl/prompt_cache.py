@@ -62,15 +62,18 @@ def completion_logps_shared_prompts(
     """(B, T) log-probs of `completion_ids` after their left-padded prompts, each distinct prompt run once.
 
     `model` must carry TRL's fused LM head (`add_fused_lm_head`, as GRPOTrainer installs it), so the
-    temperature and logit scaling are TRL's. Padding completion tokens score 0, as in TRL. Returns None
-    when sharing cannot apply (prompts of one token, a cache that is not plain key/value).
+    temperature and logit scaling are TRL's. Padding completion tokens score 0, as in TRL. Prompts must
+    be at least 2 tokens wide (one is cached, one is fed with the completion). Returns None when the
+    model's cache is not plain key/value, so the caller can fall back to the full pass.
     """
     if prompt_ids.shape != prompt_mask.shape or completion_ids.shape != completion_mask.shape:
         raise ValueError(f"ids/mask shapes differ: prompt {tuple(prompt_ids.shape)} vs {tuple(prompt_mask.shape)}, "
                          f"completion {tuple(completion_ids.shape)} vs {tuple(completion_mask.shape)}")
     n_rows, prompt_len = prompt_ids.shape
-    if prompt_len < 2 or completion_ids.size(1) == 0:
-        return None
+    if prompt_len < 2:
+        raise ValueError(f"shared prompt scoring needs prompts of >= 2 tokens, got width {prompt_len}")
+    if completion_ids.size(1) == 0:
+        return completion_ids.new_zeros(completion_ids.shape, dtype=torch.float32)
     autocast = autocast or nullcontext
     keyword = _cache_keyword(model)
     # Rows with equal prompt ids and mask share one cache row; `inverse` maps each row to it.

@@ -165,17 +165,16 @@ class CASTTrainer(GRPOTrainer):
         """(B, T) fp32 log-probs of the completion tokens after `prompt_ids`, no grad, at TRL's temperature."""
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            if self._share_prompt_cache:
+            if self._share_prompt_cache and prompt_ids.size(1) > 1:
                 logps = completion_logps_shared_prompts(
                     self.model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                     batch_size=self.args.per_device_train_batch_size, autocast=self.accelerator.autocast,
                 )  # fmt: skip
                 if logps is not None:
                     return logps
-                if prompt_ids.size(1) > 1 and completion_ids.size(1) > 0:  # the model's cache is not plain key/value: full passes from now on
-                    self._share_prompt_cache = False
-                    logger.warning("share_prompt_cache: this model's KV cache cannot be shared; "
-                                   "scoring with one full forward per rollout")  # fmt: skip
+                self._share_prompt_cache = False  # not a plain key/value cache: full passes from now on
+                logger.warning("share_prompt_cache: this model's KV cache cannot be shared; "
+                               "scoring with one full forward per rollout")  # fmt: skip
             input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
             attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
             logps, _, _ = self._get_per_token_logps_and_entropies(
