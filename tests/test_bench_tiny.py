@@ -216,6 +216,16 @@ def test_report_tables_on_synthetic_cells():
     assert "+0.100" in head and "0.50× the budget (4/4 seeds reach it)" in head and "| 100% | 1.000 ± 0.000 |" in head and "| ≤ 1.10 | 1.20 ± 0.00 |" in head
 
 
+def test_cells_outside_the_grid_are_named_with_their_command():
+    from castrl.bench.report_tiers import _outside_grid_note
+
+    cells = {"grpo": {0: {}, 1: {}}, "cast@lam=0.5": {0: {}}, "cast@tau_pos=20": {0: {}, 1: {}}}
+    (note,) = _outside_grid_note("smollm2", cells, ("grpo", "cast"))
+    assert "`castrl bench smollm2 --seeds 1 --methods cast@lam=0.5` (1 seed)" in note
+    assert "`castrl bench smollm2 --seeds 2 --methods cast@tau_pos=20` (2 seeds)" in note and "grpo" not in note
+    assert _outside_grid_note("smollm2", {"grpo": {0: {}}}, ("grpo",)) == []
+
+
 def test_steps_to_reach_uses_the_first_evaluation_at_or_above_target():
     rec = {"evals": [{"step": 0, "accuracy": 0.1}, {"step": 10, "accuracy": 0.4}, {"step": 20, "accuracy": 0.3}]}
     assert steps_to_reach(rec, 0.4) == 10 and steps_to_reach(rec, 0.41) is None and steps_to_reach(rec, 0.0) == 0

@@ -28,6 +28,16 @@ def _seed_count(cells: dict[str, dict[int, Any]]) -> int:
     return max((len(v) for v in cells.values()), default=0)
 
 
+def _outside_grid_note(tier: str, cells: dict[str, dict[int, Any]], grid_methods: tuple[str, ...]) -> list[str]:
+    """Cached cells of methods outside the tier's grid (knob studies run by hand), with their command."""
+    extra = sorted(m for m in cells if m not in grid_methods)
+    if not extra:
+        return []
+    runs = "; ".join(f"`castrl bench {tier} --seeds {max(cells[m]) + 1} --methods {m}` ({len(cells[m])} seed"
+                     f"{'s' if len(cells[m]) > 1 else ''})" for m in extra)  # fmt: skip
+    return [f"Outside the grid (knob studies run by hand; the command above does not rerun them): {runs}."]
+
+
 def _tiny_view(cache_dir: str, quick: bool, loader: Callable) -> TierView:
     from castrl.bench import tiny
 
@@ -48,6 +58,7 @@ def _tiny_view(cache_dir: str, quick: bool, loader: Callable) -> TierView:
         SEPARATE_PASS_NOTE,
     ]
     notes += _sft_notes(cells) + _sft_checkpoint_note(cache_dir, settings.sft)
+    notes += _outside_grid_note(tiny.TIER, cells, method_names(tiny.TEACHERS))
     return TierView(tiny.TIER, "tiny tier: ~1M-parameter Llama trained from scratch (CPU)", command, cells, notes)
 
 
@@ -101,6 +112,7 @@ def _smollm2_view(cache_dir: str, quick: bool, loader: Callable) -> TierView:
     ]
     if per_cell:
         notes.append(f"Cells cached: {len(per_cell)}; mean wall time per cell {sum(per_cell) / len(per_cell):.0f} s.")
+    notes += _outside_grid_note(smollm2.TIER, cells, method_names(smollm2.TEACHERS))
     if missing and not quick:
         notes.append(f"**Partial grid**: {len(grid) - len(missing)} of {len(grid)} cells; not yet run: "
                      f"{', '.join(missing)}. The same command fills in only the missing cells.")
