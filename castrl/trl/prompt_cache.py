@@ -35,8 +35,8 @@ def _returned_cache(output) -> object:
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
-def _prompt_key_values(model, ids, mask, batch_size, keyword) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per-layer (keys, values) of the distinct prompts, (U, heads, P, dim) each; None if not plain KV."""
+def _prompt_key_values(model, ids, mask, batch_size) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per-layer (keys, values) of the prompts `ids`, (U, kv_heads, width, dim) each; None if not plain KV."""
     chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for start in range(0, ids.size(0), batch_size):
         output = model(input_ids=ids[start : start + batch_size], attention_mask=mask[start : start + batch_size],
@@ -75,14 +75,14 @@ def completion_logps_shared_prompts(
     if completion_ids.size(1) == 0:
         return completion_ids.new_zeros(completion_ids.shape, dtype=torch.float32)
     autocast = autocast or nullcontext
-    keyword = _cache_keyword(model)
     # Rows with equal prompt ids and mask share one cache row; `inverse` maps each row to it.
     distinct, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
     ids, mask = distinct[:, :prompt_len], distinct[:, prompt_len:]
     with autocast():
-        key_values = _prompt_key_values(model, ids[:, :-1], mask[:, :-1], batch_size, keyword)
+        key_values = _prompt_key_values(model, ids[:, :-1], mask[:, :-1], batch_size)
     if key_values is None:
         return None
+    keyword = _cache_keyword(model)
     labels = completion_ids.masked_fill(completion_mask == 0, -100)
     logps = []
     for start in range(0, n_rows, batch_size):
