@@ -36,10 +36,12 @@ TEACHERS = TeacherDefaults(
     answer_context="with_answer",
     weight_variants={"ema": "ema", "frozen": "frozen"},
     # Knob study of CAST's parts on this model: less all-wrong push-down, base advantages only (no
-    # token signal), and the student's own prompt with EMA / frozen (adapter off) weights as teacher.
+    # token signal), the student's own prompt with EMA / frozen (adapter off) weights as teacher, and
+    # one flip direction at a time (a tau of 20 is beyond the gap clamp, so that side never flips:
+    # tau_neg=20 keeps only F+ in correct rollouts, tau_pos=20 only F- in wrong ones).
     # cast_mixed_only and cast_noflip (above) remove the zero-variance base term and the flips.
     knobs=("cast@b_wrong=0.25", "cast@flip=false@lam=0", "cast@teacher_context=student@teacher_weights=ema",
-           "cast@teacher_context=student@teacher_weights=frozen"),
+           "cast@teacher_context=student@teacher_weights=frozen", "cast@tau_neg=20", "cast@tau_pos=20"),
 )
 
 
