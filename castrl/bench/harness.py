@@ -25,6 +25,11 @@ from tqdm.auto import tqdm
 # Bump when the meaning of a cached result changes (what is measured, how), so old cells are not reused.
 HARNESS_VERSION = 1
 DEFAULT_CACHE_DIR = "bench_cache"
+# Trainer code paths every cell runs: the separate student pass and full (unshared) scoring passes, as
+# every cached cell of the grids was measured with them (a cell's key does not cover code paths).
+# `castrl bench steptime --methods grpo,cast,cast@fuse_student_pass=false@share_prompt_cache=false`
+# measures what the trainer's defaults save.
+CELL_CODE_PATHS: dict[str, Any] = {"fuse_student_pass": False, "share_prompt_cache": False}
 
 
 # --- methods ----------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from castrl.bench.harness import (
+    CELL_CODE_PATHS,
     DEFAULT_CACHE_DIR,
     Cell,
     TeacherDefaults,
@@ -83,17 +84,13 @@ def trainer_config(settings: SmolSettings, overrides: dict[str, Any], seed: int,
     if rollouts % settings.micro_batch:
         raise ValueError(f"prompts_per_step x num_generations = {rollouts} must be a multiple of "
                          f"micro_batch = {settings.micro_batch}")
-    # The separate student pass and full (unshared) scoring passes, as every cached cell of the grid was
-    # measured with them (a cell's key does not cover code paths); `castrl bench steptime --methods
-    # grpo,cast,cast@fuse_student_pass=false@share_prompt_cache=false` measures what both save.
     return CASTConfig(
         output_dir=output_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
         max_steps=settings.steps, per_device_train_batch_size=settings.micro_batch,
         gradient_accumulation_steps=rollouts // settings.micro_batch, num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length, learning_rate=settings.learning_rate,
         lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, gradient_checkpointing=False,
-        seed=seed, data_seed=seed, fuse_student_pass=False, share_prompt_cache=False, disable_tqdm=True,
-        **overrides,
+        seed=seed, data_seed=seed, disable_tqdm=True, **CELL_CODE_PATHS, **overrides,
     )
 
 

@@ -103,10 +103,10 @@ def _table(results: dict[str, list[dict[str, float]]]) -> str:
     lines = ["| method | step | total s | rollout | student | teacher | advantage | train | CPU s | mean length | ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, rows in results.items():
-        for row, ref in zip(rows, base, strict=True):
+        for row, base_row in zip(rows, base, strict=True):
             cells = [f"{row[k]:.1f}" for k in ("total", *PARTS, "train", "cpu")]
             lines.append(f"| {method} | {row['step']} | " + " | ".join(cells)
-                         + f" | {row['mean_length']:.1f} | {row['total'] / ref['total']:.2f} |")
+                         + f" | {row['mean_length']:.1f} | {row['total'] / base_row['total']:.2f} |")
     lines.append("")
     ref, cpu_ref = (statistics.fmean(r[k] for r in base) for k in ("total", "cpu"))
     for method, rows in results.items():

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from castrl.bench.harness import (
+    CELL_CODE_PATHS,
     DEFAULT_CACHE_DIR,
     Cell,
     TeacherDefaults,
@@ -90,16 +91,13 @@ def trainer_config(settings: TinySettings, overrides: dict[str, Any], seed: int,
     from castrl.trl import CASTConfig
 
     batch = settings.prompts_per_step * settings.num_generations
-    # The separate student pass and full (unshared) scoring passes, as every cached cell of the grid was
-    # measured with them (a cell's key does not cover code paths); `castrl bench steptime --methods
-    # grpo,cast,cast@fuse_student_pass=false@share_prompt_cache=false` measures what both save.
     return CASTConfig(
         output_dir=output_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
         max_steps=settings.steps, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
         num_generations=settings.num_generations, max_completion_length=settings.max_completion_length,
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
-        logging_steps=1, gradient_checkpointing=False, seed=seed, data_seed=seed, fuse_student_pass=False,
-        share_prompt_cache=False, teacher_ema_decay=settings.teacher_ema_decay, disable_tqdm=True, **overrides,
+        logging_steps=1, gradient_checkpointing=False, seed=seed, data_seed=seed,
+        teacher_ema_decay=settings.teacher_ema_decay, disable_tqdm=True, **CELL_CODE_PATHS, **overrides,
     )
 
 
