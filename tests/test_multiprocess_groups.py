@@ -59,6 +59,9 @@ trainer._teacher_logps, trainer._generate_and_score_completions = teacher_logps,
 trainer._fused_token_advantages = fused
 trainer.train()
 torch.save(record, os.path.join({tmp!r}, f"rank{{rank}}.pt"))
+# Tear the gloo group down before exit: left to interpreter shutdown, its threads can abort the process
+# ("terminate called without an active exception", SIGABRT) after the work is done.
+torch.distributed.destroy_process_group()
 """
 
 
