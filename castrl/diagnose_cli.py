@@ -2,10 +2,12 @@
 
 Samples G completions per problem, verifies them, scores every sampled token after the student
 prompt and after each teacher context, and reports the gap g = u - s per (correct, wrong) x
-(teacher-positive, teacher-negative), teacher sign agreement, gap vs position, the tokens CAST
-would flip and the group-type fractions. Flags are generated from `DiagnoseSettings`.
+(teacher-positive, teacher-negative), the share of tokens whose direction the teacher sets against
+the verifier (the share CAST flips, next to the paper's Table 9), the within-group gap AUC, teacher
+sign agreement, gap vs position and the group-type fractions; it ends with one verdict line per
+teacher. Flags are generated from `DiagnoseSettings`.
 
-    castrl diagnose --teachers self_teach,with_answer,with_solution --out outputs/diagnose
+    castrl diagnose --teachers answer_free,with_reference,with_peer_success --out outputs/diagnose
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from dataclasses import MISSING, asdict, fields
 
 from castrl.diagnostics.pipeline import run_diagnostics
-from castrl.diagnostics.report import write_report
+from castrl.diagnostics.report import verdict_lines, write_report
 from castrl.diagnostics.settings import DiagnoseSettings, select_problems
 
 
@@ -101,14 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{g['frac_all_wrong']:.2f}, {run.timings['total_s']:.0f} s"
     )
     for name, teacher in run.results["teachers"].items():
-        f = teacher["flips"]
+        f, a, adv = teacher["flips"], teacher["against_verifier"], teacher["advantages"]
         print(
-            f"[castrl diagnose] {name}: gap std {teacher['quadrants']['overall']['std']:.3f}, "
-            f"flipped {100 * f['flip_frac_correct']:.1f} % of correct-rollout tokens, "
-            f"{100 * f['flip_frac_wrong']:.1f} % of wrong-rollout tokens"
+            f"[castrl diagnose] {name}: gap std {teacher['quadrants']['overall']['std']:.3f}; "
+            f"against the verifier {_pct(a['frac'])} of tokens ({_pct(a['frac_correct_negative'])} "
+            f"correct-path negative, {_pct(a['frac_incorrect_positive'])} incorrect-path positive; "
+            f"paper's Table 9: 26.4 %, 7.0 % positive); CAST flips {_pct(f['frac_flipped'])} "
+            f"(flip_margin {f['margin']:g}) and pushes down {_pct(adv['frac_down'])}"
         )
     print(f"[castrl diagnose] report: {paths['html']}")
+    for line in verdict_lines(run.results):
+        print(f"[castrl diagnose] verdict, {line}")
     return 0
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:.1f} %"
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The self-teacher (spec §3): which context it reads, and which weights it scores with.
 
-The teacher is the model itself, run without gradient on the same completion tokens. Two
-reconstructed [R] axes decide how it differs from the student, or the gap g = u - s is zero:
-- context: what the teacher reads before the completion (`TEACHER_CONTEXTS`, or a template);
-- weights: the current policy, an EMA of it, the initial model, or a copy lagging K steps.
-Training-time teacher contexts never include the answer unless the user asks for the privileged
-baselines (`with_answer`, `with_solution`).
+The teacher is the model itself, run without gradient on the same completion tokens; the gap
+g = u - s is zero unless its context or its weights differ from the student's.
+- context (`TEACHER_CONTEXTS`, or a template): the paper's answer-free `answer_free` (default) and
+  `with_reference` (Table 7's ablation with the ground-truth answer); `with_peer_success` (RLRT's
+  teacher: the problem plus a successful rollout of the same group); and castrl's own earlier
+  contexts, kept as options [R]: `self_teach`, `student`, `with_answer`, `with_solution`.
+- weights: `refresh:K` (the paper: a stop-gradient snapshot of the policy taken at step 0 and every
+  K optimizer steps), the current `policy`, an `ema` of it, or the initial model (`frozen`).
 """
 
 from __future__ import annotations
@@ -18,21 +20,31 @@ from typing import Any
 
 import torch
 
+STUDENT_RESPONSE_TAG = "\n\n[Student response]\n"
 SELF_TEACH_INSTRUCTION = (
     "You are a careful teacher. Solve the problem yourself and check every step of the reasoning "
     "and every calculation before you write it down."
 )
-# Built-in contexts: a template over {problem}, {answer}, {solution}, or None for the student prompt.
+# Built-in contexts: a template over the fields below, or None for the student prompt.
+# {user_turn} is the student's last user message as written (problem and format cues), the paper's x.
 TEACHER_CONTEXTS: dict[str, str | None] = {
+    # the paper's (§8.4): T_AF(x) and T_GT(x, y*); the chat template is applied as for the student [R]
+    "answer_free": "{user_turn}" + STUDENT_RESPONSE_TAG,
+    "with_reference": "{user_turn}\n\n[Reference solution]\n{answer}" + STUDENT_RESPONSE_TAG,
+    # RLRT's teacher (§8.4): the problem plus a successful rollout of the same group; the tag is ours [R]
+    "with_peer_success": "{user_turn}\n\n[Successful response]\n{peer}" + STUDENT_RESPONSE_TAG,
+    # castrl's earlier contexts [R]
     "self_teach": "{problem}\n" + SELF_TEACH_INSTRUCTION + "{format}",
     "student": None,
     "with_answer": "{problem}\n" + SELF_TEACH_INSTRUCTION + " The correct final answer is {answer}.{format}",
-    "with_solution": "{problem}\nHere is a reference solution:\n{solution}\n"
-    "Now write your own solution.{format}",
+    "with_solution": "{problem}\nHere is a reference solution:\n{solution}\nNow write your own solution.{format}",
 }
-PRIVILEGED_CONTEXTS = ("with_answer", "with_solution")
+DEFAULT_TEACHER_CONTEXT = "answer_free"
+DEFAULT_TEACHER_WEIGHTS = "refresh:10"
+PRIVILEGED_CONTEXTS = ("with_reference", "with_answer", "with_solution")
+PEER_FALLBACK_CONTEXT = "answer_free"  # a row with no successful peer in its group [R]
 _FIELDS = re.compile(r"\{(\w+)\}")
-_ALLOWED_FIELDS = {"problem", "answer", "solution", "format"}
+_ALLOWED_FIELDS = {"problem", "user_turn", "answer", "solution", "peer", "format"}
 BOXED_FORMAT = " Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -41,10 +53,10 @@ def validate_teacher_context(context: str) -> None:
     if context in TEACHER_CONTEXTS:
         return
     fields = set(_FIELDS.findall(context))
-    if "problem" not in fields:
+    if not fields & {"problem", "user_turn"}:
         raise ValueError(
             f"teacher_context must be one of {sorted(TEACHER_CONTEXTS)} or a template containing "
-            f"'{{problem}}', got {context!r}"
+            f"'{{user_turn}}' or '{{problem}}', got {context!r}"
         )
     unknown = fields - _ALLOWED_FIELDS
     if unknown:
@@ -66,20 +78,28 @@ def _last_user_text(prompt: Any) -> str:
     raise ValueError("cannot find a user message with text content in the prompt")
 
 
-def build_teacher_prompt(example: Mapping[str, Any], context: str) -> Any:
+def build_teacher_prompt(example: Mapping[str, Any], context: str, peer: str | None = None) -> Any:
     """The teacher's prompt for one dataset row: same form (chat list or string) as `example["prompt"]`.
 
     In a chat prompt only the last user turn is replaced, so few-shot turns and the system prompt
-    (format cues the student relies on) are kept. `problem` falls back to that user turn's text.
+    (format cues the student relies on) are kept. `user_turn` is that turn's text; `problem` is the
+    row's `problem` column, falling back to `user_turn`. `peer` is the text of a successful rollout
+    of the same group, for contexts that read `{peer}`; without one they fall back to
+    `PEER_FALLBACK_CONTEXT` [R].
     """
     prompt = example["prompt"]
     template = TEACHER_CONTEXTS.get(context, context)
     if template is None:
         return prompt
+    if "{peer}" in template and not peer:
+        return build_teacher_prompt(example, PEER_FALLBACK_CONTEXT)
+    user_turn = _last_user_text(prompt)
     values = {
-        "problem": example.get("problem") or _last_user_text(prompt),
+        "problem": example.get("problem") or user_turn,
+        "user_turn": user_turn,
         "answer": example.get("answer"),
         "solution": example.get("solution"),
+        "peer": peer,
         "format": BOXED_FORMAT,
     }
     for name in ("answer", "solution"):
@@ -92,25 +112,51 @@ def build_teacher_prompt(example: Mapping[str, Any], context: str) -> Any:
     return [*prompt[:last_user], {**prompt[last_user], "content": text}, *prompt[last_user + 1 :]]
 
 
+def successful_peers(correct: list[bool], group_ids: list[int]) -> list[int | None]:
+    """For each rollout, the index of another correct rollout of its group (the first one), or None.
+
+    RLRT's teacher reads "the problem plus a successful rollout sampled for the same prompt group
+    when available" (§8.4). We never show a rollout its own text [R]: a correct rollout that is its
+    group's only success gets None (and `build_teacher_prompt` falls back to the answer-free context).
+    """
+    first: dict[int, list[int]] = {}
+    for i, (ok, gid) in enumerate(zip(correct, group_ids, strict=True)):
+        if ok:
+            first.setdefault(gid, []).append(i)
+    out: list[int | None] = []
+    for i, gid in enumerate(group_ids):
+        others = [j for j in first.get(gid, [])[:2] if j != i]
+        out.append(others[0] if others else None)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Teacher weights
 
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    """Parsed `teacher_weights`: kind in {policy, ema, frozen, lagged} and K for lagged."""
+    """Parsed `teacher_weights`: kind in {policy, ema, frozen, refresh} and K for `refresh:K`."""
 
     kind: str
-    lag: int = 0
+    every: int = 0
 
     @staticmethod
     def parse(spec: str) -> WeightsSpec:
         if spec in ("policy", "ema", "frozen"):
             return WeightsSpec(spec)
-        match = re.fullmatch(r"lagged:(\d+)", spec)
+        match = re.fullmatch(r"refresh:(\d+)", spec) if isinstance(spec, str) else None
         if match and int(match[1]) > 0:
-            return WeightsSpec("lagged", int(match[1]))
-        raise ValueError(f"teacher_weights must be 'policy', 'ema', 'frozen' or 'lagged:<K>' with K > 0, got {spec!r}")
+            return WeightsSpec("refresh", int(match[1]))
+        raise ValueError(
+            f"teacher_weights must be 'refresh:<K>' with K > 0 (the paper: refresh:10), 'policy', 'ema' or "
+            f"'frozen', got {spec!r}"
+        )
+
+    def always_policy(self) -> bool:
+        """True when the teacher scores with the weights that sampled the rollouts at every step:
+        `policy`, or a snapshot refreshed after every optimizer step (`refresh:1`)."""
+        return self.kind == "policy" or (self.kind == "refresh" and self.every == 1)
 
 
 def _is_peft(model: torch.nn.Module) -> bool:
@@ -162,26 +208,26 @@ class TeacherWeights:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, global_step: int) -> None:
-        """Call after each optimizer step: EMA update, or a refresh every K steps for `lagged:K`."""
+        """Call after each optimizer step: EMA update, or a snapshot every K steps for `refresh:K`."""
         if self.shadow is None or self.spec.kind == "frozen":
             return
         params = self._params(model)
         if self.spec.kind == "ema":
             for p, s in zip(params, self.shadow, strict=True):
                 s.lerp_(p.detach().to(s.dtype), 1.0 - self.ema_decay)
-        elif self.spec.kind == "lagged" and global_step % self.spec.lag == 0:
+        elif self.spec.kind == "refresh" and global_step % self.spec.every == 0:
             for p, s in zip(params, self.shadow, strict=True):
                 s.copy_(p.detach())
 
     def state_dict(self) -> dict[str, Any]:
         shadow = None if self.shadow is None else dict(zip(self.names, (s.cpu() for s in self.shadow), strict=True))
-        return {"spec": self.spec.kind, "lag": self.spec.lag, "ema_decay": self.ema_decay, "shadow": shadow}
+        return {"spec": self.spec.kind, "every": self.spec.every, "ema_decay": self.ema_decay, "shadow": shadow}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state["spec"] != self.spec.kind or state["lag"] != self.spec.lag:
+        if state["spec"] != self.spec.kind or state.get("every", 0) != self.spec.every:
             raise ValueError(
-                f"checkpoint teacher state is {state['spec']}:{state['lag']}, but this run uses "
-                f"teacher_weights {self.spec.kind}:{self.spec.lag}"
+                f"checkpoint teacher state is {state['spec']}:{state.get('every', 0)}, but this run uses "
+                f"teacher_weights {self.spec.kind}:{self.spec.every}"
             )
         if self.shadow is None or state["shadow"] is None:
             return
@@ -194,12 +240,13 @@ class TeacherWeights:
 
 
 def check_teacher_config(context: str, weights: str) -> None:
-    """Reject configurations whose gap is identically zero, before any model loads (spec §3)."""
+    """Reject, before any model loads, a teacher that can never differ from the student (spec §3):
+    the student's own context with the weights that sampled the rollouts."""
     validate_teacher_context(context)
-    WeightsSpec.parse(weights)
-    if context == "student" and weights == "policy":
+    spec = WeightsSpec.parse(weights)
+    if context == "student" and spec.always_policy():
         raise ValueError(
-            "teacher_context='student' with teacher_weights='policy' makes the teacher identical to the "
-            "student, so the gap g is always 0. Change teacher_context (e.g. 'self_teach') or "
-            "teacher_weights (e.g. 'ema', 'frozen' or 'lagged:10')."
+            f"teacher_context='student' with teacher_weights={weights!r} makes the teacher identical to the "
+            "student at every step, so the gap g is always 0. Change teacher_context (e.g. 'answer_free', "
+            "the paper's) or teacher_weights (e.g. 'refresh:10', the paper's, 'ema' or 'frozen')."
         )

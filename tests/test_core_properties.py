@@ -65,13 +65,6 @@ def batches(draw, max_groups: int = 5, max_group_size: int = 6, max_t: int = 9) 
     )
 
 
-FLIP_THRESHOLDS = st.one_of(
-    st.sampled_from(["tau", "band", "zero"]),
-    st.floats(0.0, 1.0),
-    st.floats(0.01, 1.0).map(lambda q: f"quantile:{q:.3f}"),
-)
-
-
 @st.composite
 def cast_configs(draw) -> CastConfig:
     """Any CastConfig the validation accepts, including lam right at its sign-preserving limit."""
@@ -86,9 +79,10 @@ def cast_configs(draw) -> CastConfig:
         return CastConfig(
             b_correct=draw(unit), b_wrong=draw(unit), mixed_scale=draw(st.sampled_from(["std", "none"])),
             band_pos=band_pos, band_neg=band_neg, lam=lam, flip=draw(st.booleans()),
-            flip_threshold=draw(FLIP_THRESHOLDS), tau_pos=draw(st.floats(0.0, 1.0)), tau_neg=draw(st.floats(0.0, 1.0)),
-            kappa_pos=draw(unit), kappa_neg=draw(unit), pos_cap=draw(unit),
+            flip_correct=draw(st.booleans()), flip_incorrect=draw(st.booleans()),
+            flip_margin=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0))),
             adv_clip=draw(st.floats(0.01, 3.0)), mixed_only=draw(st.booleans()),
+            shaping_cutoff_step=draw(st.one_of(st.none(), st.integers(0, 3))),
         )  # fmt: skip
     except ValueError:
         reject()  # rounding put lam exactly on the limit: the config rightly refuses it
@@ -101,10 +95,11 @@ def base_by_hand(batch: Batch, cfg: CastConfig) -> torch.Tensor:
     for r, gid in zip(rewards, ids, strict=True):
         group = [x for x, j in zip(rewards, ids, strict=True) if j == gid]
         n_correct = sum(x >= cfg.correct_threshold for x in group)
+        off = cfg.mixed_only or cfg.shaping_cutoff_step == 0  # every test here runs at step 0
         if n_correct == len(group):
-            out.append(0.0 if cfg.mixed_only else cfg.b_correct)
+            out.append(0.0 if off else cfg.b_correct)
         elif n_correct == 0:
-            out.append(0.0 if cfg.mixed_only else -cfg.b_wrong)
+            out.append(0.0 if off else -cfg.b_wrong)
         else:
             centred = r - statistics.fmean(group)
             out.append(
@@ -113,16 +108,14 @@ def base_by_hand(batch: Batch, cfg: CastConfig) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
-def taus_by_hand(cfg: CastConfig) -> tuple[float, float]:
-    """Flip thresholds of spec §2.4 (quantile mode: any disagreement is a candidate)."""
-    ft = cfg.flip_threshold
-    if ft == "tau":
-        return cfg.tau_pos, cfg.tau_neg
-    if ft == "band":
-        return -math.log(cfg.band_pos[0]), -math.log(cfg.band_neg[0])
-    if ft == "zero" or str(ft).startswith("quantile:"):
-        return 0.0, 0.0
-    return float(ft), float(ft)
+def flips_by_hand(batch: Batch, cfg: CastConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(down, up) of Eq. 10 / 12 at step 0: B > 0 and g < -margin; B < 0 and g > margin."""
+    base = base_by_hand(batch, cfg)[:, None]
+    gap = _gap(batch)
+    on = cfg.flip and cfg.shaping_cutoff_step != 0
+    down = (base > 0) & (gap < -cfg.flip_margin) & batch.mask & (on and cfg.flip_correct)
+    up = (base < 0) & (gap > cfg.flip_margin) & batch.mask & (on and cfg.flip_incorrect)
+    return down, up
 
 
 def _gap(batch: Batch) -> torch.Tensor:
@@ -157,25 +150,26 @@ def test_final_band_and_zero_padding(batch, cfg):
 def test_positive_rollouts_negative_only_by_flips(batch, cfg):
     adv, _ = cast_advantages(*batch.args(), cfg=cfg)
     base = base_by_hand(batch, cfg)[:, None]
-    tau_pos, _ = taus_by_hand(cfg)
-    candidate = _gap(batch) < -tau_pos
+    down, _ = flips_by_hand(batch, cfg)
     positive_row = (base > 0) & batch.mask
-    assert not ((adv < 0) & positive_row & ~(candidate & cfg.flip)).any()
-    # and every unflipped real token of a positive rollout keeps a strictly positive advantage
-    assert (adv > 0)[positive_row & ~(candidate & cfg.flip)].all()
+    assert not ((adv < 0) & positive_row & ~down).any()
+    # every unflipped valid token of a positive rollout keeps a strictly positive advantage
+    assert (adv > 0)[positive_row & ~down].all()
+    assert (adv < 0)[down].all()
 
 
 @SETTINGS
 @given(batches(), cast_configs())
 def test_negative_rollouts_positive_only_by_flips_and_capped(batch, cfg):
+    """Eq. 12-13: an up-flip gets at most |B| u+ (before the final clip)."""
     adv, _ = cast_advantages(*batch.args(), cfg=cfg)
     base = base_by_hand(batch, cfg)[:, None]
-    _, tau_neg = taus_by_hand(cfg)
-    candidate = _gap(batch) > tau_neg
+    _, up = flips_by_hand(batch, cfg)
     negative_row = (base < 0) & batch.mask
-    assert not ((adv > 0) & negative_row & ~(candidate & cfg.flip)).any()
-    cap = (cfg.pos_cap * base.abs()).expand_as(adv)
-    over = (adv.double() > cap * (1 + 1e-6) + 1e-7) & negative_row
+    assert not ((adv > 0) & negative_row & ~up).any()
+    lam = cfg.lam if cfg.shaping_cutoff_step != 0 else 0.0
+    cap = (base.abs() * (1 + lam * (cfg.band_pos[1] - 1))).clamp(max=cfg.adv_clip).expand_as(adv)
+    over = (adv.double() > cap * (1 + 1e-6) + 1e-7) & up
     assert not over.any()
 
 
@@ -186,15 +180,16 @@ def test_no_flip_keeps_the_sign_of_the_base(batch, cfg):
     adv, stats = cast_advantages(*batch.args(), cfg=cfg)
     base = base_by_hand(batch, cfg)[:, None].expand_as(adv)
     real = batch.mask
-    assert torch.equal(torch.sign(adv)[real], torch.sign(base).float()[real])
-    assert stats["cast/flip_pos_count"] == 0.0 and stats["cast/flip_neg_count"] == 0.0
+    if cfg.adv_clip > 0:
+        assert torch.equal(torch.sign(adv)[real], torch.sign(base).float()[real])
+    assert stats["cast/flip_down_count"] == 0.0 and stats["cast/flip_up_count"] == 0.0
 
 
 @SETTINGS
 @given(batches(), cast_configs())
 def test_lam_zero_no_flip_is_the_clipped_base(batch, cfg):
     cfg = dataclasses.replace(cfg, lam=0.0, flip=False)
-    adv, _ = cast_advantages(*batch.args(), cfg=cfg)
+    adv, _ = cast_advantages(*batch.args(), cfg=cfg)  # step 0
     base = base_by_hand(batch, cfg).clamp(-cfg.adv_clip, cfg.adv_clip)[:, None]
     expected = (base * batch.mask).float()
     torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-6)
@@ -342,21 +337,18 @@ def test_gap_and_flip_stats_match_a_naive_reference(batch):
             assert _close(stats[f"{key}_frac"], len(part) / n_cls if n_cls else math.nan, rel=0.0, abs_=0.0)
             assert _close(stats[f"{key}_mean"], statistics.fmean(part) if part else math.nan), key
             assert _close(stats[f"{key}_std"], statistics.pstdev(part) if part else math.nan), key
-    # flips: teacher-negative tokens of B > 0 rows, teacher-positive of B < 0 rows, beyond ln 1.25
+    # flips (Eq. 10, 12): every teacher-negative token of a B > 0 row, teacher-positive of a B < 0 row
     base = base_by_hand(batch, cfg)[:, None].expand_as(gap)
-    flip_pos = real & (base > 0) & (gap < -cfg.tau_pos)
-    flip_neg = real & (base < 0) & (gap > cfg.tau_neg)
-    assert stats["cast/flip_pos_count"] == float(flip_pos.sum())
-    assert stats["cast/flip_neg_count"] == float(flip_neg.sum())
+    down, up = real & (base > 0) & (gap < 0), real & (base < 0) & (gap > 0)
+    assert stats["cast/flip_down_count"] == float(down.sum())
+    assert stats["cast/flip_up_count"] == float(up.sum())
     n_real = int(real.sum())
-    assert _close(
-        stats["cast/flip_frac"], float((flip_pos | flip_neg).sum()) / n_real if n_real else math.nan
-    )
-    weights = [
-        w
-        for w in torch.where(base > 0, gap.exp().clamp(0.8, 1.05), (-gap).exp().clamp(0.95, 1.2))[
-            real
-        ].tolist()
-    ]
-    weights = [1.0 if b == 0 else w for b, w in zip(base[real].tolist(), weights, strict=True)]
+    for key, part in (("frac_flipped", down | up), ("frac_flipped_correct_negative", down),
+                      ("frac_flipped_incorrect_positive", up)):  # fmt: skip
+        assert _close(stats[f"cast/{key}"], float(part.sum()) / n_real if n_real else math.nan)
+    # the weight each token used: w (Eq. 8) unflipped, w- / w+ (Eq. 11 / 13) flipped; 1 where B = 0
+    w = torch.where(base > 0, gap.exp().clamp(0.8, 1.05), (-gap).exp().clamp(0.95, 1.2))
+    w = torch.where(down, (-gap).exp().clamp(1.0, 1.2), torch.where(up, gap.exp().clamp(1.0, 1.05), w))
+    w = torch.where(base == 0, 1.0, w)
+    weights = w[real].tolist()
     assert _close(stats["cast/weight_mean"], statistics.fmean(weights) if weights else math.nan)

@@ -4,18 +4,26 @@
     adv, stats = cast_advantages(rewards, group_ids, student_logps, teacher_logps, mask, cfg=CastConfig())
 """
 
-from .advantages import (
+from .advantages import cast_advantages, cast_base, cast_flip_masks
+from .config import (
+    CastConfig,
+    EstimatorConfig,
+    GRPOAdvConfig,
+    GRPOOPSDConfig,
+    OPSDConfig,
+    RLRTConfig,
+    RLSDConfig,
+)
+from .estimators import (
     ADVANTAGE_ESTIMATORS,
     AdvantageEstimator,
     EstimatorSpec,
-    cast_advantages,
     compute_advantages,
     compute_base_advantages,
     compute_token_advantages,
     get_estimator,
     register_advantage,
 )
-from .config import CastConfig, EstimatorConfig, GRPOAdvConfig, OPSDConfig, RLSDConfig
 from .groups import ALL_CORRECT, ALL_WRONG, MIXED, GroupStats, group_stats
 from .losses import POLICY_LOSSES, LossConfig, PolicyLoss, aggregate, clipped_surrogate_loss, get_loss, k3_kl
 
@@ -30,13 +38,17 @@ __all__ = [
     "EstimatorConfig",
     "EstimatorSpec",
     "GRPOAdvConfig",
+    "GRPOOPSDConfig",
     "GroupStats",
     "LossConfig",
     "OPSDConfig",
     "PolicyLoss",
+    "RLRTConfig",
     "RLSDConfig",
     "aggregate",
     "cast_advantages",
+    "cast_base",
+    "cast_flip_masks",
     "clipped_surrogate_loss",
     "compute_advantages",
     "compute_base_advantages",

@@ -1,20 +1,17 @@
-"""Configuration dataclasses of the advantage estimators (spec `shared/spec/cast.md` §2, §4).
+"""Configuration dataclasses of the advantage estimators (spec `shared/spec/cast.md` v2, §2 and §5).
 
-One frozen dataclass per estimator family. Every field carries its meaning, spec symbol and
-provenance in `metadata["help"]`: [A] abstract, [S] third-party reading of the paper, [R] our
-reconstruction (a default the paper may not use; change it here, not in code).
+One frozen dataclass per estimator family. Every field carries its meaning, the paper's symbol and
+provenance in `metadata["help"]`: [P] stated in the paper (equation or table named), [D] derived by
+us from [P] statements, [R] our choice where the paper is silent (a default to change here, never in
+code).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import re
 from dataclasses import dataclass, field
 from typing import Literal
-
-_QUANTILE = re.compile(r"^quantile:(?P<q>[0-9.eE+-]+)$")
-LN_1_25 = math.log(1.25)
 
 
 def _check_band(name: str, band: tuple[float, float]) -> None:
@@ -34,16 +31,32 @@ def _check_nonneg(obj: object, *names: str) -> None:
             raise ValueError(f"{type(obj).__name__}.{name} must be a finite number >= 0, got {value!r}")
 
 
+def _check_steps(obj: object, name: str, allow_none: bool = False) -> None:
+    value = getattr(obj, name)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{type(obj).__name__}.{name} must be an integer >= 0, got {value!r}")
+
+
+def linear_anneal(start: float, end: float, steps: int, step: int) -> float:
+    """start -> end linearly over `steps` optimizer steps, then `end` (steps = 0: `end` at once)."""
+    if steps == 0:
+        return end
+    frac = min(max(step, 0) / steps, 1.0)
+    return start + (end - start) * frac
+
+
 @dataclass(frozen=True)
 class EstimatorConfig:
     """Fields every estimator shares: how a rollout counts as correct and how gaps are sanitised."""
 
     correct_threshold: float = field(
-        default=0.5, metadata={"help": "A rollout is correct when its reward >= this value (spec §1). [S]"}
+        default=0.5, metadata={"help": "A rollout is correct when its reward >= this value (spec §1). [R]"}
     )
     std_eps: float = field(
         default=1e-4,
-        metadata={"help": "Epsilon added to the group std in (r - mean) / (std + eps); 1e-4 as TRL (verl 1e-6)."},
+        metadata={"help": "epsilon of Eq. 5, (r - mean) / (std + eps); 1e-4 as TRL (the paper does not say). [R]"},
     )
     gap_clip: float = field(
         default=20.0,
@@ -61,29 +74,46 @@ class GRPOAdvConfig(EstimatorConfig):
 
 @dataclass(frozen=True)
 class RLSDConfig(EstimatorConfig):
-    """RLSD / RLRT: GRPO advantages reshaped by a clipped teacher weight whose strength anneals to 0."""
+    """RLSD: GRPO advantages reshaped by a clipped teacher weight whose strength anneals to 0 (spec §5)."""
 
     rlsd_band: tuple[float, float] = field(
-        default=(0.8, 1.2), metadata={"help": "(lo, hi) clip of the RLSD weight w = exp(sign(B) g) (spec §4)."}
+        default=(0.8, 1.2), metadata={"help": "(lo, hi) clip of the RLSD weight w = exp(sign(A) g) (§8.4). [P]"}
     )
-    rlsd_lam_start: float = field(default=0.5, metadata={"help": "RLSD lambda at step 0 (spec §4)."})
-    rlsd_lam_end: float = field(default=0.0, metadata={"help": "RLSD lambda after the anneal (spec §4)."})
+    rlsd_lam_start: float = field(default=0.5, metadata={"help": "RLSD lambda at step 0 (Table 8). [P]"})
+    rlsd_lam_end: float = field(default=0.0, metadata={"help": "RLSD lambda after the anneal (Table 8). [P]"})
     rlsd_anneal_steps: int = field(
-        default=50, metadata={"help": "Optimizer steps over which lambda goes linearly start -> end (spec §4)."}
+        default=50, metadata={"help": "Optimizer steps over which lambda goes linearly start -> end (Table 8). [P]"}
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_band("rlsd_band", self.rlsd_band)
-        if self.rlsd_anneal_steps < 0:
-            raise ValueError(f"rlsd_anneal_steps must be >= 0, got {self.rlsd_anneal_steps}")
+        _check_nonneg(self, "rlsd_lam_start", "rlsd_lam_end")
+        _check_steps(self, "rlsd_anneal_steps")
 
     def lam_at(self, step: int) -> float:
         """Linear anneal from rlsd_lam_start to rlsd_lam_end over rlsd_anneal_steps."""
-        if self.rlsd_anneal_steps == 0:
-            return self.rlsd_lam_end
-        frac = min(max(step, 0) / self.rlsd_anneal_steps, 1.0)
-        return self.rlsd_lam_start + (self.rlsd_lam_end - self.rlsd_lam_start) * frac
+        return linear_anneal(self.rlsd_lam_start, self.rlsd_lam_end, self.rlsd_anneal_steps, step)
+
+
+@dataclass(frozen=True)
+class RLRTConfig(EstimatorConfig):
+    """RLRT (§8.4): reversed teacher evidence d = -g on verified-correct rollouts only, no decay."""
+
+    rlrt_eps_w: float = field(
+        default=1.0, metadata={"help": "w = exp(sign(A) d) is clipped to [1 - eps_w, 1 + eps_w] (§8.4). [P]"}
+    )
+    rlrt_lam: float = field(
+        default=0.5, metadata={"help": "A (1 - lam + lam w) on correct rollouts; constant, no decay (§8.4). [P]"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_nonneg(self, "rlrt_eps_w", "rlrt_lam")
+        if self.rlrt_eps_w > 1:
+            raise ValueError(f"RLRTConfig.rlrt_eps_w must be in [0, 1] (the weight stays >= 0), got {self.rlrt_eps_w}")
+        if self.rlrt_lam > 1:
+            raise ValueError(f"RLRTConfig.rlrt_lam must be in [0, 1] (keeps A's sign), got {self.rlrt_lam}")
 
 
 @dataclass(frozen=True)
@@ -91,65 +121,85 @@ class OPSDConfig(EstimatorConfig):
     """OPSD: the gap itself is the per-token advantage of a reverse-KL policy gradient (no reward)."""
 
 
-FlipThreshold = Literal["tau", "band", "zero"] | float | str
+@dataclass(frozen=True)
+class GRPOOPSDConfig(EstimatorConfig):
+    """GRPO + OPSD (§8.4): the GRPO advantage plus alpha_k g, alpha annealed linearly to 0."""
+
+    opsd_coef_start: float = field(
+        default=0.2, metadata={"help": "alpha, the OPSD auxiliary's coefficient at step 0 (§8.4). [P]"}
+    )
+    opsd_coef_end: float = field(default=0.0, metadata={"help": "alpha after the anneal (§8.4: decayed). [P]"})
+    opsd_anneal_steps: int = field(
+        default=50, metadata={"help": "Optimizer steps of the linear alpha decay (§8.4). [P]"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_nonneg(self, "opsd_coef_start", "opsd_coef_end")
+        _check_steps(self, "opsd_anneal_steps")
+
+    def coef_at(self, step: int) -> float:
+        """alpha_k: linear decay from opsd_coef_start to opsd_coef_end over opsd_anneal_steps."""
+        return linear_anneal(self.opsd_coef_start, self.opsd_coef_end, self.opsd_anneal_steps, step)
 
 
 @dataclass(frozen=True)
 class CastConfig(EstimatorConfig):
-    """CAST token advantages (spec §2). Field names are part of the public API."""
+    """CAST token advantages (spec §2, the paper's Eq. 6-15 and Algorithm 1). Field names are public API."""
 
     b_correct: float = field(
-        default=1.0, metadata={"help": "Base advantage +b_correct of every rollout in an all-correct group. [S]"}
+        default=1.0, metadata={"help": "Base advantage +b_correct of every rollout in an all-correct group (Eq. 6). [P]"}
     )
     b_wrong: float = field(
-        default=1.0, metadata={"help": "Base advantage -b_wrong of every rollout in an all-wrong group. [S]"}
+        default=1.0, metadata={"help": "Base advantage -b_wrong of every rollout in an all-wrong group (Eq. 6). [P]"}
     )
     mixed_scale: Literal["std", "none"] = field(
         default="std",
-        metadata={"help": "Mixed groups: 'std' = GRPO (r - mean)/(std + eps); 'none' = Dr. GRPO r - mean. [S]"},
+        metadata={"help": "Mixed groups: 'std' = GRPO (r - mean)/(std + eps) (Eq. 5); 'none' = Dr. GRPO r - mean. [R]"},
     )
     band_pos: tuple[float, float] = field(
         default=(0.80, 1.05),
-        metadata={"help": "(lo, hi) clip of w = exp(g) in rollouts with B > 0; wide side = teacher-negative. [S]"},
+        metadata={"help": "(l+, u+): clip of z = exp(g) where B > 0 (Eq. 8); u+ also caps positive flips (Eq. 13). [P]"},
     )
     band_neg: tuple[float, float] = field(
         default=(0.95, 1.20),
-        metadata={"help": "(lo, hi) clip of w = exp(-g) in rollouts with B < 0; wide side = teacher-negative. [S]"},
+        metadata={"help": "(l-, u-): clip of z = exp(-g) where B < 0 (Eq. 8); u- also caps negative flips (Eq. 11). [P]"},
     )
     lam: float = field(
-        default=1.0, metadata={"help": "Shaping strength: A_hat = B (1 + lam (w - 1)), constant in training. [R]"}
+        default=1.0, metadata={"help": "lambda of Eq. 9-12: A_hat = B (1 + lam (w - 1)), constant in training. [P]"}
     )
     flip: bool = field(
-        default=True, metadata={"help": "Bidirectional advantage flipping; False = 'no sign reversal' ablation. [A]"}
+        default=True,
+        metadata={"help": "Sign reversal (Eq. 10-14); False turns both directions off ('no sign reversal', Table 7). [P]"},
     )
-    flip_threshold: FlipThreshold = field(
-        default="tau",
+    flip_correct: bool = field(
+        default=True,
+        metadata={"help": "Correct-path negative reversal: B > 0 and g < 0 -> -|B|(1 + lam (w- - 1)) (Eq. 10). [P]"},
+    )
+    flip_incorrect: bool = field(
+        default=True,
+        metadata={"help": "Incorrect-path positive reversal: B < 0 and g > 0 -> +|B|(1 + lam (w+ - 1)) (Eq. 12). [P]"},
+    )
+    flip_margin: float = field(
+        default=0.0,
         metadata={
-            "help": "Which tokens flip: 'tau' (tau_pos/tau_neg), 'band' (tokens saturating the band's low side), "
-            "'zero' (any disagreement), a float (both taus), or 'quantile:<q>' (top-q of each rollout's "
-            "disagreeing tokens by |g|). [R]"
+            "help": "Our extension: a token flips only when |g| > flip_margin; below it the sign-preserving "
+            "A_hat applies. 0 = the paper (every disagreeing token flips). [R]"
         },
     )
-    tau_pos: float = field(
-        default=LN_1_25, metadata={"help": "Flip a token of a B > 0 rollout when g < -tau_pos (ln 1.25). [R]"}
+    adv_clip: float = field(
+        default=1.2, metadata={"help": "Final clip of Eq. 15: A = clip(A, -adv_clip, adv_clip). [P]"}
     )
-    tau_neg: float = field(
-        default=LN_1_25, metadata={"help": "Flip a token of a B < 0 rollout when g > tau_neg (ln 1.25). [R]"}
-    )
-    kappa_pos: float = field(
-        default=1.0, metadata={"help": "Flipped tokens of positive rollouts get A = -kappa_pos |A_hat|. [R]"}
-    )
-    kappa_neg: float = field(
-        default=0.5,
-        metadata={"help": "Flipped tokens of negative rollouts get A = +min(kappa_neg |A_hat|, pos_cap |B|). [R]"},
-    )
-    pos_cap: float = field(
-        default=0.5, metadata={"help": "Cap on positive credit of a flipped token in a wrong rollout, x |B|. [R]"}
-    )
-    adv_clip: float = field(default=1.2, metadata={"help": "Final band: A = clip(A, -adv_clip, adv_clip). [S]"})
     mixed_only: bool = field(
         default=False,
-        metadata={"help": "Ablation: zero-variance (all-correct / all-wrong) groups get B = 0, as GRPO. [S]"},
+        metadata={"help": "Ablation 'mixed-only' (Table 7): all-correct / all-wrong groups get B = 0. [P]"},
+    )
+    shaping_cutoff_step: int | None = field(
+        default=None,
+        metadata={
+            "help": "Ablation of Eq. 18-19: from this optimizer step on, lam = 0 and b_correct = b_wrong = 0, and "
+            "no token flips (the paper: gaps no longer affect the advantages) [D]; None = never. [P]"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -158,56 +208,25 @@ class CastConfig(EstimatorConfig):
             raise ValueError(f"mixed_scale must be 'std' or 'none', got {self.mixed_scale!r}")
         _check_band("band_pos", self.band_pos)
         _check_band("band_neg", self.band_neg)
-        _check_nonneg(self, "b_correct", "b_wrong", "lam", "tau_pos", "tau_neg", "kappa_pos", "kappa_neg")
-        _check_nonneg(self, "pos_cap", "adv_clip")
+        _check_nonneg(self, "b_correct", "b_wrong", "lam", "flip_margin", "adv_clip")
+        _check_steps(self, "shaping_cutoff_step", allow_none=True)
+        for name in ("flip", "flip_correct", "flip_incorrect", "mixed_only"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"CastConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name, (lo, _) in (("band_pos", self.band_pos), ("band_neg", self.band_neg)):
-            # spec §2.3: the shaping must never flip B's sign. The 1e-9 slack rejects the exact boundary
-            # given in decimals (lam=5, lo=0.8), which fp64 rounds to just inside it
+            # Eq. 9 must keep B's sign. The 1e-9 slack rejects the exact boundary given in decimals
+            # (lam=5, lo=0.8), which fp64 rounds to just inside it
             if self.lam * (1 - lo) >= 1 - 1e-9:
                 raise ValueError(
-                    f"lam={self.lam} with {name} lo={lo} makes 1 + lam (w - 1) <= 0, so shaping would flip "
+                    f"lam={self.lam} with {name} lo={lo} makes 1 + lam (w - 1) <= 0, so Eq. 9 would flip "
                     f"the sign of B; use lam < {1 / (1 - lo):.3g} or a narrower band"
                 )
-        self.flip_taus()  # validates flip_threshold
-        self.flip_quantile()
 
-    def flip_quantile(self) -> float | None:
-        """q of a 'quantile:<q>' flip threshold, else None."""
-        if not isinstance(self.flip_threshold, str):
-            return None
-        match = _QUANTILE.match(self.flip_threshold)
-        if match is None:
-            return None
-        try:
-            q = float(match["q"])
-        except ValueError:
-            q = math.nan  # e.g. 'quantile:1e': reported below with the field name
-        if not 0 < q <= 1:
-            raise ValueError(f"flip_threshold 'quantile:<q>' needs 0 < q <= 1, got {self.flip_threshold!r}")
-        return q
+    def shaping_active(self, step: int) -> bool:
+        """False from `shaping_cutoff_step` on (Eq. 18-19): the gap no longer touches the advantages."""
+        return self.shaping_cutoff_step is None or step < self.shaping_cutoff_step
 
-    def flip_taus(self) -> tuple[float, float]:
-        """(tau_pos, tau_neg) the flip rule compares g against; quantile mode flips from 0 up."""
-        ft = self.flip_threshold
-        if ft == "tau":
-            return self.tau_pos, self.tau_neg
-        if ft == "band":
-            return -math.log(self.band_pos[0]), -math.log(self.band_neg[0])
-        if ft == "zero" or (isinstance(ft, str) and _QUANTILE.match(ft)):
-            return 0.0, 0.0
-        value = _as_float_threshold(ft)
-        return value, value
-
-
-def _as_float_threshold(ft: object) -> float:
-    """A numeric flip threshold, given as a number or as text (from a CLI flag or YAML)."""
-    error = ValueError(f"flip_threshold must be 'tau', 'band', 'zero', a float >= 0 or 'quantile:<q>', got {ft!r}")
-    if isinstance(ft, bool):
-        raise error
-    try:
-        value = float(ft)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise error from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise error
-    return value
+    def flips(self, step: int) -> tuple[bool, bool]:
+        """(correct-path negative, incorrect-path positive) reversal switches in force at `step`."""
+        on = self.flip and self.shaping_active(step)
+        return on and self.flip_correct, on and self.flip_incorrect

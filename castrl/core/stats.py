@@ -143,12 +143,17 @@ def group_metrics(batch: PreparedBatch) -> dict[str, float]:
 
 
 def advantage_metrics(adv: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Token-advantage mean/std/min/max over real tokens, and the share of rollouts with A != 0."""
+    """Token-advantage mean/std/min/max over real tokens, the share of rollouts with A != 0, and the
+    mean valid completion length (valid tokens per rollout that has any: masked truncated
+    completions have none, so this is Table 9's "mean valid completion length")."""
     real = mask > 0
     values = adv.float()[real]
     mean, std = _mean_std(values)
     nonzero_rows = ((adv != 0) & real).any(dim=1).float()
+    lengths = real.sum(dim=1)
+    valid_rows = lengths > 0
     return {
+        "cast/valid_length_mean": float(lengths[valid_rows].double().mean().item()) if bool(valid_rows.any()) else NAN,
         "cast/adv_mean": mean,
         "cast/adv_std": std,
         "cast/adv_min": float(values.min().item()) if values.numel() else NAN,
@@ -187,21 +192,31 @@ def gap_metrics(batch: PreparedBatch) -> dict[str, float]:
     return out
 
 
-def flip_metrics(flip: torch.Tensor, base: torch.Tensor, batch: PreparedBatch) -> dict[str, float]:
-    """Flipped-token fractions among real tokens of correct and of wrong rollouts, and overall.
+def flip_metrics(down: torch.Tensor, up: torch.Tensor, batch: PreparedBatch) -> dict[str, float]:
+    """Shares of flipped tokens (the paper's Table 9 and more), all over valid (unmasked) tokens.
 
-    `flip` (B, T) bool is F+ | F- (real tokens only), `base` (B,) the base advantage: a flipped
-    token is in F+ when its row has B > 0. Counted per row first, then split on (B,) vectors.
+    `down` (B, T) bool: correct-path negative reversals (B > 0, g < 0, Eq. 10); `up`: incorrect-path
+    positive reversals (B < 0, g > 0, Eq. 12); both hold valid tokens only. `frac_flipped` and
+    `frac_flipped_incorrect_positive` are shares of all valid tokens (Table 9: 26.4 % and 7.0 %);
+    `flip_frac_correct` / `flip_frac_wrong` are shares of the valid tokens of correct / wrong
+    rollouts. Counted per row first, then split on (B,) vectors.
     """
     real_rows = batch.mask.sum(dim=1).long()  # mask is fp32 in {0, 1}: exact counts
-    flip_rows = torch.count_nonzero(flip, dim=1)  # flip holds real tokens; no bool -> int (B, T) copy
+    down_rows, up_rows = torch.count_nonzero(down, dim=1), torch.count_nonzero(up, dim=1)
+    flip_rows = down_rows + up_rows
     correct = batch.groups.correct
-    out = {}
-    for name, rows in (("correct", correct), ("wrong", ~correct)):
-        n = int(real_rows[rows].sum().item())
-        out[f"cast/flip_frac_{name}"] = float(flip_rows[rows].sum().item()) / n if n else NAN
     n_real = int(real_rows.sum().item())
-    out["cast/flip_frac"] = float(flip_rows.sum().item()) / n_real if n_real else NAN
-    out["cast/flip_pos_count"] = float(flip_rows[base > 0].sum().item())
-    out["cast/flip_neg_count"] = float(flip_rows[base < 0].sum().item())
+
+    def share(count: torch.Tensor, n: int) -> float:
+        return float(count.sum().item()) / n if n else NAN
+
+    out = {
+        "cast/frac_flipped": share(flip_rows, n_real),
+        "cast/frac_flipped_correct_negative": share(down_rows, n_real),
+        "cast/frac_flipped_incorrect_positive": share(up_rows, n_real),
+        "cast/flip_down_count": float(down_rows.sum().item()),
+        "cast/flip_up_count": float(up_rows.sum().item()),
+    }
+    for name, rows in (("correct", correct), ("wrong", ~correct)):
+        out[f"cast/flip_frac_{name}"] = share(flip_rows[rows], int(real_rows[rows].sum().item()))
     return out

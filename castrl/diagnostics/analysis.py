@@ -1,8 +1,10 @@
 """Teacher-signal statistics of one diagnosis: pure functions from tensors to dicts of numbers.
 
 The CAST math is not re-implemented here: gaps come from `core.inputs.prepare_batch` (sanitised
-and clamped as in training), base advantages and flip sets from `core.advantages.cast_base` /
-`flip_masks`, and `cast_metrics` is exactly what a training step would log for the same batch.
+and clamped as in training), base advantages and flip sets from `core.cast_base` /
+`cast_flip_masks`, flip shares from `core.stats.flip_metrics`, and `cast_metrics` and the
+pushed-down share come from `core.cast_advantages` on the same batch, exactly what a training step
+would compute (at optimizer step 0).
 Conventions: B = rollouts, T = completion tokens; statistics are over real (mask = 1) tokens;
 std is the population std; quantiles are nearest-rank (sorted[round(q (n - 1))]); an empty set
 gives NaN, never 0. A token with g = 0 is in no sign quadrant (counted under `zero_count`).
@@ -17,18 +19,26 @@ from dataclasses import replace
 
 import torch
 
-from castrl.core import CastConfig, cast_advantages
-from castrl.core.advantages import cast_base, flip_masks
+from castrl.core import CastConfig, cast_advantages, cast_base, cast_flip_masks
 from castrl.core.groups import GROUP_KIND_NAMES
 from castrl.core.inputs import PreparedBatch, prepare_batch
-from castrl.core.stats import group_metrics
+from castrl.core.stats import flip_metrics, group_metrics
 
 NAN = float("nan")
 QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
 CLASSES: tuple[str, ...] = ("correct", "wrong")
 SIGNS: tuple[str, ...] = ("pos", "neg")
-# Thresholds of the flip sweep, in CastConfig.flip_threshold syntax; the configured one is added.
-FLIP_SWEEP: tuple[str, ...] = ("zero", "0.1", "tau", "band", "0.5")
+# castrl's extension (spec §2): CastConfig.flip_margin values reported next to the configured one.
+# 0 is the paper's rule: every token whose gap sign disagrees with B's sign flips.
+MARGIN_SWEEP: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
+# The paper's Table 9 (Qwen3-4B CAST, means over 300 steps), shares of all valid tokens.
+PAPER_TABLE9: dict[str, float] = {"frac_flipped": 0.264, "frac_flipped_incorrect_positive": 0.070}
+# Verdict band: a within-group gap AUC in [0.5 - AUC_BAND, 0.5 + AUC_BAND] counts as "no separation".
+# PROVISIONAL: a guess, until the positive-control sweep (a teacher known to carry signal, at several
+# strengths) calibrates which AUC it takes for CAST's flips to help.
+AUC_BAND = 0.05
+# Below this many (correct, wrong) pairs the verdict says that the AUC is a noisy estimate.
+MIN_VERDICT_PAIRS = 50
 
 
 def summarize(values: torch.Tensor) -> dict[str, float]:
@@ -155,37 +165,80 @@ def summarize_abs_q(abs_values: torch.Tensor, q: float) -> float:
 def _flip_fractions(
     batch: PreparedBatch, config: CastConfig
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """Shares of real tokens CAST flips in correct / wrong rollouts and overall, the F+ / F- counts
-    (keys as the `cast/flip_*` training metrics), the (B, T) flip mask and the (B,) base advantage."""
+    """The flip shares a CAST training step logs (`core.stats.flip_metrics`, keys without `cast/`),
+    the (B, T) bool flip mask and the (B,) base advantage, at optimizer step 0."""
     base = cast_base(batch, config)
-    flip_pos, flip_neg = flip_masks(base, batch.gap, batch.mask, config)
+    down, up = cast_flip_masks(base, batch.gap, config)
     real = batch.mask > 0
-    flipped = (flip_pos | flip_neg) & real
-    correct = batch.groups.correct
-    out = {
-        f"flip_frac_{cls}": _share(flipped, real & rows[:, None])
-        for cls, rows in (("correct", correct), ("wrong", ~correct))
-    }
-    out["flip_frac"] = _share(flipped, real)
-    out["flip_pos_count"] = float((flip_pos & real).sum())
-    out["flip_neg_count"] = float((flip_neg & real).sum())
-    return out, flipped, base
+    down, up = down & real, up & real  # the gap is 0 on padding already; explicit for clarity
+    out = {k.removeprefix("cast/"): v for k, v in flip_metrics(down, up, batch).items()}
+    return out, down | up, base
+
+
+def _margin_key(margin: float) -> str:
+    return f"{margin:g}"
 
 
 def flip_stats(batch: PreparedBatch, config: CastConfig) -> tuple[dict[str, object], torch.Tensor]:
-    """Token fractions CAST would flip under `config` (flip sets from core `flip_masks`), the same by
-    group kind, a sweep over FLIP_SWEEP thresholds, and the (B, T) bool flip mask."""
+    """Token shares CAST would flip under `config` (flip sets from core `cast_flip_masks`, shares
+    from core `flip_metrics`: `frac_flipped`, `frac_flipped_correct_negative`,
+    `frac_flipped_incorrect_positive` over all valid tokens, `flip_frac_correct` / `flip_frac_wrong`
+    over the class's tokens, `flip_down_count` / `flip_up_count`), the same by group kind, a sweep
+    over MARGIN_SWEEP (plus the configured margin; keys '%g' of the margin), and the (B, T) flip mask."""
     fractions, flipped, _ = _flip_fractions(batch, config)
-    out: dict[str, object] = {**fractions, "taus": list(config.flip_taus())}
+    flip_correct, flip_incorrect = config.flips(0)
+    out: dict[str, object] = {
+        **fractions,
+        "margin": float(config.flip_margin),
+        "flip_correct_on": flip_correct,
+        "flip_incorrect_on": flip_incorrect,
+    }
     real = batch.mask > 0
     for kind, name in enumerate(GROUP_KIND_NAMES):
         out[f"flip_frac_{name}"] = _share(flipped, real & (batch.groups.kind == kind)[:, None])
     sweep = {}
-    for threshold in dict.fromkeys((*FLIP_SWEEP, str(config.flip_threshold))):
-        swept, _, _ = _flip_fractions(batch, replace(config, flip_threshold=threshold))
-        sweep[threshold] = {cls: swept[f"flip_frac_{cls}"] for cls in CLASSES}
+    for margin in dict.fromkeys((*MARGIN_SWEEP, float(config.flip_margin))):
+        swept, _, _ = _flip_fractions(batch, replace(config, flip_margin=margin))
+        sweep[_margin_key(margin)] = {
+            "all": swept["frac_flipped"],
+            "correct_negative": swept["frac_flipped_correct_negative"],
+            "incorrect_positive": swept["frac_flipped_incorrect_positive"],
+            **{cls: swept[f"flip_frac_{cls}"] for cls in CLASSES},
+        }
     out["sweep"] = sweep
     return out, flipped
+
+
+def against_verifier(batch: PreparedBatch, config: CastConfig) -> dict[str, float]:
+    """The share of valid tokens whose direction the teacher sets against the verifier's sign:
+    tokens of B > 0 rollouts with g < 0 (`correct_negative`) plus tokens of B < 0 rollouts with g > 0
+    (`incorrect_positive`), over the valid tokens of rollouts with B != 0 (`n_tokens`). B is CAST's base
+    advantage under `config` (step 0). Independent of the flip switches and margin: with
+    flip_margin = 0 and both directions on it is the share CAST flips (equal to `frac_flipped` when no
+    rollout has B = 0). `agree` = share with the teacher's sign equal to B's; the rest has g = 0."""
+    base = cast_base(batch, config)[:, None]
+    scope = (batch.mask > 0) & (base != 0)
+    down = scope & (base > 0) & (batch.gap < 0)
+    up = scope & (base < 0) & (batch.gap > 0)
+    agree = scope & (torch.sign(batch.gap) == torch.sign(base))
+    return {
+        "n_tokens": float(scope.sum()),
+        "frac": _share(down | up, scope),
+        "frac_correct_negative": _share(down, scope),
+        "frac_incorrect_positive": _share(up, scope),
+        "frac_agree": _share(agree, scope),
+    }
+
+
+def advantage_directions(adv: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Shares of valid tokens CAST would push down (A < 0), up (A > 0) or leave (A = 0); `adv` is
+    `cast_advantages`' (B, T) output."""
+    real = mask > 0
+    return {
+        "frac_down": _share(adv < 0, real),
+        "frac_up": _share(adv > 0, real),
+        "frac_zero": _share(adv == 0, real),
+    }
 
 
 def sign_agreement(
@@ -252,26 +305,76 @@ def extreme_tokens(batch: PreparedBatch, k: int = 8) -> dict[str, list[tuple[int
     return out
 
 
+def rollout_gap_auc(
+    score: torch.Tensor, correct: torch.Tensor, group: torch.Tensor, valid: torch.Tensor | None = None
+) -> tuple[float, int]:
+    """(AUC, pairs): P(a correct rollout's score > a wrong rollout's of the same group), ties 1/2,
+    pooled over every (correct, wrong) pair within a group (Mann-Whitney style; only mixed groups have
+    such pairs, and the same problem on both sides means difficulty cannot confound it). `score`,
+    `correct`, `group`: (B,); `valid` (B,) bool leaves rows out (e.g. no valid token). NaN with 0 pairs."""
+    score = score.double()
+    keep = torch.ones_like(correct, dtype=torch.bool) if valid is None else valid.bool()
+    ok = keep & correct.bool()
+    bad = keep & ~correct.bool()
+    pairs = ok[:, None] & bad[None, :] & (group[:, None] == group[None, :])
+    n = int(pairs.sum())
+    if n == 0:
+        return NAN, 0
+    above = (score[:, None] > score[None, :]).double() + 0.5 * (score[:, None] == score[None, :]).double()
+    return float(above[pairs].sum()) / n, n
+
+
 def sequence_separation(batch: PreparedBatch) -> dict[str, float]:
     """Does the teacher prefer the correct rollouts? Per rollout, the summed gap (log u(y) - log s(y))
-    and the mean gap per token; AUC = P(correct rollout scores above a wrong one, ties 1/2) over the
-    (correct, wrong) pairs of each mixed group (same problem: difficulty cannot confound it), and
-    `auc_mean_all` over every (correct, wrong) pair of the batch. 0.5 = no preference; NaN = no pairs."""
+    and the mean gap over its valid tokens; `auc_mean` / `auc_sum` = `rollout_gap_auc` over the
+    (correct, wrong) pairs of each mixed group (`n_pairs`), and `auc_mean_all` over every (correct,
+    wrong) pair of the batch (problems mixed). 0.5 = no preference; NaN = no pairs. Rollouts without
+    a valid token are left out."""
     real = batch.mask > 0
+    n_tokens = real.sum(dim=1)
+    valid = n_tokens > 0
     total = (batch.gap.double() * real).sum(dim=1)
-    per_token = total / real.sum(dim=1).clamp(min=1)
-    correct = batch.groups.correct
-    pairs_all = correct[:, None] & ~correct[None, :]
-    pairs = pairs_all & (batch.groups.index[:, None] == batch.groups.index[None, :])
-    out = {"n_pairs": float(pairs.sum())}
+    per_token = total / n_tokens.clamp(min=1)
+    correct, group = batch.groups.correct, batch.groups.index
+    out: dict[str, float] = {}
     for name, score in (("sum", total), ("mean", per_token)):
-        above = (score[:, None] > score[None, :]).double() + 0.5 * (score[:, None] == score[None, :]).double()
-        out[f"auc_{name}"] = float(above[pairs].mean()) if pairs.any() else NAN
-        if name == "mean":
-            out["auc_mean_all"] = float(above[pairs_all].mean()) if pairs_all.any() else NAN
-        for cls, rows in (("correct", correct), ("wrong", ~correct)):
+        out[f"auc_{name}"], n_pairs = rollout_gap_auc(score, correct, group, valid)
+        for cls, rows in (("correct", correct & valid), ("wrong", ~correct & valid)):
             out[f"{name}_gap_{cls}"] = float(score[rows].mean()) if rows.any() else NAN
+    auc_all, n_all = rollout_gap_auc(per_token, correct, torch.zeros_like(group), valid)
+    out.update(n_pairs=float(n_pairs), auc_mean_all=auc_all, n_pairs_all=float(n_all))
     return out
+
+
+def gap_verdict(auc: float, n_pairs: int, band: float = AUC_BAND) -> str:
+    """One line a user can act on, from the within-group gap AUC of a teacher (`rollout_gap_auc` of
+    the mean gap per token). Three branches around 0.5 +- `band` (AUC_BAND, provisional), plus the
+    case with no pair; a caveat is appended below MIN_VERDICT_PAIRS pairs."""
+    if n_pairs <= 0 or not math.isfinite(auc):
+        return (
+            "no mixed group, so no (correct, wrong) pair to rank: the gap AUC is undefined; sample more "
+            "problems (--n-prompts) or larger groups (--group-size), or use data the model solves only sometimes"
+        )
+    measured = f"(AUC {auc:.2f}, {n_pairs} pairs)"
+    if auc < 0.5 - band:
+        line = (
+            f"the teacher's gap ranks wrong rollouts above correct ones {measured}: "
+            "CAST's flips will push toward wrong behaviour on this model"
+        )
+    elif auc > 0.5 + band:
+        line = (
+            f"the teacher's gap ranks correct rollouts above wrong ones {measured}: "
+            "CAST's token directions agree with the verifier on average"
+        )
+    else:
+        line = (
+            f"the teacher's gap barely separates correct from wrong rollouts {measured}: CAST will mostly "
+            "follow the teacher's direction without verifier evidence; expect no gain over GRPO and compare "
+            "with flip=false"
+        )
+    if n_pairs < MIN_VERDICT_PAIRS:
+        line += f" [only {n_pairs} pairs: a noisy estimate]"
+    return line
 
 
 def group_summary(batch: PreparedBatch) -> dict[str, float]:
@@ -300,7 +403,8 @@ def analyze(
 ) -> dict[str, object]:
     """Every number of a diagnosis. Shapes: rewards (B,), group_ids (B,), student_logps and each
     teacher_logps[name] (B, T) float, mask (B, T). Returns {"groups", "teachers": {name: ...},
-    "agreement"}; per teacher: "quadrants", "flips", "position", "histogram", "extremes", "sequences", and
+    "agreement"}; per teacher: "quadrants", "flips", "against_verifier", "advantages" (shares CAST
+    pushes down / up), "position", "histogram", "extremes", "sequences", "verdict" (`gap_verdict`), and
     "cast_metrics" (the `cast/` metrics a CAST training step would log on this batch)."""
     if not teacher_logps:
         raise ValueError("teacher_logps is empty; pass at least one teacher context")
@@ -313,15 +417,20 @@ def analyze(
         batch = prepare(rewards, group_ids, student_logps, logps, mask, config)
         flips, flipped = flip_stats(batch, config)
         gaps[name], flipped_by[name] = batch.gap, flipped
+        adv, cast_metrics = cast_advantages(rewards, group_ids, student_logps, logps, mask, config)
+        sequences = sequence_separation(batch)
         teachers[name] = {
             "nonfinite_count": float(batch.n_nonfinite_gap),
             "quadrants": quadrant_stats(batch),
             "flips": flips,
+            "against_verifier": against_verifier(batch, config),
+            "advantages": advantage_directions(adv, batch.mask),
             "position": position_profile(batch, flipped, position_bins),
             "histogram": gap_histogram(batch, hist_bins),
             "extremes": extreme_tokens(batch),
-            "sequences": sequence_separation(batch),
-            "cast_metrics": cast_advantages(rewards, group_ids, student_logps, logps, mask, config)[1],
+            "sequences": sequences,
+            "verdict": gap_verdict(sequences["auc_mean"], int(sequences["n_pairs"])),
+            "cast_metrics": cast_metrics,
         }
     return {
         "groups": group_summary(batch),

@@ -21,21 +21,37 @@ def _pyplot():
 
 
 def plot_histograms(name: str, teacher: dict[str, Any], path: str) -> str:
-    """Gap histograms of one teacher, one panel per rollout class, bars coloured by gap sign; the flip
-    thresholds are dashed (-tau_pos in correct rollouts, +tau_neg in wrong ones)."""
+    """Gap histograms of one teacher, one panel per rollout class, bars coloured by gap sign. CAST's
+    flip boundary is dashed where its direction is on (the paper's rule: at g = 0; castrl's
+    flip_margin m moves it to -m in correct rollouts and +m in wrong ones), with the flipped share.
+
+    Rollout class stands for B's sign here (B > 0 exactly on correct rollouts unless mixed_only)."""
     plt = _pyplot()
-    hist, quads = teacher["histogram"], teacher["quadrants"]
-    tau_pos, tau_neg = teacher["flips"]["taus"]
+    hist, quads, flips = teacher["histogram"], teacher["quadrants"], teacher["flips"]
+    margin = flips["margin"]
     edges = hist["edges"]
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
     width = edges[1] - edges[0]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
-    for ax, cls, tau in ((axes[0], "correct", -tau_pos), (axes[1], "wrong", tau_neg)):
+    panels = (
+        (axes[0], "correct", -margin, flips["flip_correct_on"]),
+        (axes[1], "wrong", margin, flips["flip_incorrect_on"]),
+    )
+    for ax, cls, boundary, on in panels:
         colors = [POS_COLOR if c > 0 else NEG_COLOR for c in centres]
         ax.bar(centres, hist[cls], width=width, color=colors, linewidth=0)
         if any(hist[cls]):
             ax.set_yscale("log")
-        ax.axvline(tau, color="k", linestyle="--", linewidth=1, label=f"flip threshold {tau:+.3f}")
+        if on:
+            side = "left" if cls == "correct" else "right"
+            ax.axvline(
+                boundary,
+                color="k",
+                linestyle="--",
+                linewidth=1,
+                label=f"flip boundary {boundary:+.3f}: {_pct(flips[f'flip_frac_{cls}'])} flipped ({side})",
+            )
+            ax.legend(fontsize=8)
         pos, neg = quads[f"{cls}_pos"], quads[f"{cls}_neg"]
         ax.set_title(
             f"{cls} rollouts: {int(pos['count'] + neg['count'])} tokens\n"
@@ -45,7 +61,6 @@ def plot_histograms(name: str, teacher: dict[str, Any], path: str) -> str:
         )
         ax.set_xlabel("gap g = teacher log-prob - student log-prob")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     axes[0].set_ylabel("tokens")
     fig.suptitle(f"teacher '{name}'", fontsize=11)
     fig.tight_layout()

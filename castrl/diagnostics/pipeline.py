@@ -15,7 +15,7 @@ import torch
 
 from castrl.data import build_prompt
 from castrl.models import load_model_and_tokenizer
-from castrl.teacher import build_teacher_prompt
+from castrl.teacher import PEER_FALLBACK_CONTEXT, build_teacher_prompt, context_uses
 
 from .analysis import analyze
 from .scoring import (
@@ -32,6 +32,7 @@ __all__ = [
     "DiagnoseSettings",
     "DiagnosticsRun",
     "check_context_columns",
+    "peer_texts",
     "run_diagnostics",
     "select_problems",
 ]
@@ -107,6 +108,44 @@ def _sample_and_verify(
     return rollouts, rewards
 
 
+def peer_texts(
+    texts: Sequence[str],
+    rewards: Sequence[float | None],
+    group_ids: Sequence[int],
+    correct_threshold: float,
+) -> list[str | None]:
+    """Per row, the text of a successful rollout of the same group for `with_peer_success` (RLRT's
+    teacher, spec §5): the first other row of the group (in sampling order) whose reward is
+    >= correct_threshold; None when the group has no other correct row. A row is never its own peer,
+    so the teacher never reads the very completion it scores [R]. Rows with an unparseable gold
+    (reward None) are never peers."""
+    correct_by_group: dict[int, list[int]] = {}
+    for row, (group, reward) in enumerate(zip(group_ids, rewards, strict=True)):
+        if reward is not None and reward >= correct_threshold:
+            correct_by_group.setdefault(int(group), []).append(row)
+    out: list[str | None] = []
+    for row, group in enumerate(group_ids):
+        peer = next((j for j in correct_by_group.get(int(group), []) if j != row), None)
+        out.append(None if peer is None else texts[peer])
+    return out
+
+
+def _teacher_prompt_ids(
+    tokenizer: Any,
+    examples: Sequence[dict[str, Any]],
+    context: str,
+    rows: list[int],
+    peers: Sequence[str | None],
+) -> list[list[int]]:
+    """The teacher prompt ids of every row: one prompt per problem, or per row for contexts that read
+    a peer rollout (`build_teacher_prompt` falls back to PEER_FALLBACK_CONTEXT without a peer)."""
+    if not context_uses(context, "peer"):
+        ids = chat_prompt_ids(tokenizer, [build_teacher_prompt(e, context) for e in examples])
+        return [ids[i] for i in rows]
+    prompts = [build_teacher_prompt(examples[i], context, peer=peer) for i, peer in zip(rows, peers, strict=True)]
+    return chat_prompt_ids(tokenizer, prompts)
+
+
 def _score_all(
     settings: DiagnoseSettings,
     model: Any,
@@ -115,6 +154,7 @@ def _score_all(
     student_prompts: list[Any],
     student_ids: list[list[int]],
     rollouts: Rollouts,
+    peers: Sequence[str | None],
     timings: dict[str, float],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(student (B, T), {context: teacher (B, T)}) log-probs of every sampled token."""
@@ -133,12 +173,12 @@ def _score_all(
     examples = [{**p, "prompt": prompt} for p, prompt in zip(problems, student_prompts, strict=True)]
     teachers = {}
     for context in settings.teachers:
-        ids = chat_prompt_ids(tokenizer, [build_teacher_prompt(e, context) for e in examples])
+        ids = _teacher_prompt_ids(tokenizer, examples, context, rows, peers)
         start = time.perf_counter()
         with teacher_scope(settings.teacher_weights, model):
             teachers[context] = completion_logps(
                 model,
-                [ids[i] for i in rows],
+                ids,
                 rollouts.completion_ids,
                 rollouts.mask,
                 desc=f"teacher {context}",
@@ -176,8 +216,9 @@ def run_diagnostics(
         raise ValueError(
             f"no rollout could be scored: the verifier cannot parse any gold answer of {settings.data!r}"
         )
+    peers = peer_texts(rollouts.texts, rewards, rollouts.group_ids.tolist(), settings.correct_threshold)
     student, teachers = _score_all(
-        settings, model, tokenizer, problems, student_prompts, student_ids, rollouts, timings
+        settings, model, tokenizer, problems, student_prompts, student_ids, rollouts, peers, timings
     )
     start = time.perf_counter()
     reward_t = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
@@ -192,6 +233,14 @@ def run_diagnostics(
     _describe_extremes(results, rollouts, kept, tokenizer, problems)
     timings["analysis_s"] = time.perf_counter() - start
     notes = {"teacher_weights": teacher_weights_note(settings.teacher_weights, model)}
+    for context in settings.teachers:
+        if context_uses(context, "peer"):
+            fallback = sum(1 for keep, peer in zip(kept.tolist(), peers, strict=True) if keep and peer is None)
+            results["teachers"][context]["peer_fallback_count"] = float(fallback)
+            notes[context] = (
+                f"{fallback} of {int(kept.sum())} scored rollouts had no other correct rollout in their group "
+                f"and were scored with the {PEER_FALLBACK_CONTEXT} context instead"
+            )
     tensors = dict(kept=kept, rewards=reward_t, group_ids=group_ids, mask=mask, student_logps=student)
     return DiagnosticsRun(
         settings,

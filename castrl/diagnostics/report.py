@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .analysis import CLASSES, QUANTILES, SIGNS
+from .analysis import AUC_BAND, CLASSES, MIN_VERDICT_PAIRS, PAPER_TABLE9, QUANTILES, SIGNS
 from .figures import write_figures
 
 JSON_FILE, MD_FILE, HTML_FILE = "diagnostics.json", "diagnostics.md", "report.html"
@@ -68,6 +68,7 @@ def _run_table(payload: dict[str, Any]) -> Table:
         ],
         ["rollouts hitting max_new_tokens", pct(g["truncated_frac"])],
         ["teacher weights", payload["notes"]["teacher_weights"]],
+        *[[f"teacher {k}", v] for k, v in payload["notes"].items() if k != "teacher_weights"],
         ["wall time", f"{payload['timings_s'].get('total_s', float('nan')):.0f} s"],
         ["torch threads / load average at start, end", _load_text(payload.get("environment", {}))],
     ]
@@ -104,52 +105,122 @@ def _quadrant_table(results: dict[str, Any]) -> Table:
     )
 
 
-def _flip_table(results: dict[str, Any], flip_threshold: str) -> Table:
+def _flip_table(results: dict[str, Any]) -> Table:
     header = [
         "teacher",
-        "tau_pos / tau_neg",
+        "flipped (all tokens)",
+        "correct-path negative",
+        "incorrect-path positive",
         "flipped in correct",
         "flipped in wrong",
-        "all tokens",
-        "mixed groups",
-        "all-correct groups",
-        "all-wrong groups",
-        "F+ / F- tokens",
+        "mixed / all-correct / all-wrong groups",
+        "down / up flips",
+        "pushed down (A < 0)",
+        "pushed up (A > 0)",
     ]
     rows = []
     for name, teacher in results["teachers"].items():
-        f = teacher["flips"]
+        f, adv = teacher["flips"], teacher["advantages"]
         rows.append(
             [
                 name,
-                f"{num(f['taus'][0])} / {num(f['taus'][1])}",
+                pct(f["frac_flipped"]),
+                pct(f["frac_flipped_correct_negative"]),
+                pct(f["frac_flipped_incorrect_positive"]),
                 pct(f["flip_frac_correct"]),
                 pct(f["flip_frac_wrong"]),
-                pct(f["flip_frac"]),
-                pct(f["flip_frac_mixed"]),
-                pct(f["flip_frac_all_correct"]),
-                pct(f["flip_frac_all_wrong"]),
-                f"{int(f['flip_pos_count'])} / {int(f['flip_neg_count'])}",
+                f"{pct(f['flip_frac_mixed'])} / {pct(f['flip_frac_all_correct'])} / {pct(f['flip_frac_all_wrong'])}",
+                f"{int(f['flip_down_count'])} / {int(f['flip_up_count'])}",
+                pct(adv["frac_down"]),
+                pct(adv["frac_up"]),
             ]
         )
     return Table(
-        f"Tokens CAST would flip (flip_threshold={flip_threshold!r})",
+        f"Tokens CAST would flip ({_flip_rule(results)})",
         header,
         rows,
-        "F+ = teacher-negative tokens of B > 0 rollouts (g < -tau_pos); F- = teacher-positive tokens "
-        "of B < 0 rollouts (g > tau_neg). Shares are of the real tokens of that class or group type.",
+        "Computed with castrl.core (cast_flip_masks, flip_metrics, cast_advantages) at optimizer step 0. "
+        "Correct-path negative = B > 0 and g < -margin (pushed down); incorrect-path positive = B < 0 and "
+        "g > margin (pushed up); both are shares of all valid tokens, as the paper's Table 9. 'flipped in "
+        "correct / wrong' and the group columns are shares of that class's or group type's tokens. "
+        "'pushed down / up' = sign of CAST's final token advantage.",
+    )
+
+
+def _flip_rule(results: dict[str, Any]) -> str:
+    f = next(iter(results["teachers"].values()))["flips"]
+    directions = [
+        name
+        for name, on in (("correct-path", f["flip_correct_on"]), ("incorrect-path", f["flip_incorrect_on"]))
+        if on
+    ]
+    rule = "the paper's rule" if f["margin"] == 0 else "castrl's extension"
+    return f"flip_margin={f['margin']:g}, {rule}; reversals on: {', '.join(directions) or 'none'}"
+
+
+def _against_table(results: dict[str, Any]) -> Table:
+    header = [
+        "teacher",
+        "tokens (B != 0)",
+        "against the verifier",
+        "correct-path negative",
+        "incorrect-path positive",
+        "same sign as the verifier",
+    ]
+    rows = []
+    for name, teacher in results["teachers"].items():
+        a = teacher["against_verifier"]
+        rows.append(
+            [
+                name,
+                str(int(a["n_tokens"])),
+                pct(a["frac"]),
+                pct(a["frac_correct_negative"]),
+                pct(a["frac_incorrect_positive"]),
+                pct(a["frac_agree"]),
+            ]
+        )
+    flipped, positive = PAPER_TABLE9["frac_flipped"], PAPER_TABLE9["frac_flipped_incorrect_positive"]
+    rows.append(
+        [
+            "paper, Qwen3-4B CAST (Table 9)",
+            "",
+            pct(flipped),
+            f"{pct(flipped - positive)} (derived)",
+            pct(positive),
+            "",
+        ]
+    )
+    return Table(
+        "Tokens whose direction the teacher sets against the verifier's sign",
+        header,
+        rows,
+        "Tokens of B > 0 rollouts with g < 0 plus tokens of B < 0 rollouts with g > 0, over the valid tokens "
+        "of rollouts with B != 0. With flip_margin 0 and both reversals on this is the share CAST flips. "
+        "The paper's numbers are means over 300 training steps of a 4B model with truncated completions "
+        "masked; this run is one batch of the untrained model, truncated completions included.",
     )
 
 
 def _sweep_table(results: dict[str, Any]) -> Table:
-    thresholds = list(next(iter(results["teachers"].values()))["flips"]["sweep"])
-    header = ["teacher", "rollouts"] + thresholds
+    margins = list(next(iter(results["teachers"].values()))["flips"]["sweep"])
+    header = ["teacher", "share"] + [f"margin {m}" for m in margins]
+    labels = {
+        "all": "flipped (all tokens)",
+        "correct_negative": "correct-path negative",
+        "incorrect_positive": "incorrect-path positive",
+    }
     rows = []
     for name, teacher in results["teachers"].items():
         sweep = teacher["flips"]["sweep"]
-        for cls in CLASSES:
-            rows.append([name, cls] + [pct(sweep[t][cls]) for t in thresholds])
-    return Table("Flipped-token share by flip_threshold", header, rows)
+        for key, label in labels.items():
+            rows.append([name, label] + [pct(sweep[m][key]) for m in margins])
+    return Table(
+        "Flipped-token share by flip_margin (castrl's extension; 0 = the paper)",
+        header,
+        rows,
+        "A token flips only when |g| > margin; below it the sign-preserving advantage applies.",
+    )
 
 
 def _sequence_table(results: dict[str, Any]) -> Table:
@@ -180,9 +251,10 @@ def _sequence_table(results: dict[str, Any]) -> Table:
         "Does the teacher rank correct rollouts above wrong ones?",
         header,
         rows,
-        "AUC = P(a correct rollout's gap score > a wrong one's) over (correct, wrong) pairs of the same "
-        "mixed group; 0.5 = the teacher cannot tell them apart. 'all pairs' mixes problems. 'mean gap/token' = "
-        "mean over rollouts of each rollout's mean gap per token.",
+        "AUC = P(a correct rollout's gap score > a wrong one's, ties 1/2) over the (correct, wrong) pairs of "
+        "the same mixed group, pooled over groups; 0.5 = the teacher cannot tell them apart. 'AUC mean gap' "
+        "(mean of g over a rollout's valid tokens) is the one the verdict reads. 'all pairs' mixes problems. "
+        "'mean gap/token' = mean over rollouts of each rollout's mean gap per token.",
     )
 
 
@@ -257,13 +329,26 @@ def build_tables(payload: dict[str, Any]) -> list[Table]:
     return [
         _run_table(payload),
         _quadrant_table(results),
-        _flip_table(results, payload["settings"]["flip_threshold"]),
+        _flip_table(results),
+        _against_table(results),
         _sweep_table(results),
         _sequence_table(results),
         _agreement_table(results),
         _position_table(results),
         _extremes_table(results),
     ]
+
+
+VERDICT_NOTE = (
+    f"From the within-group AUC of the mean gap per rollout. The band 0.5 +- {AUC_BAND} that counts as "
+    "'barely separates' is provisional until the positive-control sweep calibrates it; below "
+    f"{MIN_VERDICT_PAIRS} pairs the estimate is noisy."
+)
+
+
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    """One line per teacher: '<teacher>: <verdict>'."""
+    return [f"{name}: {teacher['verdict']}" for name, teacher in results["teachers"].items()]
 
 
 def _md_cell(text: str) -> str:
@@ -282,7 +367,8 @@ def render_markdown(payload: dict[str, Any], tables: list[Table], figures: dict[
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
         lines += (["", table.note] if table.note else []) + [""]
     lines += ["## Figures", ""] + [f"![{cap}]({os.path.basename(p)})" for cap, p in figures.items()] + [""]
-    return "\n".join(lines)
+    lines += ["## Verdict", "", VERDICT_NOTE, ""] + [f"- {line}" for line in verdict_lines(payload["results"])]
+    return "\n".join(lines) + "\n"
 
 
 _CSS = (
@@ -315,7 +401,9 @@ def render_html(payload: dict[str, Any], tables: list[Table], figures: dict[str,
         with open(path, "rb") as handle:
             data = base64.b64encode(handle.read()).decode("ascii")
         parts.append(f"<h3>{esc(caption)}</h3><img alt='{esc(caption)}' src='data:image/png;base64,{data}'>")
-    parts.append("</body></html>")
+    parts.append(f"<h2>Verdict</h2><p class='note'>{esc(VERDICT_NOTE)}</p><ul>")
+    parts += [f"<li>{esc(line)}</li>" for line in verdict_lines(payload["results"])]
+    parts.append("</ul></body></html>")
     return "\n".join(parts)
 
 

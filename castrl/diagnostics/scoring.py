@@ -198,8 +198,9 @@ def teacher_weights_note(spec: str, model: Any) -> str:
     kind = WeightsSpec.parse(spec).kind
     if kind == "policy":
         return "policy: the sampling weights"
-    if kind in ("ema", "lagged"):
-        return f"{spec}: equals the policy (no optimizer step has run, so the {kind} copy is the policy)"
+    if kind in ("ema", "refresh"):
+        copy = "snapshot" if kind == "refresh" else "ema copy"
+        return f"{spec}: equals the policy (no optimizer step has run, so the {copy} is the policy)"
     if has_adapter(model):
         return "frozen: the base model, LoRA adapter disabled"
     return "frozen: no adapter loaded, so the initial model is the policy"

@@ -14,7 +14,11 @@ from typing import Any
 from castrl.core import CastConfig
 from castrl.data import STYLES, load_problems
 from castrl.models import DEFAULT_MODEL
-from castrl.teacher import TEACHER_CONTEXTS, check_teacher_config, context_uses
+from castrl.teacher import DEFAULT_TEACHER_WEIGHTS, TEACHER_CONTEXTS, WeightsSpec, check_teacher_config, context_uses
+
+# The contexts a default diagnosis scores with: the paper's answer-free teacher (CAST's default, spec §3)
+# and its ablation with the ground-truth answer (Table 7).
+DEFAULT_TEACHERS: tuple[str, ...] = ("answer_free", "with_reference")
 
 
 def _flag(name: str) -> str:
@@ -46,17 +50,18 @@ class DiagnoseSettings:
     style: str = field(default="oneshot", metadata={"help": f"Student prompt style: {', '.join(STYLES)}."})
     group_size: int = field(default=8, metadata={"help": "G: completions sampled per prompt (>= 2)."})
     teachers: tuple[str, ...] = field(
-        default=("self_teach", "with_answer"),
+        default=DEFAULT_TEACHERS,
         metadata={
             "help": "Comma-separated teacher contexts to score with: "
-            f"{', '.join(TEACHER_CONTEXTS)} (spec §3)."
+            f"{', '.join(TEACHER_CONTEXTS)} (spec §3). with_peer_success reads another correct "
+            "rollout of the same group (rows without one fall back to answer_free)."
         },
     )
     teacher_weights: str = field(
-        default="policy",
+        default=DEFAULT_TEACHER_WEIGHTS,
         metadata={
-            "help": "Teacher weights: policy, ema, frozen or lagged:K. Without training, "
-            "ema and lagged equal the policy; frozen differs only with --adapter."
+            "help": "Teacher weights: refresh:K (the paper's refresh:10), policy, ema or frozen. Without "
+            "training, refresh:K and ema equal the policy; frozen differs only with --adapter."
         },
     )
     n_prompts: int = field(default=16, metadata={"help": "Problems drawn (seeded) from the data."})
@@ -66,9 +71,20 @@ class DiagnoseSettings:
     )
     gen_batch_size: int = field(default=32, metadata={"help": "Rollouts per generate call (whole groups)."})
     score_batch_size: int = field(default=16, metadata={"help": "Rollouts per scoring forward pass."})
-    flip_threshold: str = field(
-        default="tau",
-        metadata={"help": "CastConfig.flip_threshold: tau, band, zero, a float or quantile:<q>."},
+    flip_margin: float = field(
+        default=0.0,
+        metadata={
+            "help": "CastConfig.flip_margin: a token flips only when |g| > this; 0 = the paper's rule "
+            "(every token whose gap sign disagrees with B's flips)."
+        },
+    )
+    flip_correct: bool = field(
+        default=True,
+        metadata={"help": "CastConfig.flip_correct: correct-path negative reversal (B > 0, g < 0)."},
+    )
+    flip_incorrect: bool = field(
+        default=True,
+        metadata={"help": "CastConfig.flip_incorrect: incorrect-path positive reversal (B < 0, g > 0)."},
     )
     correct_threshold: float = field(
         default=0.5, metadata={"help": "A rollout is correct when reward >= this."}
@@ -109,7 +125,7 @@ class DiagnoseSettings:
             raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         self._check_teachers()
         self._check_model_paths()
-        self.cast_config()  # validates --flip-threshold and --correct-threshold
+        self.cast_config()  # validates --flip-margin and --correct-threshold
 
     def _check_teachers(self) -> None:
         if not self.teachers:
@@ -123,8 +139,9 @@ class DiagnoseSettings:
             raise ValueError(f"--teachers lists a context twice: {list(self.teachers)}")
         for context in self.teachers:
             check_teacher_config(context, self.teacher_weights)
-        if "student" in self.teachers and not (self.teacher_weights == "frozen" and self.adapter):
-            # without training, ema / lagged / frozen-without-adapter weights are the policy's
+        kind = WeightsSpec.parse(self.teacher_weights).kind
+        if "student" in self.teachers and not (kind == "frozen" and self.adapter):
+            # without training, refresh / ema / frozen-without-adapter weights are the policy's
             raise ValueError(
                 f"--teachers student with --teacher-weights {self.teacher_weights} scores with the student's own "
                 "weights in a run without training, so its gap is always 0; use --teacher-weights frozen with "
@@ -147,9 +164,14 @@ class DiagnoseSettings:
     def cast_config(self) -> CastConfig:
         """The CastConfig whose flip rule and correctness threshold the report applies (defaults otherwise)."""
         try:
-            return CastConfig(flip_threshold=self.flip_threshold, correct_threshold=self.correct_threshold)
+            return CastConfig(
+                flip_margin=self.flip_margin,
+                flip_correct=self.flip_correct,
+                flip_incorrect=self.flip_incorrect,
+                correct_threshold=self.correct_threshold,
+            )
         except (TypeError, ValueError) as err:
-            raise ValueError(f"--flip-threshold / --correct-threshold: {err}") from err
+            raise ValueError(f"--flip-margin / --correct-threshold: {err}") from err
 
 
 def select_problems(settings: DiagnoseSettings) -> list[dict[str, Any]]:

@@ -7,23 +7,21 @@ logged hyperparameters all come from one source. Bands become 2-element lists on
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
 
 from trl import GRPOConfig
 
-from castrl.core import CastConfig, EstimatorConfig, RLSDConfig, get_estimator
-from castrl.teacher import check_teacher_config
+from castrl.core import CastConfig, EstimatorConfig, GRPOOPSDConfig, RLRTConfig, RLSDConfig, get_estimator
+from castrl.teacher import DEFAULT_TEACHER_CONTEXT, DEFAULT_TEACHER_WEIGHTS, check_teacher_config
 
 
-def _cli_field(f) -> tuple[Any, Any]:
+def _cli_field(f, hint: Any) -> tuple[Any, Any]:
     """(type, dataclasses.field) for a core config field, in a form HfArgumentParser can parse."""
     default = f.default
     if isinstance(default, tuple):
         return list[float], field(default_factory=lambda d=default: list(d), metadata=dict(f.metadata))
-    if f.name == "flip_threshold":  # "tau" | "band" | "zero" | "<float>" | "quantile:<q>"
-        return str, field(default=str(default), metadata=dict(f.metadata))
-    return type(default), field(default=default, metadata=dict(f.metadata))
+    return hint, field(default=default, metadata=dict(f.metadata))
 
 
 def _with_fields_of(*sources: type[EstimatorConfig]):
@@ -32,10 +30,11 @@ def _with_fields_of(*sources: type[EstimatorConfig]):
     def inject(cls):
         annotations = cls.__dict__.get("__annotations__", {})
         for source in sources:
+            hints = get_type_hints(source)
             for f in fields(source):
                 if f.name in annotations:
                     continue
-                annotations[f.name], value = _cli_field(f)
+                annotations[f.name], value = _cli_field(f, hints[f.name])
                 setattr(cls, f.name, value)
         cls.__annotations__ = annotations
         return cls
@@ -44,24 +43,29 @@ def _with_fields_of(*sources: type[EstimatorConfig]):
 
 
 @dataclass
-@_with_fields_of(CastConfig, RLSDConfig)
+@_with_fields_of(CastConfig, RLSDConfig, RLRTConfig, GRPOOPSDConfig)
 class CASTConfig(GRPOConfig):
     """GRPOConfig for CAST and its baselines; see `castrl.core.config` for the estimator fields."""
 
     advantage_estimator: str = field(
         default="cast",
-        metadata={"help": "Token-advantage estimator: cast, grpo, dr_grpo, rlsd, rlrt or opsd (spec §4)."},
+        metadata={"help": "Token-advantage estimator: cast, grpo, dr_grpo, rlsd, rlrt, opsd or grpo_opsd (spec §5)."},
     )
     teacher_context: str = field(
-        default="self_teach",
+        default=DEFAULT_TEACHER_CONTEXT,
         metadata={
-            "help": "What the self-teacher reads: self_teach (answer-free, default), student, with_answer, "
-            "with_solution (privileged baselines), or a template with {problem} [{answer}] [{solution}]. [R]"
+            "help": "What the self-teacher reads: answer_free (the paper's, default), with_reference (the "
+            "ground-truth answer, Table 7's ablation), with_peer_success (RLRT's: a successful rollout of the "
+            "group); castrl's own: self_teach, student, with_answer, with_solution, or a template with "
+            "{user_turn} or {problem} [{answer}] [{solution}] [{peer}]."
         },
     )
     teacher_weights: str = field(
-        default="policy",
-        metadata={"help": "Teacher weights: policy (default), ema, frozen (initial model) or lagged:<K>. [R]"},
+        default=DEFAULT_TEACHER_WEIGHTS,
+        metadata={
+            "help": "Teacher weights: refresh:<K> (a snapshot of the policy at step 0 and every K optimizer steps; "
+            "the paper's refresh:10, default), policy (current weights), ema or frozen (initial model)."
+        },
     )
     teacher_ema_decay: float = field(default=0.99, metadata={"help": "EMA decay for teacher_weights='ema'. [R]"})
     teacher_max_prompt_length: int = field(
@@ -85,8 +89,18 @@ class CASTConfig(GRPOConfig):
         },
     )
     epsilon_high: float | None = field(
-        default=0.28, metadata={"help": "Upper ratio clip (DAPO clip-higher); CAST uses 0.28 (spec §2.6). [S]"}
+        default=0.28, metadata={"help": "Upper ratio clip (DAPO clip-higher); the paper's 0.28 (Table 8). [P]"}
     )
+    mask_truncated_completions: bool = field(
+        default=True,
+        metadata={
+            "help": "Mask completions that reach max_completion_length without an end token from the loss, for "
+            "every method (the paper's §8.4); their rewards still count in the group statistics. [P]"
+        },
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Rollout sampling temperature (§8.4). [P]"})
+    top_p: float = field(default=0.95, metadata={"help": "Rollout nucleus sampling (§8.4). [P]"})
+    top_k: int = field(default=20, metadata={"help": "Rollout top-k sampling (§8.4); 0 = off. [P]"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,8 +123,3 @@ class CASTConfig(GRPOConfig):
                 value = tuple(value)
             kwargs[f.name] = value
         return config_cls(**kwargs)
-
-
-CORE_FIELD_NAMES = tuple(
-    f.name for src in (CastConfig, RLSDConfig) for f in fields(src) if f.default is not MISSING
-)

@@ -8,7 +8,7 @@ sampling, entropy options and PEFT keep working:
 - `_compute_loss` / `_get_per_token_logps_and_entropies` (on-policy, `fuse_student_pass`): the
   student pass is skipped; the estimator's base step runs after the rollout and its row-local token
   step runs inside the loss, on the log-probs of the training forward pass (see `_DeferredBatch`);
-- `_save_checkpoint` / `_load_optimizer_and_scheduler`: persist the teacher's EMA/lagged weights and
+- `_save_checkpoint` / `_load_optimizer_and_scheduler`: persist the teacher's snapshot/EMA weights and
   commit each checkpoint atomically (staging folder + rename, `castrl.trl.checkpoint`).
 Advantages are computed on the batch gathered from all processes, since a group can straddle them.
 """
@@ -30,7 +30,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
 from castrl.core import get_estimator
-from castrl.teacher import TeacherWeights, build_teacher_prompt
+from castrl.teacher import TeacherWeights, build_teacher_prompt, context_uses, successful_peers
 
 from .checkpoint import (
     commit_checkpoint,
@@ -47,7 +47,7 @@ logger = logging.get_logger(__name__)
 
 
 class _TeacherUpdate(TrainerCallback):
-    """Updates EMA / lagged teacher weights after every optimizer step."""
+    """Refreshes the teacher snapshot (`refresh:K`) or its EMA after every optimizer step."""
 
     def __init__(self, trainer: CASTTrainer) -> None:
         self.trainer = trainer
@@ -154,6 +154,8 @@ class CASTTrainer(GRPOTrainer):
         else:
             output["advantages"], stats = self._token_advantages(mask, student, teacher, mode)
         timings["cast/time_advantage_s"] = time.perf_counter() - start
+        # TRL measured it on every completion; castrl's name keeps TRL and verl runs comparable (spec §6)
+        stats["cast/frac_truncated"] = self._metrics[mode]["completions/clipped_ratio"][-1]
         for name, value in {**stats, **timings}.items():
             self._metrics[mode][name].append(value)
         return output
@@ -200,7 +202,9 @@ class CASTTrainer(GRPOTrainer):
 
     def _teacher_logps(self, inputs: list[dict], output: dict) -> torch.Tensor:
         """(B, T) teacher log-probs of the sampled completion tokens under the teacher context/weights."""
-        teacher_prompts = [build_teacher_prompt(x, self.args.teacher_context) for x in inputs]
+        context = self.args.teacher_context
+        peers = self._peer_texts(output) if context_uses(context, "peer") else [None] * len(inputs)
+        teacher_prompts = [build_teacher_prompt(x, context, peer=p) for x, p in zip(inputs, peers, strict=True)]
         ids = self._tokenize_teacher_prompts(teacher_prompts)
         limit = self.args.teacher_max_prompt_length
         n_truncated = sum(len(x) > limit for x in ids)
@@ -213,6 +217,25 @@ class CASTTrainer(GRPOTrainer):
         model = self.accelerator.unwrap_model(self.model)
         with self.teacher_weights.scoring(model):
             return self._completion_logps(prompt_ids, prompt_mask, output)
+
+    def _peer_texts(self, output: dict) -> list[str | None]:
+        """For each local row, the text of another correct rollout of its group (RLRT's teacher), or None.
+
+        Groups may straddle processes, so the completions are gathered; only valid (unmasked) tokens
+        are decoded, so a truncated completion that TRL masked is never anyone's peer."""
+        mode = "train" if self.model.training else "eval"
+        rewards, group_ids, scorable = self._global_rewards(mode)
+        mask = self._gather_rows(output["completion_mask"])
+        ids = self._gather_rows(output["completion_ids"])
+        correct = scorable & (rewards >= self.estimator_config.correct_threshold) & (mask.sum(dim=1) > 0)
+        peers = successful_peers(correct.tolist(), group_ids.tolist())
+        n_local = output["completion_ids"].shape[0]
+        start = self.accelerator.process_index * n_local
+        decode = self.processing_class.decode if hasattr(self.processing_class, "decode") else self._tokenizer.decode
+        return [
+            None if j is None else decode(ids[j][mask[j] > 0].tolist(), skip_special_tokens=True)
+            for j in peers[start : start + n_local]
+        ]
 
     # -- advantages -----------------------------------------------------------------------------
 
@@ -273,7 +296,9 @@ class CASTTrainer(GRPOTrainer):
         """Run the estimator's base step on the global batch now; leave the token step to the loss."""
         rewards, group_ids, scorable = self._global_rewards(mode)
         rows = scorable.nonzero().flatten()
-        base_rows, stats = self.estimator.base_step(rewards[rows], group_ids[rows], self.estimator_config)
+        base_rows, stats = self.estimator.base_step(
+            rewards[rows], group_ids[rows], self.estimator_config, self.state.global_step
+        )
         n_local, t_local = mask.shape
         self._deferred[mode] = _DeferredBatch(
             base=torch.zeros_like(rewards).index_copy_(0, rows, base_rows.float()),
