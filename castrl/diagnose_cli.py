@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import MISSING, asdict, fields
 
+from castrl.diagnostics.analysis import PAPER_TABLE9
 from castrl.diagnostics.pipeline import run_diagnostics
 from castrl.diagnostics.report import verdict_lines, write_report
 from castrl.diagnostics.settings import DiagnoseSettings, select_problems
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             f"[castrl diagnose] {name}: gap std {teacher['quadrants']['overall']['std']:.3f}; "
             f"against the verifier {_pct(a['frac'])} of tokens ({_pct(a['frac_correct_negative'])} "
             f"correct-path negative, {_pct(a['frac_incorrect_positive'])} incorrect-path positive; "
-            f"paper's Table 9: 26.4 %, 7.0 % positive); CAST flips {_pct(f['frac_flipped'])} "
+            f"paper's Table 9: {_pct(PAPER_TABLE9['frac_flipped'])}, "
+            f"{_pct(PAPER_TABLE9['frac_flipped_incorrect_positive'])} positive); CAST flips {_pct(f['frac_flipped'])} "
             f"(flip_margin {f['margin']:g}) and pushes down {_pct(adv['frac_down'])}"
         )
     print(f"[castrl diagnose] report: {paths['html']}")

@@ -16,6 +16,8 @@ from castrl.core import (
     CastConfig,
     GRPOAdvConfig,
     LossConfig,
+    GRPOOPSDConfig,
+    RLRTConfig,
     RLSDConfig,
     aggregate,
     cast_advantages,
@@ -124,14 +126,11 @@ def test_wrong_config_type(name, config, wanted):
         ({"lam": 5.0}, ["lam=5.0", "band_pos", "flip the sign"]),  # 1 + 5 (0.8 - 1) = 0
         ({"lam": -0.1}, ["lam", ">= 0"]),
         ({"adv_clip": math.nan}, ["adv_clip"]),
-        ({"pos_cap": -1.0}, ["pos_cap"]),
+        ({"flip_margin": -1.0}, ["flip_margin", ">= 0"]),
+        ({"flip_margin": math.inf}, ["flip_margin"]),
         ({"mixed_scale": "mad"}, ["mixed_scale", "'mad'"]),
-        ({"flip_threshold": "sometimes"}, ["flip_threshold", "'sometimes'", "quantile:<q>"]),
-        ({"flip_threshold": -0.1}, ["flip_threshold"]),
-        ({"flip_threshold": True}, ["flip_threshold"]),
-        ({"flip_threshold": "quantile:0"}, ["flip_threshold", "0 < q <= 1"]),
-        ({"flip_threshold": "quantile:1.5"}, ["flip_threshold", "0 < q <= 1"]),
-        ({"flip_threshold": "quantile:1e"}, ["flip_threshold", "quantile:1e"]),
+        ({"shaping_cutoff_step": -1}, ["shaping_cutoff_step", "integer >= 0"]),
+        ({"shaping_cutoff_step": 2.5}, ["shaping_cutoff_step", "2.5"]),
         ({"std_eps": -1e-4}, ["std_eps"]),
         ({"gap_clip": math.inf}, ["gap_clip"]),
     ],
@@ -143,7 +142,9 @@ def test_bad_cast_config(kwargs, words):
         assert word in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize("kwargs", [{"lam": "1.0"}, {"tau_pos": None}, {"kappa_neg": [0.5]}])
+@pytest.mark.parametrize(
+    "kwargs", [{"lam": "1.0"}, {"flip_margin": None}, {"b_wrong": [0.5]}, {"flip_correct": "yes"}, {"flip": 1}]
+)
 def test_non_numeric_cast_config_field_is_named(kwargs):
     (field,) = kwargs
     with pytest.raises(TypeError, match=field):
@@ -155,6 +156,21 @@ def test_bad_rlsd_config():
         RLSDConfig(rlsd_band=(1.2, 0.8))
     with pytest.raises(ValueError, match="rlsd_anneal_steps"):
         RLSDConfig(rlsd_anneal_steps=-1)
+
+
+@pytest.mark.parametrize(
+    ("config_cls", "kwargs", "field"),
+    [
+        (RLRTConfig, {"rlrt_eps_w": 1.5}, "rlrt_eps_w"),
+        (RLRTConfig, {"rlrt_lam": -0.5}, "rlrt_lam"),
+        (RLRTConfig, {"rlrt_lam": 2.0}, "rlrt_lam"),
+        (GRPOOPSDConfig, {"opsd_coef_start": -1.0}, "opsd_coef_start"),
+        (GRPOOPSDConfig, {"opsd_anneal_steps": -3}, "opsd_anneal_steps"),
+    ],
+)
+def test_bad_baseline_configs(config_cls, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        config_cls(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from castrl.core import (
 )
 
 EPS = 1e-4  # TRL's std epsilon (spec §2.1)
-TAU = math.log(1.25)
 
 
 def _t(rows: list[list[float]]) -> torch.Tensor:
@@ -125,14 +124,26 @@ def test_rlsd_weight_is_clipped_to_its_band():
     assert adv[0, 3].item() == pytest.approx(base * (1 + 0.5 * (1.2 - 1)), rel=1e-5)
 
 
-def test_rlrt_reverses_evidence_on_correct_rollouts():
+def test_rlrt_is_the_papers_rule():
+    # §8.4: correct rollouts: d = -g, w = clip(exp(sign(A) d), 0, 2), A (0.5 + 0.5 w); wrong rollouts keep A
     adv, _ = compute_advantages("rlrt", *_rlsd_batch(), step=0)
-    expected = _rlsd_expected(0.5, reverse_on_correct=True)
-    torch.testing.assert_close(adv, _t(expected), rtol=1e-5, atol=1e-6)
-    rlsd, _ = compute_advantages("rlsd", *_rlsd_batch(), step=0)
-    assert torch.equal(adv[1], rlsd[1])  # negative rollout: identical to RLSD
-    # positive rollout, teacher-positive token g = 1.0: RLSD boosts it, RLRT damps it
-    assert adv[0, 3] < adv[0, 2] < rlsd[0, 3]
+    base = 0.5 / (math.sqrt(0.5) + EPS)
+    correct_row = [base * (0.5 + 0.5 * min(max(math.exp(-g), 0.0), 2.0)) for g in RLSD_GAP]
+    torch.testing.assert_close(adv, _t([correct_row, [-base] * 4, [0.0] * 4, [0.0] * 4]), rtol=1e-5, atol=1e-6)
+    # no decay: the same at step 400; a teacher-positive token of a correct rollout is damped
+    later, _ = compute_advantages("rlrt", *_rlsd_batch(), step=400)
+    assert torch.equal(adv, later)
+    assert adv[0, 3] < base < adv[0, 1]
+
+
+def test_grpo_opsd_adds_the_annealed_gap():
+    rewards, ids, student, teacher, mask = _rlsd_batch()
+    base = 0.5 / (math.sqrt(0.5) + EPS)
+    for step, alpha in ((0, 0.2), (25, 0.1), (50, 0.0), (90, 0.0)):
+        adv, stats = compute_advantages("grpo_opsd", rewards, ids, student, teacher, mask, step=step)
+        assert stats["cast/opsd_coef"] == pytest.approx(alpha)
+        expected = [[b + alpha * g for g in RLSD_GAP] for b in (base, -base, 0.0, 0.0)]
+        torch.testing.assert_close(adv, _t(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_rlsd_custom_config_anneal():
@@ -164,47 +175,48 @@ def _cast_const_batch(rewards: list[float]):
 
 
 def _cast_expected_row(base: float, cfg: CastConfig) -> list[float]:
-    lo, hi = cfg.band_pos if base > 0 else cfg.band_neg
+    """Eq. 7-15 for one row, written out per token."""
+    (lp, up), (ln, un) = cfg.band_pos, cfg.band_neg
     row = []
     for g in CAST_GAP:
-        w = min(max(math.exp(math.copysign(1.0, base) * g), lo), hi)
-        shaped = base * (1 + cfg.lam * (w - 1))
-        if base > 0 and g < -cfg.tau_pos:
-            shaped = -cfg.kappa_pos * abs(shaped)
-        elif base < 0 and g > cfg.tau_neg:
-            shaped = min(cfg.kappa_neg * abs(shaped), cfg.pos_cap * abs(base))
-        row.append(max(-cfg.adv_clip, min(cfg.adv_clip, shaped)))
+        if base > 0 and g < 0:  # Eq. 10-11
+            a = -abs(base) * (1 + cfg.lam * (min(max(math.exp(-g), max(1, ln)), un) - 1))
+        elif base < 0 and g > 0:  # Eq. 12-13
+            a = abs(base) * (1 + cfg.lam * (min(max(math.exp(g), max(1, lp)), up) - 1))
+        else:  # Eq. 7-9
+            lo, hi = (lp, up) if base > 0 else (ln, un)
+            a = base * (1 + cfg.lam * (min(max(math.exp(math.copysign(1.0, base) * g), lo), hi) - 1))
+        row.append(max(-cfg.adv_clip, min(cfg.adv_clip, a)))
     return row
 
 
 def test_cast_all_correct_group_by_hand():
     adv, stats = cast_advantages(*_cast_const_batch([1.0, 1.0]))
-    # B = +1, w = clip(exp(g), 0.8, 1.05), A_hat = w; g = -0.3 < -ln 1.25 flips to -|A_hat| = -0.8
-    row = [1.0, math.exp(0.03), math.exp(-0.1), -0.8, 1.05]
+    # B = +1: g >= 0 -> clip(e^g, 0.8, 1.05); g < 0 flips to -clip(e^|g|, 1, 1.2)
+    row = [1.0, math.exp(0.03), -math.exp(0.1), -1.2, 1.05]
     torch.testing.assert_close(adv, _t([row, row]), rtol=1e-6, atol=1e-7)
     assert stats["cast/frac_all_correct"] == 1.0
-    assert stats["cast/flip_frac_correct"] == pytest.approx(1 / 5)
+    assert stats["cast/flip_frac_correct"] == pytest.approx(2 / 5)
     assert math.isnan(stats["cast/flip_frac_wrong"])  # no wrong rollouts: NaN, not 0
 
 
 def test_cast_all_wrong_group_by_hand():
     adv, stats = cast_advantages(*_cast_const_batch([0.0, 0.0, 0.0]))
-    # B = -1, w = clip(exp(-g), 0.95, 1.2), A_hat = -w; g = 0.5 > ln 1.25 flips to
-    # +min(0.5 * 0.95, 0.5 * 1) = 0.475
-    row = [-1.0, -math.exp(-0.03), -math.exp(0.1), -1.2, 0.475]
+    # B = -1: g <= 0 -> -clip(e^-g, 0.95, 1.2); g > 0 flips to +clip(e^g, 1, 1.05)
+    row = [-1.0, math.exp(0.03), -math.exp(0.1), -1.2, 1.05]
     torch.testing.assert_close(adv, _t([row] * 3), rtol=1e-6, atol=1e-7)
-    assert stats["cast/flip_frac_wrong"] == pytest.approx(1 / 5)
-    assert stats["cast/flip_neg_count"] == 3.0
+    assert stats["cast/flip_frac_wrong"] == pytest.approx(2 / 5)
+    assert stats["cast/flip_up_count"] == 6.0
+    assert stats["cast/frac_flipped_incorrect_positive"] == pytest.approx(2 / 5)
 
 
 @pytest.mark.parametrize(
     "cfg",
     [
         CastConfig(b_correct=0.7, b_wrong=0.9),
-        CastConfig(
-            b_correct=2.0, b_wrong=0.4, lam=0.5, kappa_pos=0.5, kappa_neg=2.0, pos_cap=0.3, adv_clip=1.5
-        ),
-        CastConfig(band_pos=(0.6, 1.3), band_neg=(0.9, 1.5), tau_pos=0.05, tau_neg=0.4, adv_clip=1.0),
+        CastConfig(b_correct=2.0, b_wrong=0.4, lam=0.5, adv_clip=1.5),
+        CastConfig(band_pos=(0.6, 1.3), band_neg=(0.9, 1.5), adv_clip=1.0),
+        CastConfig(band_pos=(0.95, 1.05), band_neg=(0.95, 1.05)),
     ],
 )
 def test_cast_constant_groups_shaped_with_custom_config(cfg):
@@ -225,11 +237,11 @@ def test_cast_mixed_group_uses_grpo_base_and_zero_base_rows_are_unshaped():
     teacher = student + torch.tensor([[0.1, -0.3]] * 3)
     adv, stats = cast_advantages(rewards, torch.tensor([5, 5, 5]), student, teacher, torch.ones(3, 2))
     b = 0.5 / (0.5 + EPS)
-    # B > 0: w = clip(exp(0.1) = 1.105, 0.8, 1.05) = 1.05; g = -0.3 saturates 0.8 and flips to -0.8 b
-    assert adv[0].tolist() == pytest.approx([b * 1.05, -b * 0.8])
-    assert adv[1].tolist() == [0.0, 0.0]  # B = 0: w = 1, never flipped
-    # B < 0: w = clip(exp(-0.1) = 0.905, 0.95, 1.2) = 0.95; exp(0.3) = 1.35 -> 1.2; no flip (g < tau)
-    assert adv[2].tolist() == pytest.approx([-b * 0.95, -b * 1.2])
+    # B > 0: exp(0.1) = 1.105 -> 1.05; g = -0.3 flips to -b clip(e^0.3 = 1.35, 1, 1.2) = -1.2 b
+    assert adv[0].tolist() == pytest.approx([b * 1.05, -b * 1.2])
+    assert adv[1].tolist() == [0.0, 0.0]  # B = 0: zero advantage, never flipped
+    # B < 0: g = 0.1 flips to +b clip(e^0.1, 1, 1.05) = 1.05 b; g = -0.3: -b clip(e^0.3, 0.95, 1.2)
+    assert adv[2].tolist() == pytest.approx([b * 1.05, -b * 1.2])
     assert stats["cast/frac_base_zero"] == pytest.approx(1 / 3)
 
 
@@ -246,59 +258,39 @@ def test_cast_mixed_scale_none_and_mixed_only():
     assert stats["cast/frac_base_zero"] == pytest.approx(2 / 6)
 
 
-# Flip-threshold variants on one crafted pair of rows: an all-correct row (B = +1) and an all-wrong
-# row (B = -1); disagreeing tokens are at positions 0-3 with growing |g|, position 4 agrees.
+# Which tokens flip, on one crafted pair of rows: an all-correct row (B = +1) and an all-wrong row
+# (B = -1); disagreeing tokens are at positions 0-3 with growing |g|, position 4 agrees.
 FLIP_GAP_POS = [-0.05, -0.15, -0.21, -0.3, 0.2]
 FLIP_GAP_NEG = [0.05, 0.15, 0.21, 0.3, -0.2]
 
 
-def _flipped_positions(flip_threshold, **kw) -> tuple[list[int], list[int]]:
+def _flipped_positions(**kw) -> tuple[list[int], list[int]]:
     student = torch.full((2, 5), -1.5)
     teacher = student + _t([FLIP_GAP_POS, FLIP_GAP_NEG])
-    cfg = CastConfig(flip_threshold=flip_threshold, **kw)
     adv, stats = cast_advantages(
-        torch.tensor([1.0, 0.0]), torch.tensor([0, 1]), student, teacher, torch.ones(2, 5), cfg
+        torch.tensor([1.0, 0.0]), torch.tensor([0, 1]), student, teacher, torch.ones(2, 5), CastConfig(**kw)
     )
-    pos = [t for t in range(5) if adv[0, t] < 0]
-    neg = [t for t in range(5) if adv[1, t] > 0]
-    assert stats["cast/flip_pos_count"] == len(pos) and stats["cast/flip_neg_count"] == len(neg)
-    return pos, neg
+    down = [t for t in range(5) if adv[0, t] < 0]
+    up = [t for t in range(5) if adv[1, t] > 0]
+    assert stats["cast/flip_down_count"] == len(down) and stats["cast/flip_up_count"] == len(up)
+    return down, up
 
 
 @pytest.mark.parametrize(
-    ("flip_threshold", "kw", "pos", "neg"),
+    ("kw", "down", "up"),
     [
-        ("tau", {}, [3], [3]),  # |g| > ln 1.25 = 0.2231
-        ("tau", {"tau_pos": 0.1, "tau_neg": 0.2}, [1, 2, 3], [2, 3]),
-        ("band", {}, [3], [1, 2, 3]),  # tau_pos = -ln 0.80 = 0.2231, tau_neg = -ln 0.95 = 0.0513
-        ("band", {"band_pos": (0.9, 1.05)}, [1, 2, 3], [1, 2, 3]),  # -ln 0.9 = 0.105
-        ("zero", {}, [0, 1, 2, 3], [0, 1, 2, 3]),
-        (0.1, {}, [1, 2, 3], [1, 2, 3]),
-        ("0.2", {}, [2, 3], [2, 3]),  # numeric text, as from a CLI flag
-        ("quantile:0.5", {}, [2, 3], [2, 3]),  # top ceil(0.5 * 4) = 2 disagreeing tokens by |g|
-        ("quantile:0.25", {}, [3], [3]),
-        ("quantile:1", {}, [0, 1, 2, 3], [0, 1, 2, 3]),
+        ({}, [0, 1, 2, 3], [0, 1, 2, 3]),  # the paper: every disagreeing token
+        ({"flip_margin": 0.1}, [1, 2, 3], [1, 2, 3]),
+        ({"flip_margin": 0.2}, [2, 3], [2, 3]),
+        ({"flip_margin": 0.25}, [3], [3]),
+        ({"flip_correct": False}, [], [0, 1, 2, 3]),
+        ({"flip_incorrect": False}, [0, 1, 2, 3], []),
+        ({"flip": False}, [], []),
+        ({"flip": False, "flip_correct": True}, [], []),  # flip is the master switch
     ],
 )
-def test_flip_threshold_variants(flip_threshold, kw, pos, neg):
-    assert _flipped_positions(flip_threshold, **kw) == (pos, neg)
-
-
-def test_flip_off_keeps_signs():
-    assert _flipped_positions("zero", flip=False) == ([], [])
-
-
-@pytest.mark.parametrize(("q", "n", "expected"), [(0.6, 25, 15), (0.7, 10, 7), (0.3, 10, 3), (0.5, 7, 4)])
-def test_quantile_flip_count_is_ceil_of_exact_fraction(q, n, expected):
-    # q * n is an exact integer for the first three; float rounding must not add one more flip
-    student = torch.zeros(1, n)
-    teacher = -torch.linspace(0.5, 1.5, n)[None, :]  # all teacher-negative, distinct |g|
-    cfg = CastConfig(flip_threshold=f"quantile:{q}")
-    adv, stats = cast_advantages(
-        torch.tensor([1.0]), torch.tensor([0]), student, teacher, torch.ones(1, n), cfg
-    )
-    assert stats["cast/flip_pos_count"] == expected
-    assert (adv[0, n - expected :] < 0).all()  # the largest |g| are the flipped ones
+def test_flip_sets(kw, down, up):
+    assert _flipped_positions(**kw) == (down, up)
 
 
 def test_nonfinite_teacher_logps_become_zero_gap_and_are_counted():
@@ -310,7 +302,7 @@ def test_nonfinite_teacher_logps_become_zero_gap_and_are_counted():
     assert torch.isfinite(adv).all()
     # gap 0 -> w = 1, no flip -> A = B = +1 on the three non-finite real tokens
     assert adv[0, 0].item() == 1.0 and adv[0, 2].item() == 1.0 and adv[1, 0].item() == 1.0
-    assert adv[0, 1].item() == pytest.approx(-0.8)  # g = -0.5: flipped, |A_hat| = 0.8
+    assert adv[0, 1].item() == pytest.approx(-1.2)  # g = -0.5: flipped, -clip(e^0.5, 1, 1.2)
     assert stats["cast/gap_mean"] == pytest.approx((0.0 - 0.5 + 0.0 + 0.0 + 0.0 + 0.8) / 6, abs=1e-6)
 
 
@@ -371,7 +363,7 @@ def test_every_estimator_contract(name):
 
 
 def test_registered_names_are_the_spec_keys():
-    assert set(ADVANTAGE_ESTIMATORS.names()) >= {"grpo", "dr_grpo", "rlsd", "rlrt", "opsd", "cast"}
+    assert set(ADVANTAGE_ESTIMATORS.names()) == {"grpo", "dr_grpo", "rlsd", "rlrt", "opsd", "grpo_opsd", "cast"}
     assert not get_estimator("grpo").needs_teacher and get_estimator("cast").needs_teacher
 
 

@@ -22,11 +22,11 @@ from castrl.core import (
 
 from .test_core_properties import SETTINGS, batches, cast_configs
 
-ROW_STATS = ("cast/flip_pos_count", "cast/flip_neg_count", "cast/frac_nonzero_adv", "cast/adv_max")
+ROW_STATS = ("cast/flip_down_count", "cast/flip_up_count", "cast/frac_nonzero_adv", "cast/adv_max")
 
 
 def _split(name, batch, cfg, rows):
-    base, group_stats = compute_base_advantages(name, batch.rewards, batch.group_ids, cfg)
+    base, group_stats = compute_base_advantages(name, batch.rewards, batch.group_ids, cfg, step=3)
     teacher = batch.teacher[rows] if ADVANTAGE_ESTIMATORS.get(name).needs_teacher else None
     adv, stats = compute_token_advantages(
         name, base[rows], batch.rewards[rows], batch.student[rows], teacher, batch.mask[rows], cfg, step=3
@@ -50,7 +50,7 @@ def test_cast_halves_compose_on_any_row_subset(batch, cfg, data):
     assert torch.equal(part, full[rows])
 
 
-@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rlsd", "rlrt", "opsd"])
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rlsd", "rlrt", "opsd", "grpo_opsd"])
 @SETTINGS
 @given(batch=batches(), data=st.data())
 def test_every_estimator_halves_compose(name, batch, data):
@@ -64,7 +64,7 @@ def test_every_estimator_halves_compose(name, batch, data):
 
 
 def test_every_registered_estimator_is_covered():
-    assert set(ADVANTAGE_ESTIMATORS.names()) == {"grpo", "dr_grpo", "rlsd", "rlrt", "opsd", "cast"}
+    assert set(ADVANTAGE_ESTIMATORS.names()) == {"grpo", "dr_grpo", "rlsd", "rlrt", "opsd", "grpo_opsd", "cast"}
 
 
 def test_token_step_rejects_a_bad_base():

@@ -1,6 +1,7 @@
 """`castrl diagnose` on the tiny char model: scores equal the sampler's log-probs, every reported
-number equals a direct computation on the exposed tensors, the files are written, bad flags fail
-clearly before any model loads."""
+number equals a direct computation on the exposed tensors (and the core's training metrics), the
+gap AUC and the verdict behave on hand-made batches, the files are written, bad flags fail clearly
+before any model loads."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ import torch
 from castrl.core import CastConfig, cast_advantages
 from castrl.diagnose_cli import build_parser, main
 from castrl.diagnostics import DiagnoseSettings, run_diagnostics, write_report
-from castrl.diagnostics.analysis import analyze, relative_position
+from castrl.diagnostics.analysis import (
+    AUC_BAND,
+    MIN_VERDICT_PAIRS,
+    analyze,
+    gap_verdict,
+    relative_position,
+    rollout_gap_auc,
+)
+from castrl.diagnostics.pipeline import peer_texts
 from castrl.diagnostics.scoring import (
     chat_prompt_ids,
     completion_logps,
@@ -47,8 +56,7 @@ def run(tiny):
         group_size=G,
         max_new_tokens=12,
         temperature=0.9,
-        teachers=("self_teach", "with_answer", "with_solution"),
-        flip_threshold="0.005",
+        teachers=("answer_free", "with_reference", "with_peer_success"),
         progress=False,
         threads=0,
         gen_batch_size=8,
@@ -182,30 +190,78 @@ def test_quadrant_statistics_equal_direct_computation(run):
 
 def test_flip_and_gap_numbers_agree_with_the_training_metrics(run):
     config = run.settings.cast_config()
+    assert config.flip_margin == 0  # the default: the paper's rule
+    real = run.mask > 0
     for name, teacher in run.teacher_logps.items():
-        _, logged = cast_advantages(run.rewards, run.group_ids, run.student_logps, teacher, run.mask, config)
+        adv, logged = cast_advantages(
+            run.rewards, run.group_ids, run.student_logps, teacher, run.mask, config
+        )
         report = run.results["teachers"][name]
+        flips = report["flips"]
+        for key in (
+            "frac_flipped",
+            "frac_flipped_correct_negative",
+            "frac_flipped_incorrect_positive",
+            "flip_frac_correct",
+            "flip_frac_wrong",
+            "flip_down_count",
+            "flip_up_count",
+        ):
+            assert flips[key] == pytest.approx(logged[f"cast/{key}"])
         for cls in ("correct", "wrong"):
-            assert report["flips"][f"flip_frac_{cls}"] == pytest.approx(logged[f"cast/flip_frac_{cls}"])
             for sign in ("pos", "neg"):
                 assert report["quadrants"][f"{cls}_{sign}"]["mean"] == pytest.approx(
                     logged[f"cast/gap_{cls}_{sign}_mean"], abs=1e-6
                 )
-        assert 0 < report["flips"]["flip_frac_correct"] < 1  # threshold 0.005: the tiny model does flip
+        assert 0 < flips["flip_frac_correct"] < 1 and 0 < flips["flip_frac_wrong"] < 1
+        down = float(((adv < 0) & real).sum() / real.sum())
+        assert report["advantages"]["frac_down"] == pytest.approx(down)
+        assert report["advantages"]["frac_up"] == pytest.approx(float(((adv > 0) & real).sum() / real.sum()))
 
 
 def test_flips_by_direct_rule(run):
-    """F+ = g < -tau in B > 0 rows, F- = g > tau in B < 0 rows; B's sign = correctness here (no B = 0)."""
-    tau = float(run.settings.flip_threshold)
+    """The paper's rule (margin 0): down = g < 0 in B > 0 rows, up = g > 0 in B < 0 rows; B's sign =
+    correctness here (binary rewards, no B = 0). The margin sweep applies |g| > margin on top."""
     real = run.mask > 0
+    pos_rows = (run.rewards >= 0.5)[:, None]
     for name, teacher in run.teacher_logps.items():
         gap = teacher - run.student_logps
-        pos_rows = (run.rewards >= 0.5)[:, None]
-        flipped = real & ((pos_rows & (gap < -tau)) | (~pos_rows & (gap > tau)))
         flips = run.results["teachers"][name]["flips"]
-        assert flips["flip_pos_count"] == float((flipped & pos_rows).sum())
-        assert flips["flip_neg_count"] == float((flipped & ~pos_rows).sum())
-        assert flips["flip_frac"] == pytest.approx(float(flipped.sum() / real.sum()))
+        for margin, swept in flips["sweep"].items():
+            m = float(margin)
+            down = real & pos_rows & (gap < -m)
+            up = real & ~pos_rows & (gap > m)
+            assert swept["correct_negative"] == pytest.approx(float(down.sum() / real.sum()))
+            assert swept["incorrect_positive"] == pytest.approx(float(up.sum() / real.sum()))
+            assert swept["all"] == pytest.approx(float((down | up).sum() / real.sum()))
+            if m == 0:
+                assert flips["flip_down_count"] == float(down.sum())
+                assert flips["flip_up_count"] == float(up.sum())
+                assert flips["frac_flipped"] == pytest.approx(swept["all"])
+        assert list(flips["sweep"]) == ["0", "0.05", "0.1", "0.2"]
+        assert flips["sweep"]["0.2"]["all"] <= flips["sweep"]["0"]["all"]
+
+
+def test_against_verifier_share_equals_the_cast_flip_share_at_margin_zero(run):
+    """Tokens whose direction the teacher sets against the verifier = the tokens CAST flips (margin 0)."""
+    config = run.settings.cast_config()
+    real = run.mask > 0
+    pos_rows = (run.rewards >= 0.5)[:, None]
+    for name, teacher in run.teacher_logps.items():
+        report = run.results["teachers"][name]
+        against, flips = report["against_verifier"], report["flips"]
+        _, logged = cast_advantages(run.rewards, run.group_ids, run.student_logps, teacher, run.mask, config)
+        assert against["n_tokens"] == float(real.sum())  # binary rewards: every rollout has B != 0
+        assert (
+            against["frac"]
+            == pytest.approx(flips["frac_flipped"])
+            == pytest.approx(logged["cast/frac_flipped"])
+        )
+        assert against["frac_correct_negative"] == pytest.approx(flips["frac_flipped_correct_negative"])
+        assert against["frac_incorrect_positive"] == pytest.approx(flips["frac_flipped_incorrect_positive"])
+        gap = teacher - run.student_logps
+        agree = real & ((pos_rows & (gap > 0)) | (~pos_rows & (gap < 0)))
+        assert against["frac_agree"] == pytest.approx(float(agree.sum() / real.sum()))
 
 
 def test_groups_agreement_and_position_equal_direct_computation(run):
@@ -215,14 +271,14 @@ def test_groups_agreement_and_position_equal_direct_computation(run):
     assert (groups["frac_all_correct"], groups["frac_all_wrong"], groups["frac_mixed"]) == (0.25, 0.25, 0.5)
     real = run.mask > 0
     gaps = {k: v - run.student_logps for k, v in run.teacher_logps.items()}
-    pair = run.results["agreement"]["self_teach|with_answer"]
-    a, b = gaps["self_teach"], gaps["with_answer"]
+    pair = run.results["agreement"]["answer_free|with_reference"]
+    a, b = gaps["answer_free"], gaps["with_reference"]
     both = real & (a != 0) & (b != 0)
     assert pair["agree_frac"] == pytest.approx(float(((a > 0) == (b > 0))[both].float().mean()))
     assert pair["pearson"] == pytest.approx(
         float(np.corrcoef(a[real].numpy(), b[real].numpy())[0, 1]), abs=1e-6
     )
-    profile = run.results["teachers"]["self_teach"]["position"]
+    profile = run.results["teachers"]["answer_free"]["position"]
     bins = run.settings.position_bins
     rel = relative_position(run.mask)
     for cls, rows in (("correct", run.rewards >= 0.5), ("wrong", run.rewards < 0.5)):
@@ -259,6 +315,132 @@ def test_sequence_auc_equals_pairwise_count(run):
         assert seq["mean_gap_correct"] == pytest.approx(
             np.mean([per_token[i] for i in range(len(correct)) if correct[i]])
         )
+        verdict = run.results["teachers"][name]["verdict"]
+        assert verdict == gap_verdict(seq["auc_mean"], 6) and "[only 6 pairs" in verdict
+
+
+def test_rollout_gap_auc_on_a_handmade_batch():
+    """Known answer: group 0 correct (0.3, 0.1) vs wrong (0.2, 0.1) wins 1 + 1 + 0 + 1/2; group 1 correct
+    (-0.5) vs wrong (-0.2, -0.9, -0.5) wins 0 + 1 + 1/2; group 2 is all correct (no pairs). Pooled: 4 / 7.
+    Pairs across groups would change it (0.1 beats -0.2), and a row without valid tokens is left out."""
+    score = torch.tensor([0.3, 0.1, 0.2, 0.1, -0.5, -0.2, -0.9, -0.5, 1.0, 2.0])
+    correct = torch.tensor([1, 1, 0, 0, 1, 0, 0, 0, 1, 1], dtype=torch.bool)
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    auc, n = rollout_gap_auc(score, correct, group)
+    assert n == 7 and auc == pytest.approx(4 / 7)
+    valid = torch.ones(10, dtype=torch.bool)
+    valid[3] = False  # drop group 0's wrong rollout at 0.1: 1 + 0, then 0 + 1 + 1/2
+    auc, n = rollout_gap_auc(score, correct, group, valid)
+    assert n == 5 and auc == pytest.approx(2.5 / 5)
+    assert rollout_gap_auc(score, correct, torch.zeros(10, dtype=torch.long))[1] == 5 * 5  # all pairs
+    auc, n = rollout_gap_auc(score[8:], correct[8:], group[8:])
+    assert n == 0 and math.isnan(auc)
+
+    # the same through analyze: constant gaps per row, different lengths (the mean ignores length);
+    # an extra wrong row in group 1 with no valid token (score would be 0 > -0.5) is left out
+    lengths = [3, 1, 2, 4, 2, 3, 1, 2, 2, 1, 0]
+    rows = torch.cat([score, torch.tensor([0.0])])
+    mask = torch.tensor([[1.0] * n + [0.0] * (4 - n) for n in lengths])
+    rewards = torch.cat([correct.float(), torch.tensor([0.0])])
+    groups = torch.cat([group, torch.tensor([1])])
+    out = analyze(
+        rewards, groups, torch.zeros(11, 4), {"t": rows[:, None].expand(11, 4) * mask}, mask, CastConfig()
+    )
+    seq = out["teachers"]["t"]["sequences"]
+    assert seq["n_pairs"] == 7 and seq["auc_mean"] == pytest.approx(4 / 7)
+    assert seq["auc_sum"] != pytest.approx(4 / 7)  # summed gaps depend on length
+    assert out["teachers"]["t"]["verdict"].startswith(
+        "the teacher's gap ranks correct rollouts above wrong ones"
+    )
+
+
+@pytest.mark.parametrize(
+    "auc, start, ending",
+    [
+        (
+            0.42,
+            "the teacher's gap ranks wrong rollouts above correct ones (AUC 0.42, 120 pairs)",
+            "wrong behaviour on this model",
+        ),
+        (
+            0.5 - AUC_BAND,
+            "the teacher's gap barely separates correct from wrong rollouts (AUC 0.45, 120 pairs)",
+            "compare with flip=false",
+        ),
+        (
+            0.51,
+            "the teacher's gap barely separates correct from wrong rollouts (AUC 0.51, 120 pairs)",
+            "compare with flip=false",
+        ),
+        (0.5 + AUC_BAND, "the teacher's gap barely separates", "compare with flip=false"),
+        (
+            0.63,
+            "the teacher's gap ranks correct rollouts above wrong ones (AUC 0.63, 120 pairs)",
+            "agree with the verifier on average",
+        ),
+    ],
+)
+def test_verdict_branches(auc, start, ending):
+    line = gap_verdict(auc, 120)
+    assert line.startswith(start) and line.endswith(ending) and "\n" not in line
+
+
+def test_verdict_without_pairs_and_with_few():
+    assert gap_verdict(float("nan"), 0).startswith("no mixed group")
+    assert gap_verdict(0.7, 0).startswith("no mixed group")
+    few = gap_verdict(0.3, MIN_VERDICT_PAIRS - 1)
+    assert few.startswith("the teacher's gap ranks wrong") and few.endswith(
+        f"[only {MIN_VERDICT_PAIRS - 1} pairs: a noisy estimate]"
+    )
+    assert "noisy" not in gap_verdict(0.3, MIN_VERDICT_PAIRS)
+
+
+def test_peer_texts_follow_the_trainers_choice():
+    """Another correct, untruncated, scorable rollout of the same group; never the row itself."""
+    texts = [f"t{i}" for i in range(8)]
+    rewards = [1.0, 0.0, 1.0, 1.0, 1.0, 0.0, None, 1.0]
+    groups = [0, 0, 0, 0, 1, 1, 1, 2]
+    truncated = [False, False, False, True, False, False, False, False]
+    assert peer_texts(texts, rewards, groups, 0.5, truncated) == [
+        "t2",
+        "t0",
+        "t0",
+        "t0",
+        None,
+        "t4",
+        "t4",
+        None,
+    ]
+    assert peer_texts(texts, rewards, groups, 0.5)[3] == "t0"  # a truncated row still gets a peer
+
+
+def test_peer_context_falls_back_to_answer_free_without_a_peer(run):
+    """with_peer_success scores a row without a peer exactly as answer_free does, and reads the peer otherwise."""
+    kept = run.kept
+    peers = [p for p, k in zip(run.peers, kept.tolist(), strict=True) if k]
+    assert peers == [
+        p
+        for p, k in zip(
+            peer_texts(
+                run.rollouts.texts,
+                REWARDS,
+                run.rollouts.group_ids.tolist(),
+                0.5,
+                run.rollouts.truncated.tolist(),
+            ),
+            kept.tolist(),
+            strict=True,
+        )
+        if k
+    ]
+    none = torch.tensor([p is None for p in peers])
+    assert none.any() and (~none).any()  # the all-wrong group has no peer; the all-correct group has
+    peer, free = run.teacher_logps["with_peer_success"], run.teacher_logps["answer_free"]
+    torch.testing.assert_close(peer[none], free[none], atol=1e-5, rtol=0)
+    assert not torch.allclose(peer[~none], free[~none])
+    results = run.results["teachers"]["with_peer_success"]
+    assert results["peer_fallback_count"] == float(none.sum())
+    assert "scored with the answer_free context" in run.notes["with_peer_success"]
 
 
 def test_analyze_on_handmade_tensors():
@@ -272,7 +454,7 @@ def test_analyze_on_handmade_tensors():
         student,
         {"t": teacher},
         mask,
-        CastConfig(),
+        CastConfig(flip_margin=0.15),
     )
     t = out["teachers"]["t"]
     assert t["nonfinite_count"] == 1
@@ -282,11 +464,22 @@ def test_analyze_on_handmade_tensors():
     assert t["quadrants"]["correct_neg"]["count"] == 1
     assert t["quadrants"]["correct_all"]["zero_count"] == 2  # the g = 0 token and the NaN one
     assert t["quadrants"]["wrong_pos"]["count"] == 4 and t["quadrants"]["wrong_neg"]["count"] == 2
-    # all-correct group (B = +1): -0.25 < -ln 1.25 flips; all-wrong (B = -1): 0.7 and 1.0 > ln 1.25 flip, 0.2 not
-    assert t["flips"]["flip_pos_count"] == 1 and t["flips"]["flip_neg_count"] == 2
-    assert t["flips"]["flip_frac_correct"] == pytest.approx(1 / 5)
-    assert t["flips"]["flip_frac_wrong"] == pytest.approx(2 / 6)
+    # margin 0.15: all-correct group (B = +1): -0.25 flips down; all-wrong (B = -1): 0.2, 0.7, 1.0 flip up, 0.1 not
+    flips = t["flips"]
+    assert flips["flip_down_count"] == 1 and flips["flip_up_count"] == 3 and flips["margin"] == 0.15
+    assert flips["flip_frac_correct"] == pytest.approx(1 / 5)
+    assert flips["flip_frac_wrong"] == pytest.approx(3 / 6)
+    assert flips["frac_flipped"] == pytest.approx(4 / 11)
+    sweep = {m: v["all"] for m, v in flips["sweep"].items()}  # the configured margin is added to the sweep
+    assert sweep == pytest.approx({"0": 5 / 11, "0.05": 5 / 11, "0.1": 4 / 11, "0.2": 3 / 11, "0.15": 4 / 11})
+    # against the verifier: independent of the margin; 2 tokens have g = 0 (one of them the NaN)
+    against = t["against_verifier"]
+    assert against["n_tokens"] == 11 and against["frac"] == pytest.approx(5 / 11)
+    assert against["frac_correct_negative"] == pytest.approx(1 / 11)
+    assert against["frac_incorrect_positive"] == pytest.approx(4 / 11)
+    assert against["frac_agree"] == pytest.approx(4 / 11)
     assert out["groups"]["frac_all_correct"] == out["groups"]["frac_all_wrong"] == 0.5
+    assert t["sequences"]["n_pairs"] == 0 and t["verdict"].startswith("no mixed group")
     assert [e[:2] for e in t["extremes"]["wrong_most_positive"][:2]] == [(3, 2), (3, 0)]
 
 
@@ -308,22 +501,28 @@ def test_report_files(run, tmp_path):
     paths = write_report(payload, str(tmp_path))
     pngs = sorted(p for p in os.listdir(tmp_path) if p.endswith(".png"))
     assert pngs == [
-        "gap_hist_self_teach.png",
-        "gap_hist_with_answer.png",
-        "gap_hist_with_solution.png",
+        "gap_hist_answer_free.png",
+        "gap_hist_with_peer_success.png",
+        "gap_hist_with_reference.png",
         "gap_position.png",
     ]
     for png in pngs:
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp_path / "diagnostics.json").read_text())
     assert saved["command"] == payload["command"]
-    q = saved["results"]["teachers"]["with_answer"]["quadrants"]["wrong_neg"]
-    assert q["mean"] == run.results["teachers"]["with_answer"]["quadrants"]["wrong_neg"]["mean"]
+    q = saved["results"]["teachers"]["with_reference"]["quadrants"]["wrong_neg"]
+    assert q["mean"] == run.results["teachers"]["with_reference"]["quadrants"]["wrong_neg"]["mean"]
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(pngs)
     assert "src='http" not in page and "<link" not in page and "<script" not in page
     md = (tmp_path / "diagnostics.md").read_text()
-    assert "| with_solution | wrong |" in md and payload["command"] in md
+    assert "| with_peer_success | wrong |" in md and payload["command"] in md
+    assert "| paper, Qwen3-4B CAST (Table 9) |  | 26.4 % | 19.4 % (derived) | 7.0 % |" in md
+    assert "tau" not in md and "threshold" not in md.replace("correct_threshold", "")
+    last = md.rstrip().splitlines()[-3:]  # the report ends with one verdict per teacher
+    for line, name in zip(last, run.settings.teachers, strict=True):
+        assert line == f"- {name}: {run.results['teachers'][name]['verdict']}"
+    assert "provisional" in md and "Verdict" in page
     assert paths["html"] == str(tmp_path / "report.html")
 
 
@@ -350,9 +549,16 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, capsys):
     assert main(argv) == 0
     saved = json.loads((out / "diagnostics.json").read_text())
     assert saved["argv"] == argv and saved["command"].startswith("castrl diagnose --model")
-    assert saved["settings"]["teachers"] == ["self_teach", "with_answer"]
+    assert saved["settings"]["teachers"] == ["answer_free", "with_reference"]
+    assert saved["settings"]["teacher_weights"] == "refresh:10" and saved["cast_config"]["flip_margin"] == 0
+    assert saved["notes"]["teacher_weights"].startswith("refresh:10: equals the policy")
     assert saved["results"]["groups"]["n_rollouts"] == 4 and saved["timings_s"]["total_s"] > 0
-    assert "report:" in capsys.readouterr().out
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert any("report:" in line for line in lines)
+    for line, name in zip(
+        lines[-2:], ("answer_free", "with_reference"), strict=True
+    ):  # ends with the verdicts
+        assert line == f"[castrl diagnose] verdict, {name}: {saved['results']['teachers'][name]['verdict']}"
 
 
 def test_every_flag_has_help():
@@ -368,16 +574,19 @@ def test_every_flag_has_help():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--teachers", "self_teach,oracle"], "unknown teacher context(s) ['oracle']"),
+        (["--teachers", "answer_free,oracle"], "unknown teacher context(s) ['oracle']"),
         (["--teachers", ""], "--teachers is empty"),
-        (["--teachers", "self_teach,self_teach"], "lists a context twice"),
-        (["--teachers", "student"], "gap g is always 0"),
+        (["--teachers", "answer_free,answer_free"], "lists a context twice"),
+        (["--teachers", "student", "--teacher-weights", "policy"], "gap g is always 0"),
+        (["--teachers", "student", "--teacher-weights", "refresh:1"], "gap g is always 0"),
+        (["--teachers", "student"], "its gap is always 0"),  # refresh:10 equals the policy without training
         (["--teachers", "student", "--teacher-weights", "ema"], "its gap is always 0"),
         (["--teacher-weights", "sometimes"], "teacher_weights must be"),
+        (["--teacher-weights", "lagged:3"], "teacher_weights must be 'refresh:<K>'"),
         (["--group-size", "1"], "--group-size must be an integer >= 2"),
         (["--n-prompts", "0"], "--n-prompts must be an integer >= 1"),
         (["--temperature", "0"], "--temperature must be a finite number > 0"),
-        (["--flip-threshold", "often"], "flip_threshold must be"),
+        (["--flip-margin", "-0.1"], "flip_margin must be a finite number >= 0"),
         (["--style", "poem"], "--style must be one of"),
         (["--n-prompts", "100000"], "lower --n-prompts"),
         (["--data", "missing.jsonl"], "no such file"),
@@ -397,13 +606,14 @@ def test_teacher_context_needs_its_column(tmp_path, capsys):
             json.dumps({"id": str(i), "problem": f"What is {i} + 1?", "answer": str(i + 1)}) for i in range(3)
         )
     )
-    assert main(["--data", str(data), "--n-prompts", "2", "--teachers", "self_teach,with_solution"]) == 2
+    assert main(["--data", str(data), "--n-prompts", "2", "--teachers", "answer_free,with_solution"]) == 2
     assert "with_solution reads the 'solution' column" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="with_answer reads the 'answer' column.*id 'b'"):
+    with pytest.raises(ValueError, match="with_reference reads the 'answer' column.*id 'b'"):
         check_context_columns(
-            [{"id": "a", "answer": "1"}, {"id": "b", "answer": ""}], ["with_answer"], "rows"
+            [{"id": "a", "answer": "1"}, {"id": "b", "answer": ""}], ["with_reference"], "rows"
         )
-    check_context_columns([{"id": "b", "answer": ""}], ["self_teach"], "rows")  # answer-free: fine
+    for context in ("answer_free", "with_peer_success"):  # no column needed
+        check_context_columns([{"id": "b", "answer": ""}], [context], "rows")
 
 
 def test_nan_free_json(run):

@@ -11,6 +11,7 @@ from castrl.teacher import (
     build_teacher_prompt,
     check_teacher_config,
     context_uses,
+    successful_peers,
     validate_teacher_context,
 )
 
@@ -35,6 +36,34 @@ def test_self_teach_never_sees_the_answer_and_keeps_few_shot_turns():
     assert not context_uses("self_teach", "answer") and context_uses("with_answer", "answer")
 
 
+def test_answer_free_is_the_papers_T_AF():
+    # §8.4: T_AF(x) = x || "\n\n[Student response]\n", x = the student's problem turn as written
+    prompt = build_teacher_prompt(EXAMPLE, "answer_free")
+    assert prompt[:2] == EXAMPLE["prompt"][:2]  # few-shot turns kept
+    assert prompt[-1]["content"] == "What is 2 + 2? Please reason step by step.\n\n[Student response]\n"
+    assert not context_uses("answer_free", "answer")
+
+
+def test_with_reference_is_the_papers_T_GT():
+    text = build_teacher_prompt(EXAMPLE, "with_reference")[-1]["content"]
+    assert text == "What is 2 + 2? Please reason step by step.\n\n[Reference solution]\n4\n\n[Student response]\n"
+    with pytest.raises(ValueError, match="non-empty 'answer'"):
+        build_teacher_prompt({**EXAMPLE, "answer": ""}, "with_reference")
+
+
+def test_peer_context_and_its_fallback():
+    text = build_teacher_prompt(EXAMPLE, "with_peer_success", peer="2 + 2 = 4. \\boxed{4}")[-1]["content"]
+    assert text.endswith("[Successful response]\n2 + 2 = 4. \\boxed{4}\n\n[Student response]\n")
+    assert build_teacher_prompt(EXAMPLE, "with_peer_success") == build_teacher_prompt(EXAMPLE, "answer_free")
+
+
+def test_successful_peers_never_pick_the_row_itself():
+    # group 0: rows 0 (correct), 1 (wrong), 2 (correct); group 1: row 3 the only success; group 2: none
+    correct = [True, False, True, True, False, False]
+    groups = [0, 0, 0, 1, 1, 2]
+    assert successful_peers(correct, groups) == [2, 0, 0, None, 3, None]
+
+
 def test_privileged_contexts_and_student_context():
     assert "The correct final answer is 4." in build_teacher_prompt(EXAMPLE, "with_answer")[-1]["content"]
     assert "2 + 2 = 4." in build_teacher_prompt(EXAMPLE, "with_solution")[-1]["content"]
@@ -50,23 +79,29 @@ def test_custom_template_and_string_prompts():
 
 
 def test_bad_contexts_raise():
-    with pytest.raises(ValueError, match="problem"):
+    with pytest.raises(ValueError, match="user_turn"):
         validate_teacher_context("no placeholder here")
+    validate_teacher_context("{user_turn} -- grade this")
     with pytest.raises(ValueError, match="unknown fields"):
         validate_teacher_context("{problem} {hint}")
     with pytest.raises(ValueError, match="non-empty 'answer'"):
         build_teacher_prompt({**EXAMPLE, "answer": ""}, "with_answer")
 
 
-def test_zero_gap_combination_is_rejected_with_both_ways_out():
+@pytest.mark.parametrize("weights", ["policy", "refresh:1"])
+def test_zero_gap_combination_is_rejected_with_both_ways_out(weights):
     with pytest.raises(ValueError, match="teacher_context.*teacher_weights") as err:
-        check_teacher_config("student", "policy")
-    assert "self_teach" in str(err.value) and "ema" in str(err.value)
-    check_teacher_config("student", "ema")
-    check_teacher_config("self_teach", "policy")
+        check_teacher_config("student", weights)
+    assert "answer_free" in str(err.value) and "refresh:10" in str(err.value)
 
 
-@pytest.mark.parametrize("spec", ["lagged:0", "lagged", "ema:3", "best", "lagged:-2"])
+@pytest.mark.parametrize(("context", "weights"), [("student", "ema"), ("student", "refresh:2"),
+                                                  ("answer_free", "policy"), ("answer_free", "refresh:1")])  # fmt: skip
+def test_teachers_that_can_differ_are_accepted(context, weights):
+    check_teacher_config(context, weights)
+
+
+@pytest.mark.parametrize("spec", ["refresh:0", "refresh", "ema:3", "best", "refresh:-2", "lagged:5"])
 def test_bad_weight_specs(spec):
     with pytest.raises(ValueError, match="teacher_weights"):
         WeightsSpec.parse(spec)
@@ -99,17 +134,19 @@ def test_ema_teacher_tracks_with_decay_and_swaps_back():
     torch.testing.assert_close(model[0].weight, current)
 
 
-def test_frozen_and_lagged_teachers():
+def test_frozen_and_refresh_teachers():
     model = _model()
-    frozen, lagged = TeacherWeights("frozen", model), TeacherWeights("lagged:2", model)
+    frozen, refresh = TeacherWeights("frozen", model), TeacherWeights("refresh:2", model)
     init = model[0].bias.detach().clone()
+    with refresh.scoring(model):  # the snapshot taken at step 0
+        torch.testing.assert_close(model[0].bias, init)
     for step in (1, 2, 3):
         _step(model, 1.0)
         frozen.update(model, step)
-        lagged.update(model, step)
+        refresh.update(model, step)
     with frozen.scoring(model):
         torch.testing.assert_close(model[0].bias, init)
-    with lagged.scoring(model):
+    with refresh.scoring(model):
         torch.testing.assert_close(model[0].bias, init + 2.0)  # refreshed at step 2, not at 3
 
 
@@ -133,6 +170,6 @@ def test_state_dict_round_trip_and_mismatch():
     for a, b in zip(teacher.shadow, other.shadow, strict=True):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="teacher_weights"):
-        TeacherWeights("lagged:3", _model()).load_state_dict(state)
+        TeacherWeights("refresh:3", _model()).load_state_dict(state)
     with pytest.raises(ValueError, match="ema_decay"):
         TeacherWeights("ema", _model(), ema_decay=1.0)

@@ -79,10 +79,10 @@ class RLSDConfig(EstimatorConfig):
     rlsd_band: tuple[float, float] = field(
         default=(0.8, 1.2), metadata={"help": "(lo, hi) clip of the RLSD weight w = exp(sign(A) g) (§8.4). [P]"}
     )
-    rlsd_lam_start: float = field(default=0.5, metadata={"help": "RLSD lambda at step 0 (Table 8). [P]"})
-    rlsd_lam_end: float = field(default=0.0, metadata={"help": "RLSD lambda after the anneal (Table 8). [P]"})
+    rlsd_lam_start: float = field(default=0.5, metadata={"help": "RLSD lambda at step 0 (spec §5; not in the paper). [R]"})
+    rlsd_lam_end: float = field(default=0.0, metadata={"help": "RLSD lambda after the anneal (spec §5). [R]"})
     rlsd_anneal_steps: int = field(
-        default=50, metadata={"help": "Optimizer steps over which lambda goes linearly start -> end (Table 8). [P]"}
+        default=50, metadata={"help": "Optimizer steps over which lambda goes linearly start -> end (spec §5). [R]"}
     )
 
     def __post_init__(self) -> None:
@@ -128,7 +128,7 @@ class GRPOOPSDConfig(EstimatorConfig):
     opsd_coef_start: float = field(
         default=0.2, metadata={"help": "alpha, the OPSD auxiliary's coefficient at step 0 (§8.4). [P]"}
     )
-    opsd_coef_end: float = field(default=0.0, metadata={"help": "alpha after the anneal (§8.4: decayed). [P]"})
+    opsd_coef_end: float = field(default=0.0, metadata={"help": "alpha after the anneal (§8.4 says only: decayed). [R]"})
     opsd_anneal_steps: int = field(
         default=50, metadata={"help": "Optimizer steps of the linear alpha decay (§8.4). [P]"}
     )

@@ -15,7 +15,7 @@ import torch
 
 from castrl.data import build_prompt
 from castrl.models import load_model_and_tokenizer
-from castrl.teacher import PEER_FALLBACK_CONTEXT, build_teacher_prompt, context_uses
+from castrl.teacher import PEER_FALLBACK_CONTEXT, build_teacher_prompt, context_uses, successful_peers
 
 from .analysis import analyze
 from .scoring import (
@@ -56,6 +56,7 @@ class DiagnosticsRun:
     results: dict[str, Any]
     timings: dict[str, float]
     notes: dict[str, str]
+    peers: list[str | None] | None = None  # all sampled rows: the with_peer_success peer text, or None
 
 
 def _load(settings: DiagnoseSettings) -> tuple[Any, Any]:
@@ -113,21 +114,19 @@ def peer_texts(
     rewards: Sequence[float | None],
     group_ids: Sequence[int],
     correct_threshold: float,
+    truncated: Sequence[bool] | None = None,
 ) -> list[str | None]:
-    """Per row, the text of a successful rollout of the same group for `with_peer_success` (RLRT's
-    teacher, spec §5): the first other row of the group (in sampling order) whose reward is
-    >= correct_threshold; None when the group has no other correct row. A row is never its own peer,
-    so the teacher never reads the very completion it scores [R]. Rows with an unparseable gold
-    (reward None) are never peers."""
-    correct_by_group: dict[int, list[int]] = {}
-    for row, (group, reward) in enumerate(zip(group_ids, rewards, strict=True)):
-        if reward is not None and reward >= correct_threshold:
-            correct_by_group.setdefault(int(group), []).append(row)
-    out: list[str | None] = []
-    for row, group in enumerate(group_ids):
-        peer = next((j for j in correct_by_group.get(int(group), []) if j != row), None)
-        out.append(None if peer is None else texts[peer])
-    return out
+    """Per row, the text of another successful rollout of its group for `with_peer_success` (RLRT's
+    teacher, spec §5), chosen as the trainer chooses it (`castrl.teacher.successful_peers`: the first
+    other correct row of the group; a row is never its own peer), or None. Rows with an unparseable
+    gold (reward None) and truncated rows are never peers (the trainer masks truncated completions)."""
+    truncated = [False] * len(texts) if truncated is None else list(truncated)
+    correct = [
+        r is not None and r >= correct_threshold and not cut
+        for r, cut in zip(rewards, truncated, strict=True)
+    ]
+    peers = successful_peers(correct, [int(g) for g in group_ids])
+    return [None if j is None else texts[j] for j in peers]
 
 
 def _teacher_prompt_ids(
@@ -142,7 +141,9 @@ def _teacher_prompt_ids(
     if not context_uses(context, "peer"):
         ids = chat_prompt_ids(tokenizer, [build_teacher_prompt(e, context) for e in examples])
         return [ids[i] for i in rows]
-    prompts = [build_teacher_prompt(examples[i], context, peer=peer) for i, peer in zip(rows, peers, strict=True)]
+    prompts = [
+        build_teacher_prompt(examples[i], context, peer=peer) for i, peer in zip(rows, peers, strict=True)
+    ]
     return chat_prompt_ids(tokenizer, prompts)
 
 
@@ -216,7 +217,13 @@ def run_diagnostics(
         raise ValueError(
             f"no rollout could be scored: the verifier cannot parse any gold answer of {settings.data!r}"
         )
-    peers = peer_texts(rollouts.texts, rewards, rollouts.group_ids.tolist(), settings.correct_threshold)
+    peers = peer_texts(
+        rollouts.texts,
+        rewards,
+        rollouts.group_ids.tolist(),
+        settings.correct_threshold,
+        rollouts.truncated.tolist(),
+    )
     student, teachers = _score_all(
         settings, model, tokenizer, problems, student_prompts, student_ids, rollouts, peers, timings
     )
@@ -235,11 +242,13 @@ def run_diagnostics(
     notes = {"teacher_weights": teacher_weights_note(settings.teacher_weights, model)}
     for context in settings.teachers:
         if context_uses(context, "peer"):
-            fallback = sum(1 for keep, peer in zip(kept.tolist(), peers, strict=True) if keep and peer is None)
+            fallback = sum(
+                1 for keep, peer in zip(kept.tolist(), peers, strict=True) if keep and peer is None
+            )
             results["teachers"][context]["peer_fallback_count"] = float(fallback)
             notes[context] = (
-                f"{fallback} of {int(kept.sum())} scored rollouts had no other correct rollout in their group "
-                f"and were scored with the {PEER_FALLBACK_CONTEXT} context instead"
+                f"{fallback} of {int(kept.sum())} scored rollouts had no other correct, untruncated rollout in "
+                f"their group and were scored with the {PEER_FALLBACK_CONTEXT} context instead"
             )
     tensors = dict(kept=kept, rewards=reward_t, group_ids=group_ids, mask=mask, student_logps=student)
     return DiagnosticsRun(
@@ -251,6 +260,7 @@ def run_diagnostics(
         results=results,
         timings=timings,
         notes=notes,
+        peers=peers,
     )
 
 

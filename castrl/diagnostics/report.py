@@ -367,7 +367,9 @@ def render_markdown(payload: dict[str, Any], tables: list[Table], figures: dict[
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
         lines += (["", table.note] if table.note else []) + [""]
     lines += ["## Figures", ""] + [f"![{cap}]({os.path.basename(p)})" for cap, p in figures.items()] + [""]
-    lines += ["## Verdict", "", VERDICT_NOTE, ""] + [f"- {line}" for line in verdict_lines(payload["results"])]
+    lines += ["## Verdict", "", VERDICT_NOTE, ""] + [
+        f"- {line}" for line in verdict_lines(payload["results"])
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,13 @@ from typing import Any
 from castrl.core import CastConfig
 from castrl.data import STYLES, load_problems
 from castrl.models import DEFAULT_MODEL
-from castrl.teacher import DEFAULT_TEACHER_WEIGHTS, TEACHER_CONTEXTS, WeightsSpec, check_teacher_config, context_uses
+from castrl.teacher import (
+    DEFAULT_TEACHER_WEIGHTS,
+    TEACHER_CONTEXTS,
+    WeightsSpec,
+    check_teacher_config,
+    context_uses,
+)
 
 # The contexts a default diagnosis scores with: the paper's answer-free teacher (CAST's default, spec §3)
 # and its ablation with the ground-truth answer (Table 7).

@@ -1,27 +1,36 @@
 """The `castrl:` section of a verl (Hydra/OmegaConf) config -> castrl settings.
 
 The estimator is verl's own knob, `algorithm.adv_estimator` ("cast" or "castrl_<name>"); its
-fields live in a sub-section named after the castrl estimator (`castrl.cast.tau_pos`,
-`castrl.rlsd.rlsd_band`, ...), so one YAML can hold every ablation's knobs and a command-line
-override switches between them. Every sub-section present is validated, the selected one is used.
-Errors name the full key (`castrl.cast.lam`) and the fix. Field meanings: `castrl.core.config`.
+fields live in a sub-section named after the castrl estimator (`castrl.cast.flip_correct`,
+`castrl.rlsd.rlsd_band`, `castrl.grpo_opsd.opsd_coef_start`, ...), so one YAML can hold every
+ablation's knobs and a command-line override switches between them. Every sub-section present is
+validated, the selected one is used. Errors name the full key (`castrl.cast.lam`) and the fix.
+Field meanings: `castrl.core.config`.
+
+Teacher weights on verl: `policy` (the actor's current weights, the default here) and `frozen`
+(verl's reference model = the initial weights); `refresh:1` is `policy` under another name. The
+paper's `refresh:10` (castrl's default elsewhere) and `ema` are rejected at config time: see
+`_check_teacher_weights` and docs/verl.md.
 """
 
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from castrl.core import ADVANTAGE_ESTIMATORS, EstimatorConfig, get_estimator
-from castrl.teacher import check_teacher_config
+from castrl.teacher import DEFAULT_TEACHER_CONTEXT, WeightsSpec, check_teacher_config, context_uses
 
 SECTION = "castrl"
 PREFIX = "castrl_"
 ALIAS = "cast"  # `algorithm.adv_estimator=cast` is CAST; every estimator is also `castrl_<name>`
 REWARD_KEYS = ("token_level_rewards", "token_level_scores")
-VERL_TEACHER_WEIGHTS = ("policy", "frozen")
+VERL_TEACHER_WEIGHTS = ("policy", "frozen")  # and refresh:1, which is `policy`
+VERL_DEFAULT_TEACHER_WEIGHTS = "policy"  # castrl's default is the paper's refresh:10, which verl cannot do
 
 
 @dataclass(frozen=True)
@@ -35,18 +44,28 @@ class CastrlVerlConfig:
         default=None, metadata={"help": "Config of `estimator`; None = its defaults."}
     )
     teacher_context: str = field(
-        default="self_teach",
+        default=DEFAULT_TEACHER_CONTEXT,
         metadata={
-            "help": "self_teach, student, with_answer, with_solution or a {problem} template (spec §3). [R]"
+            "help": "answer_free (the paper's T_AF, default), with_reference (ground-truth answer, Table 7's "
+            "ablation; the paper's for rlsd / opsd / grpo_opsd), with_peer_success (RLRT's: a successful rollout "
+            "of the same group), castrl's self_teach, student, with_answer, with_solution, or a template with "
+            "{user_turn} or {problem} (spec §3)."
         },
     )
     teacher_weights: str = field(
-        default="policy",
-        metadata={"help": "policy (actor, current weights) or frozen (verl's reference model). [R]"},
+        default=VERL_DEFAULT_TEACHER_WEIGHTS,
+        metadata={
+            "help": "policy (the actor's current weights, default) or frozen (verl's reference model = the initial "
+            "weights); refresh:1 = policy. Differs from the paper, whose teacher is a snapshot refreshed every 10 "
+            "optimizer steps (refresh:10): not supported on verl, use castrl's TRL trainer for it. [R]"
+        },
     )
     teacher_max_prompt_length: int = field(
         default=1024,
-        metadata={"help": "Teacher prompts longer than this are cut from the left (and counted)."},
+        metadata={
+            "help": "Teacher prompts longer than this are cut from the left (and counted). with_peer_success needs "
+            ">= data.max_prompt_length + data.max_response_length (the peer rollout is in the prompt)."
+        },
     )
     reward_key: str = field(
         default="token_level_rewards",
@@ -57,7 +76,7 @@ class CastrlVerlConfig:
     )
     problem_key: str = field(
         default="question",
-        metadata={"help": "extra_info key holding the bare problem text; missing -> the last user turn."},
+        metadata={"help": "extra_info key holding the bare problem text ({problem}); missing -> the last user turn."},
     )
     solution_key: str = field(
         default="solution",
@@ -71,6 +90,16 @@ class CastrlVerlConfig:
     @property
     def needs_teacher(self) -> bool:
         return get_estimator(self.estimator).needs_teacher
+
+    @property
+    def needs_peers(self) -> bool:
+        """Whether the teacher context reads a successful rollout of the row's group (`{peer}`)."""
+        return self.needs_teacher and context_uses(self.teacher_context, "peer")
+
+    @property
+    def teacher_is_reference(self) -> bool:
+        """True for `frozen` (verl's reference model); False = the actor's current weights."""
+        return WeightsSpec.parse(self.teacher_weights).kind == "frozen"
 
 
 def castrl_name(adv_estimator: str) -> str | None:
@@ -105,29 +134,50 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _coerce(default: Any, value: Any, key: str) -> Any:
-    """`value` in the type of the field's `default`; TypeError naming `key` otherwise."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise TypeError(f"{key} must be true or false, got {value!r}")
-    if isinstance(default, tuple):
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """`value` as the field's type `hint` (bool, int, float, str, Literal, a pair, `X | None`).
+
+    TypeError naming `key` otherwise; ranges are the config class's to check.
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [option for option in options if option is not type(None)]
+        if len(inner) == 1:
+            try:
+                return _coerce(inner[0], value, key)
+            except TypeError:
+                raise TypeError(f"{key} must be a {inner[0].__name__} or null, got {value!r}") from None
+        raise TypeError(f"{key}: unsupported field type {hint!r}")  # pragma: no cover - no such field
+    if origin is typing.Literal:
+        if isinstance(value, str):
+            return value  # the config class names the allowed values in its error
+        raise TypeError(f"{key} must be one of {list(typing.get_args(hint))}, got {value!r}")
+    if origin is tuple:
         if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value):
             return tuple(float(v) for v in value)
         raise TypeError(f"{key} must be a [lo, hi] pair of numbers, got {value!r}")
-    if isinstance(default, int) and not isinstance(value, bool) and isinstance(value, int):
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"{key} must be true or false, got {value!r}")
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(default, float) and _is_number(value):
+    if hint is float and _is_number(value):
         return float(value)
-    if isinstance(default, str) and isinstance(value, str):
+    if hint is str and isinstance(value, str):
         return value
-    raise TypeError(f"{key} must be a {type(default).__name__}, got {type(value).__name__} {value!r}")
+    name = getattr(hint, "__name__", str(hint))
+    raise TypeError(f"{key} must be a {name}, got {type(value).__name__} {value!r}")
 
 
 def _estimator_config(name: str, section: dict[str, Any]) -> EstimatorConfig:
     """Build `name`'s config class from a sub-section, naming `castrl.<name>.<field>` in errors."""
     config_cls = get_estimator(name).config_cls
-    known = {f.name: f for f in fields(config_cls) if f.default is not MISSING}
+    hints = typing.get_type_hints(config_cls)
+    known = {f.name for f in fields(config_cls) if f.default is not MISSING}
     kwargs: dict[str, Any] = {}
     for key, value in section.items():
         where = f"{SECTION}.{name}.{key}"
@@ -135,12 +185,7 @@ def _estimator_config(name: str, section: dict[str, Any]) -> EstimatorConfig:
             raise ValueError(
                 f"{where} is not a field of {config_cls.__name__}; valid: {', '.join(sorted(known))}"
             )
-        if key == "flip_threshold":  # "tau" | "band" | "zero" | "quantile:<q>" | a number
-            if isinstance(value, bool) or not (_is_number(value) or isinstance(value, str)):
-                raise TypeError(f"{where} must be a string or a number, got {value!r}")
-            kwargs[key] = float(value) if _is_number(value) else value
-        else:
-            kwargs[key] = _coerce(known[key].default, value, where)
+        kwargs[key] = _coerce(hints[key], value, where)
     try:
         return config_cls(**kwargs)
     except (TypeError, ValueError) as err:
@@ -151,21 +196,37 @@ _TOP_KEYS = {f.name for f in fields(CastrlVerlConfig)} - {"estimator", "estimato
 
 
 def _check_teacher_weights(weights: str) -> None:
-    if weights in ("ema",) or weights.startswith("lagged:"):
-        raise ValueError(
-            f"{SECTION}.teacher_weights={weights!r} is not supported on verl: it needs a second copy of the "
-            "actor's sharded weights kept on the FSDP/Megatron workers and refreshed after each update_actor. "
-            "Use 'policy' or 'frozen' here, or the TRL trainer (castrl.trl) for ema / lagged:<K>."
-        )
-    if weights not in VERL_TEACHER_WEIGHTS:
-        raise ValueError(f"{SECTION}.teacher_weights must be one of {VERL_TEACHER_WEIGHTS}, got {weights!r}")
+    """Accept what verl can score with: the actor's current weights or its reference model."""
+    where = f"{SECTION}.teacher_weights={weights!r}"
+    try:
+        spec = WeightsSpec.parse(weights)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}; on verl use one of {VERL_TEACHER_WEIGHTS}") from None
+    if spec.always_policy() or spec.kind == "frozen":
+        return
+    what = (
+        f"a snapshot of the policy re-taken every {spec.every} optimizer steps (the paper's teacher)"
+        if spec.kind == "refresh"
+        else "an exponential moving average of the policy"
+    )
+    raise ValueError(
+        f"{where} is not supported on verl. This teacher is {what}: a third set of weights besides the actor's "
+        "current ones and the reference model's initial ones. verl 0.9 has no way to keep it: its workers hold "
+        "the actor's FSDP/Megatron shards and a reference model that never changes (with LoRA, the base model "
+        "with the adapter off); re-syncing the reference worker from the actor would need a custom "
+        "ActorRolloutRefWorker method per engine, and verl's checkpoints would not save the snapshot, so a "
+        "resumed run would score with the wrong teacher. Use 'policy' (the actor's current weights, the "
+        "default here) or 'frozen' (verl's reference model), or castrl's TRL trainer (castrl.trl) for "
+        "refresh:<K> and ema."
+    )
 
 
 def _top_level(top: dict[str, Any]) -> dict[str, Any]:
     defaults = {f.name: f.default for f in fields(CastrlVerlConfig)}
+    hints = typing.get_type_hints(CastrlVerlConfig)
     values = {}
     for key in _TOP_KEYS:
-        values[key] = _coerce(defaults[key], top[key], f"{SECTION}.{key}") if key in top else defaults[key]
+        values[key] = _coerce(hints[key], top[key], f"{SECTION}.{key}") if key in top else defaults[key]
     if values["reward_key"] not in REWARD_KEYS:
         raise ValueError(f"{SECTION}.reward_key must be one of {REWARD_KEYS}, got {values['reward_key']!r}")
     if values["teacher_max_prompt_length"] <= 0:
@@ -223,12 +284,22 @@ def check_verl_config(config: Any) -> CastrlVerlConfig:
             f"trainer.v1.trainer_mode={mode!r} has no teacher pass; estimator {settings.estimator!r} needs "
             "trainer.v1.trainer_mode=castrl_sync"
         )
-    if settings.needs_teacher and settings.teacher_weights == "frozen" and not _has_reference(config):
+    if settings.needs_teacher and settings.teacher_is_reference and not _has_reference(config):
         raise ValueError(
             "castrl.teacher_weights='frozen' scores with verl's reference model, which exists only with LoRA "
             "(adapter disabled) or when actor_rollout_ref.actor.use_kl_loss=True or "
             "algorithm.use_kl_in_reward=True; set actor_rollout_ref.actor.use_kl_loss=True with kl_loss_coef=0.0"
         )
+    if settings.needs_peers:
+        data = config["data"]
+        needed = int(data["max_prompt_length"]) + int(data["max_response_length"])
+        if settings.teacher_max_prompt_length < needed:
+            raise ValueError(
+                f"castrl.teacher_context={settings.teacher_context!r} puts a whole rollout of the group in the "
+                f"teacher prompt, so castrl.teacher_max_prompt_length={settings.teacher_max_prompt_length} would "
+                "cut the problem off long prompts (prompts are cut from the left); set it to at least "
+                f"data.max_prompt_length + data.max_response_length = {needed}"
+            )
     temperature = float(arr["rollout"].get("temperature", 1.0))
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(

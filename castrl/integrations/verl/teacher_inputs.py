@@ -6,11 +6,16 @@ problem / reference solution; chat-templated as verl's agent loop does, cut from
 `teacher_max_prompt_length`, left-padded, then followed by the row's own response tokens
 (right-padded, unchanged). Layout = verl's padded layout (`prompts`, `responses`, `input_ids`,
 `attention_mask`, `position_ids`, `response_mask`), so verl's `left_right_2_no_padding` /
-`no_padding_2_padding` work on it unchanged. Rows are independent: group layout does not matter.
+`no_padding_2_padding` work on it unchanged. Rows are independent: group layout does not matter,
+except for contexts that read `{peer}` (RLRT's `with_peer_success`): there `choose_peers` picks,
+for each row, another rollout of the same `uid` whose verifier reward counts as correct, and its
+decoded response becomes the row's `peer` (`peer_texts`); a row without one gets the answer-free
+context (`castrl.teacher.build_teacher_prompt`'s fallback).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,10 +77,16 @@ def teacher_prompt_ids(
     tokenizer: Any,
     settings: CastrlVerlConfig,
     chat_template_kwargs: Mapping | None = None,
+    peers: Sequence[str | None] | None = None,
 ) -> list[list[int]]:
-    """Untruncated teacher prompt ids, one list per row; `rows` hold the NON_TENSOR_KEYS."""
+    """Untruncated teacher prompt ids, one list per row; `rows` hold the NON_TENSOR_KEYS.
+
+    `peers`: one successful peer response text (or None) per row, for contexts that read `{peer}`.
+    """
+    if peers is not None and len(peers) != len(rows):
+        raise ValueError(f"{len(peers)} peers for {len(rows)} rows")
     out = []
-    for row in rows:
+    for i, row in enumerate(rows):
         example = teacher_example(
             row["raw_prompt"],
             row.get("reward_model"),
@@ -83,8 +94,55 @@ def teacher_prompt_ids(
             settings.problem_key,
             settings.solution_key,
         )
-        prompt = build_teacher_prompt(example, settings.teacher_context)
+        prompt = build_teacher_prompt(example, settings.teacher_context, None if peers is None else peers[i])
         out.append(tokenize_prompt(prompt, tokenizer, chat_template_kwargs))
+    return out
+
+
+def choose_peers(
+    uids: Sequence[Any], rewards: torch.Tensor, lengths: torch.Tensor, threshold: float, step: int = 0
+) -> np.ndarray:
+    """(B,) int: for each row, the index of another row of its group (same uid) that succeeded, or -1.
+
+    A row succeeds when its verifier reward is >= `threshold` and it has at least one response
+    token. The peer is drawn uniformly among the group's other successful rows [R: the paper says
+    "a successful rollout sampled for the same prompt group when available"]; a row is never its
+    own peer (its teacher would read the very response it scores). Draws are seeded by `step` and
+    the uid: the same batch in the same row order gets the same peers.
+    """
+    uids = np.asarray([str(u) for u in uids], dtype=object)
+    if not (len(uids) == rewards.shape[0] == lengths.shape[0]):
+        raise ValueError(f"{len(uids)} uids, {rewards.shape[0]} rewards, {lengths.shape[0]} lengths")
+    ok = ((rewards.float() >= threshold) & (lengths > 0)).tolist()
+    peers = np.full(len(uids), -1, dtype=np.int64)
+    for uid in sorted(set(uids.tolist())):
+        rows = np.flatnonzero(uids == uid)
+        winners = [int(j) for j in rows if ok[j]]
+        if not winners:
+            continue
+        rng = np.random.default_rng([max(int(step), 0), zlib.crc32(uid.encode())])
+        draws = rng.random(len(rows))  # one draw per row, in the group's own order
+        for row, draw in zip(rows, draws, strict=True):
+            others = [j for j in winners if j != row]
+            if others:
+                peers[row] = others[int(draw * len(others))]
+    return peers
+
+
+def peer_texts(
+    peers: np.ndarray, responses: torch.Tensor, response_attention: torch.Tensor, tokenizer: Any
+) -> list[str | None]:
+    """The decoded response of each row's peer (special tokens dropped), None where there is none."""
+    texts: dict[int, str] = {}
+    out: list[str | None] = []
+    for peer in peers.tolist():
+        if peer < 0:
+            out.append(None)
+            continue
+        if peer not in texts:
+            ids = responses[peer][response_attention[peer].bool()].tolist()
+            texts[peer] = tokenizer.decode(ids, skip_special_tokens=True)
+        out.append(texts[peer] or None)
     return out
 
 
@@ -135,20 +193,51 @@ def _row_dicts(non_tensor: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
     return [{key: columns[key][i] for key in NON_TENSOR_KEYS} for i in range(n)]
 
 
+def response_attention(data: DataProto) -> torch.Tensor:
+    """(B, T): 1 on every generated token; the last T columns of `attention_mask`, else `response_mask`."""
+    width = data.batch["responses"].shape[1]
+    if "attention_mask" in data.batch.keys():
+        return data.batch["attention_mask"][:, -width:]
+    return data.batch["response_mask"]
+
+
+def batch_peer_texts(
+    data: DataProto, tokenizer: Any, rewards: torch.Tensor, threshold: float, step: int = 0
+) -> list[str | None]:
+    """Peer response texts for a padded verl batch with `non_tensor_batch['uid']` (`choose_peers`).
+
+    `rewards` (B,): the verifier's score of each row (verl's `rm_scores` summed).
+    """
+    if "uid" not in data.non_tensor_batch:
+        raise ValueError("peer teacher contexts need non_tensor_batch['uid'] (the group of each rollout)")
+    attention = response_attention(data)
+    peers = choose_peers(data.non_tensor_batch["uid"], rewards, attention.sum(-1), threshold, step)
+    return peer_texts(peers, data.batch["responses"], attention, tokenizer)
+
+
 def teacher_batch_from_dataproto(
-    data: DataProto, tokenizer: Any, settings: CastrlVerlConfig, chat_template_kwargs: Mapping | None = None
+    data: DataProto,
+    tokenizer: Any,
+    settings: CastrlVerlConfig,
+    chat_template_kwargs: Mapping | None = None,
+    peers: Sequence[str | None] | None = None,
 ) -> tuple[DataProto, int]:
     """Teacher inputs for a padded verl batch (`responses`, `response_mask`, optional `attention_mask`).
 
     The response part of `attention_mask` (its last T columns) marks generated tokens; without it,
-    `response_mask` does (identical for single-turn rollouts).
+    `response_mask` does (identical for single-turn rollouts). `peers` (from `batch_peer_texts`) is
+    required when the teacher context reads `{peer}`.
     """
+    if settings.needs_peers and peers is None:
+        raise ValueError(
+            f"teacher_context={settings.teacher_context!r} reads a successful peer rollout: pass `peers` "
+            "(batch_peer_texts)"
+        )
     responses = data.batch["responses"]
-    width = responses.shape[1]
-    attention = data.batch["attention_mask"][:, -width:] if "attention_mask" in data.batch.keys() else None
+    attention = response_attention(data) if "attention_mask" in data.batch.keys() else None
     response_mask = data.batch["response_mask"]
     rows = _row_dicts(data.non_tensor_batch, len(data))
-    ids = teacher_prompt_ids(rows, tokenizer, settings, chat_template_kwargs)
+    ids = teacher_prompt_ids(rows, tokenizer, settings, chat_template_kwargs, peers)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return assemble_teacher_batch(
         ids,
@@ -193,5 +282,6 @@ def dataproto_from_nested(td: Any, pad_token_id: int) -> DataProto:
         "response_mask": padded(td["response_mask"], 0),
         "attention_mask": attention,
     }
-    non_tensors = {key: object_array(tu.get(td, key)) for key in NON_TENSOR_KEYS if key in td.keys()}
+    keys = (*NON_TENSOR_KEYS, "uid")
+    non_tensors = {key: object_array(tu.get(td, key)) for key in keys if key in td.keys()}
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors)
