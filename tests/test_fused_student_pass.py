@@ -17,7 +17,7 @@ from castrl.trl import CASTTrainer
 from .test_trainer import _batch, _trainer
 from .trl_helpers import parity_reward, tiny_config, tiny_model_and_tokenizer, toy_dataset
 
-COMPARED = ("cast/adv_mean", "cast/adv_std", "cast/gap_mean", "cast/gap_std", "cast/flip_frac",
+COMPARED = ("cast/adv_mean", "cast/adv_std", "cast/gap_mean", "cast/gap_std", "cast/frac_flipped",
             "cast/frac_mixed", "cast/frac_nonzero_adv", "cast/weight_mean")  # fmt: skip
 
 

@@ -51,9 +51,10 @@ def test_resume_continues_from_last_complete_checkpoint(tiny_dir, tmp_path):
     "flags, message",
     [
         (["--advantage_estimator", "ppo"], "unknown advantage estimator"),
-        (["--teacher_context", "student"], "teacher_context='student'"),
+        (["--teacher_context", "student", "--teacher_weights", "policy"], "teacher_context='student'"),
+        (["--teacher_weights", "lagged:5"], "refresh:<K>"),
         (["--band_neg", "1.3", "0.9"], "band_neg"),
-        (["--flip_threshold", "sometimes"], "flip_threshold"),
+        (["--flip_margin", "-1"], "flip_margin"),
         (["--lora", "maybe"], "--lora"),
     ],
 )

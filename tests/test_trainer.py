@@ -125,8 +125,9 @@ def test_checkpoint_holds_teacher_state_and_resume_restores_it(tmp_path):
 
 
 def test_zero_gap_config_is_rejected_before_model_load(tmp_path):
-    with pytest.raises(ValueError, match="teacher_context.*teacher_weights"):
-        tiny_config(tmp_path, teacher_context="student", teacher_weights="policy")
+    for weights in ("policy", "refresh:1"):
+        with pytest.raises(ValueError, match="teacher_context.*teacher_weights"):
+            tiny_config(tmp_path, teacher_context="student", teacher_weights=weights)
     with pytest.raises(ValueError, match="unknown advantage estimator"):
         tiny_config(tmp_path, advantage_estimator="ppo")
     with pytest.raises(ValueError, match="band_pos"):
@@ -143,7 +144,9 @@ def test_trainer_requires_cast_config(tmp_path):
 
 
 def test_estimator_config_round_trip(tmp_path):
-    args = tiny_config(tmp_path, flip_threshold="quantile:0.25", band_neg=[0.9, 1.3], lam=0.5)
+    args = tiny_config(tmp_path, flip_margin=0.25, band_neg=[0.9, 1.3], lam=0.5, flip_correct=False,
+                       shaping_cutoff_step=7)  # fmt: skip
     cfg = args.estimator_config()
-    assert cfg.band_neg == (0.9, 1.3) and cfg.lam == 0.5 and cfg.flip_quantile() == 0.25
+    assert cfg.band_neg == (0.9, 1.3) and cfg.lam == 0.5 and cfg.flip_margin == 0.25
+    assert cfg.flip_correct is False and cfg.flip_incorrect is True and cfg.shaping_cutoff_step == 7
     assert isinstance(args, CASTConfig)

@@ -27,14 +27,25 @@ from verl.utils import tensordict_utils as tu  # noqa: E402
 from verl.utils.model import compute_position_id_with_mask  # noqa: E402
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding  # noqa: E402
 
-from castrl.core import CastConfig, GRPOAdvConfig, compute_advantages  # noqa: E402
+from castrl.core import (  # noqa: E402
+    ADVANTAGE_ESTIMATORS,
+    CastConfig,
+    GRPOAdvConfig,
+    GRPOOPSDConfig,
+    RLRTConfig,
+    RLSDConfig,
+    compute_advantages,
+    get_estimator,
+)
 from castrl.data import make_arithmetic  # noqa: E402
 from castrl.integrations.verl import (  # noqa: E402
     TEACHER_KEY,
     BoundInputs,
     CastrlVerlConfig,
+    batch_peer_texts,
     bind_estimator_inputs,
     check_verl_config,
+    choose_peers,
     compute_castrl_advantage,
     dataproto_from_nested,
     group_ids_from_uids,
@@ -43,13 +54,14 @@ from castrl.integrations.verl import (  # noqa: E402
     verl_names,
 )
 from castrl.integrations.verl.data import verl_rows  # noqa: E402
-from castrl.teacher import build_teacher_prompt  # noqa: E402
+from castrl.teacher import DEFAULT_TEACHER_CONTEXT, DEFAULT_TEACHER_WEIGHTS, build_teacher_prompt  # noqa: E402
 from castrl.testing import build_char_tokenizer, build_tiny_model  # noqa: E402
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "verl"
-TEACHER_NAMES = ["cast", "rlsd", "rlrt", "opsd"]
+ALL_NAMES = ADVANTAGE_ESTIMATORS.names()
+TEACHER_NAMES = [name for name in ALL_NAMES if get_estimator(name).needs_teacher]
 
 
 # -- batch builders -------------------------------------------------------------------------------
@@ -92,8 +104,8 @@ def _rollout_batch(
     return DataProto.from_dict(tensors=tensors, non_tensors={"uid": uids})
 
 
-def _core(name: str, data: DataProto, config=None, rows=None) -> tuple[torch.Tensor, dict]:
-    """castrl.core on the same tensors, on `rows` (default: every row)."""
+def _core(name: str, data: DataProto, config=None, rows=None, step: int = 0) -> tuple[torch.Tensor, dict]:
+    """castrl.core on the same tensors, on `rows` (default: every row), at optimizer step `step`."""
     b = data.batch
     rows = torch.arange(len(data)) if rows is None else rows
     gids = group_ids_from_uids(data.non_tensor_batch["uid"])[rows]
@@ -105,14 +117,19 @@ def _core(name: str, data: DataProto, config=None, rows=None) -> tuple[torch.Ten
         b[TEACHER_KEY][rows],
         b["response_mask"][rows].float(),
         config,
-        0,
+        step,
     )
 
 
 # -- estimator ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["cast", "grpo", "dr_grpo", "rlsd", "rlrt", "opsd"])
+def test_every_registered_estimator_is_covered():
+    assert {"grpo", "dr_grpo", "rlsd", "rlrt", "opsd", "grpo_opsd", "cast"} <= set(ALL_NAMES)
+    assert set(TEACHER_NAMES) >= {"cast", "rlsd", "rlrt", "opsd", "grpo_opsd"}
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
 def test_dataproto_estimator_matches_core(name):
     data = _rollout_batch(seed=1)
     stats = compute_castrl_advantage(data, CastrlVerlConfig(estimator=name))
@@ -125,7 +142,7 @@ def test_dataproto_estimator_matches_core(name):
 
 def test_dataproto_estimator_uses_the_configured_cast_fields_and_reward_key():
     data = _rollout_batch(seed=2)
-    config = CastConfig(lam=0.5, flip_threshold="zero", mixed_only=True)
+    config = CastConfig(lam=0.5, flip_correct=False, flip_margin=0.1, mixed_only=True)
     data.batch["token_level_rewards"] = data.batch["token_level_rewards"] - 0.3  # e.g. a KL penalty
     compute_castrl_advantage(
         data, CastrlVerlConfig(estimator="cast", estimator_config=config, reward_key="token_level_scores")
@@ -142,6 +159,52 @@ def test_dataproto_estimator_uses_the_configured_cast_fields_and_reward_key():
         config,
     )
     torch.testing.assert_close(b["advantages"], expected.float())
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("rlsd", RLSDConfig(rlsd_anneal_steps=4)),
+        ("grpo_opsd", GRPOOPSDConfig(opsd_anneal_steps=4)),
+        ("cast", CastConfig(shaping_cutoff_step=3)),
+    ],
+)
+def test_schedules_read_the_step(name, config):
+    """Anneals and the shaping cutoff see the step passed in, through the DataProto path and verl's own."""
+    data = _rollout_batch(seed=8)
+    settings = CastrlVerlConfig(estimator=name, estimator_config=config)
+    outs = []
+    for step in (0, 2, 5):
+        compute_castrl_advantage(data, settings, step=step)
+        expected, _ = _core(name, data, config, step=step)
+        torch.testing.assert_close(data.batch["advantages"], expected.float())
+        bound = _bound(data, settings)
+        bound.step = step
+        with bind_estimator_inputs(bound):
+            out = compute_advantage(data, adv_estimator=f"castrl_{name}", config=None)
+        torch.testing.assert_close(out.batch["advantages"], expected.float())
+        outs.append(expected)
+    assert not torch.equal(outs[0], outs[2])  # the schedule moved
+
+
+def test_cast_switches_change_the_advantages():
+    """flip_correct / flip_incorrect / flip_margin / shaping_cutoff_step reach castrl.core unchanged."""
+    data = _rollout_batch(seed=9)
+    variants = [
+        CastConfig(),
+        CastConfig(flip_correct=False),
+        CastConfig(flip_incorrect=False),
+        CastConfig(flip_margin=0.3),
+        CastConfig(shaping_cutoff_step=0),
+    ]
+    seen = []
+    for config in variants:
+        compute_castrl_advantage(data, CastrlVerlConfig(estimator_config=config))
+        expected, _ = _core("cast", data, config)
+        torch.testing.assert_close(data.batch["advantages"], expected.float())
+        seen.append(data.batch["advantages"].clone())
+    for i in range(1, len(seen)):
+        assert not torch.equal(seen[0], seen[i]), variants[i]
 
 
 def test_padding_rows_are_left_out_of_groups():
@@ -275,15 +338,15 @@ def _with_responses(prompt_batch: dict, uids_per_prompt: int, seed: int) -> Data
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors)
 
 
-def _expected_prompt_ids(row_raw, row_rm, row_extra, tokenizer, context: str) -> list[int]:
+def _expected_prompt_ids(row_raw, row_rm, row_extra, tokenizer, context: str, peer=None) -> list[int]:
     example = {"prompt": list(row_raw), "problem": row_extra["question"], "answer": row_rm["ground_truth"]}
-    messages = build_teacher_prompt(example, context)
+    messages = build_teacher_prompt(example, context, peer)
     return tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True
     )["input_ids"]
 
 
-@pytest.mark.parametrize("context", ["self_teach", "with_answer", "student"])
+@pytest.mark.parametrize("context", ["answer_free", "with_reference", "self_teach", "with_answer", "student"])
 def test_teacher_batch_layout_from_verl_dataset_rows(verl_prompt_rows, tokenizer, context):
     prompt_batch, _ = verl_prompt_rows
     data = _with_responses(prompt_batch, uids_per_prompt=3, seed=0)
@@ -307,7 +370,9 @@ def test_teacher_batch_layout_from_verl_dataset_rows(verl_prompt_rows, tokenizer
         assert b["prompts"][i, n_pad:].tolist() == expected
         assert torch.equal(b["attention_mask"][i, width:], data.batch["attention_mask"][i, -8:])
     answer_in_prompt = str(nt["reward_model"][0]["ground_truth"]) in tokenizer.decode(b["prompts"][0])
-    assert answer_in_prompt == (context == "with_answer") or context == "student"
+    assert answer_in_prompt == (context in ("with_answer", "with_reference")) or context == "student"
+    if context == "answer_free":  # the paper's T_AF: the student's user turn, then the response tag
+        assert tokenizer.decode(b["prompts"][0]).count("[Student response]") == 1
 
 
 def test_teacher_batch_rows_do_not_depend_on_batch_order(verl_prompt_rows, tokenizer):
@@ -334,6 +399,56 @@ def test_teacher_prompts_are_cut_from_the_left(verl_prompt_rows, tokenizer):
     )
     assert n_truncated == len(data) and cut.batch["prompts"].shape[1] == 20
     assert torch.equal(cut.batch["prompts"], full.batch["prompts"][:, -20:])
+
+
+def test_choose_peers_picks_another_successful_rollout_of_the_group():
+    uids = np.array(["a", "b", "a", "a", "b", "c", "c", "a"], dtype=object)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    lengths = torch.tensor([3, 2, 2, 4, 1, 2, 0, 5])  # row 6 succeeded with no token: never a peer
+    draws = set()
+    for step in range(20):
+        peers = choose_peers(uids, rewards, lengths, 0.5, step)
+        for i, j in enumerate(peers.tolist()):
+            if j >= 0:
+                assert j != i and uids[j] == uids[i] and rewards[j] >= 0.5 and lengths[j] > 0
+        assert peers[1] == peers[4] == -1  # group b has no success
+        assert peers[5] == -1 and peers[6] == 5  # a row is never its own peer
+        assert peers[0] in (3, 7) and peers[2] in (0, 3, 7)
+        assert np.array_equal(peers, choose_peers(uids, rewards, lengths, 0.5, step))  # reproducible
+        draws.add(tuple(peers.tolist()))
+    assert len(draws) > 1  # sampled, not always the first success
+    assert (choose_peers(uids, rewards, lengths, 2.0, 0) == -1).all()
+
+
+def test_peer_context_puts_a_successful_rollout_in_the_teacher_prompt(verl_prompt_rows, tokenizer):
+    """with_peer_success (RLRT's teacher): another successful response of the group, else answer_free."""
+    prompt_batch, _ = verl_prompt_rows
+    data = _with_responses(prompt_batch, uids_per_prompt=3, seed=4)
+    settings = CastrlVerlConfig(estimator="rlrt", teacher_context="with_peer_success")
+    assert settings.needs_peers and not CastrlVerlConfig(estimator="rlrt").needs_peers
+    with pytest.raises(ValueError, match="peer"):
+        teacher_batch_from_dataproto(data, tokenizer, settings)
+    rewards = (torch.arange(len(data)) % 2).float()
+    attention = data.batch["attention_mask"][:, -8:]
+    peers = batch_peer_texts(data, tokenizer, rewards, 0.5, step=1)
+    chosen = choose_peers(data.non_tensor_batch["uid"], rewards, attention.sum(-1), 0.5, 1)
+    teacher, _ = teacher_batch_from_dataproto(data, tokenizer, settings, peers=peers)
+    b, nt = teacher.batch, data.non_tensor_batch
+    width = b["prompts"].shape[1]
+    for i, j in enumerate(chosen.tolist()):
+        if j >= 0:
+            ids = data.batch["responses"][j][attention[j].bool()].tolist()
+            assert peers[i] == tokenizer.decode(ids, skip_special_tokens=True)
+        else:
+            assert peers[i] is None
+        args = (nt["raw_prompt"][i], nt["reward_model"][i], nt["extra_info"][i], tokenizer)
+        expected = _expected_prompt_ids(*args, "with_peer_success", peers[i])
+        if j < 0:
+            assert expected == _expected_prompt_ids(*args, "answer_free")
+        else:
+            assert "[Successful response]" in tokenizer.decode(expected)
+        assert b["prompts"][i, width - len(expected) :].tolist() == expected
+    assert any(p is None for p in peers) and any(p is not None for p in peers)
 
 
 def test_teacher_batch_survives_verls_unpad_and_repad(verl_prompt_rows, tokenizer):
@@ -393,15 +508,49 @@ def _compose(*overrides: str):
 
 
 def test_example_config_composes_with_verl_and_parses():
-    config = _compose("castrl.cast.lam=0.5", "castrl.cast.flip_threshold=quantile:0.1")
+    config = _compose(
+        "castrl.cast.lam=0.5",
+        "castrl.cast.flip_correct=false",
+        "castrl.cast.flip_margin=0.1",
+        "castrl.cast.shaping_cutoff_step=100",
+    )
     settings = check_verl_config(config)
     assert settings.estimator == "cast" and settings.teacher_weights == "policy"
-    assert settings.estimator_config == CastConfig(lam=0.5, flip_threshold="quantile:0.1")
+    assert settings.teacher_context == "answer_free"
+    assert settings.estimator_config == CastConfig(
+        lam=0.5, flip_correct=False, flip_margin=0.1, shaping_cutoff_step=100
+    )
     assert config.actor_rollout_ref.actor.clip_ratio_high == pytest.approx(0.28)
     rlsd = check_verl_config(
-        _compose("algorithm.adv_estimator=castrl_rlsd", "+castrl.rlsd.rlsd_anneal_steps=10")
+        _compose("algorithm.adv_estimator=castrl_rlsd", "castrl.rlsd.rlsd_anneal_steps=10")
     )
     assert rlsd.estimator == "rlsd" and rlsd.estimator_config.rlsd_anneal_steps == 10
+    opsd = check_verl_config(
+        _compose(
+            "algorithm.adv_estimator=castrl_grpo_opsd",
+            "castrl.teacher_context=with_reference",
+            "castrl.grpo_opsd.opsd_coef_start=0.1",
+        )
+    )
+    assert opsd.estimator_config == GRPOOPSDConfig(opsd_coef_start=0.1)
+    rlrt = check_verl_config(
+        _compose(
+            "algorithm.adv_estimator=castrl_rlrt",
+            "castrl.teacher_context=with_peer_success",
+            "castrl.teacher_max_prompt_length=2048",
+            "castrl.rlrt.rlrt_lam=0.25",
+        )
+    )
+    assert rlrt.needs_peers and rlrt.estimator_config == RLRTConfig(rlrt_lam=0.25)
+
+
+def test_example_sections_are_the_core_defaults():
+    """The example YAML spells out every estimator sub-section with castrl.core's defaults."""
+    config = _compose()
+    for name in ("cast", "rlsd", "rlrt", "grpo_opsd"):
+        assert name in config.castrl
+        settings = parse_castrl_config(config.castrl, f"castrl_{name}")
+        assert settings.estimator_config == get_estimator(name).config_cls(), name
 
 
 def _smoke_overrides() -> list[str]:
@@ -433,7 +582,15 @@ def test_shipped_configs_pass_verls_own_validation(overrides):
 
 def test_defaults_match_the_core_defaults():
     settings = parse_castrl_config(None, "cast")
-    assert settings.estimator_config == CastConfig() and settings.teacher_context == "self_teach"
+    assert settings.estimator_config == CastConfig() and settings.teacher_context == DEFAULT_TEACHER_CONTEXT
+    assert settings.teacher_context == "answer_free"
+    # castrl's default teacher is the paper's refresh:10, which verl cannot keep: verl's default is
+    # the actor's current weights, and the help text says it differs from the paper
+    assert DEFAULT_TEACHER_WEIGHTS == "refresh:10" and settings.teacher_weights == "policy"
+    from dataclasses import fields
+
+    help_text = {f.name: f.metadata["help"] for f in fields(CastrlVerlConfig)}["teacher_weights"]
+    assert "refresh:10" in help_text and "paper" in help_text
     assert parse_castrl_config(
         {"cast": {"band_pos": [0.7, 1.1]}}, "castrl_cast"
     ).estimator_config.band_pos == (0.7, 1.1)
@@ -443,13 +600,34 @@ def test_defaults_match_the_core_defaults():
     ("section", "estimator", "error", "match"),
     [
         ({"teacher_contxt": "x"}, "cast", ValueError, r"castrl\.teacher_contxt"),
-        ({"cast": {"tau_pos": 0.1, "lamb": 1.0}}, "cast", ValueError, r"castrl\.cast\.lamb.*valid:.*lam"),
+        ({"cast": {"lamb": 1.0}}, "cast", ValueError, r"castrl\.cast\.lamb.*valid:.*lam"),
+        ({"cast": {"tau_pos": 0.1}}, "cast", ValueError, r"castrl\.cast\.tau_pos is not a field"),
+        ({"cast": {"flip_threshold": "tau"}}, "cast", ValueError, r"castrl\.cast\.flip_threshold is not"),
         ({"cast": {"lam": "big"}}, "cast", TypeError, r"castrl\.cast\.lam"),
         ({"cast": {"flip": 1}}, "cast", TypeError, r"castrl\.cast\.flip"),
+        ({"cast": {"flip_correct": "no"}}, "cast", TypeError, r"castrl\.cast\.flip_correct"),
+        ({"cast": {"flip_margin": -0.1}}, "cast", ValueError, r"castrl\.cast: .*flip_margin"),
+        (
+            {"cast": {"shaping_cutoff_step": 1.5}},
+            "cast",
+            TypeError,
+            r"castrl\.cast\.shaping_cutoff_step.*null",
+        ),
+        ({"cast": {"shaping_cutoff_step": -1}}, "cast", ValueError, r"castrl\.cast: .*shaping_cutoff_step"),
+        ({"rlrt": {"rlrt_eps_w": 2.0}}, "castrl_rlrt", ValueError, r"castrl\.rlrt: .*rlrt_eps_w"),
+        ({"grpo_opsd": {"opsd_anneal_steps": "x"}}, "cast", TypeError, r"castrl\.grpo_opsd\.opsd_anneal"),
         ({"cast": {"band_pos": [1.2, 1.5]}}, "cast", ValueError, r"castrl\.cast: band_pos"),
         ({"rlsd": {"rlsd_band": [0.8]}}, "cast", TypeError, r"castrl\.rlsd\.rlsd_band"),
         ({"teacher_weights": "ema"}, "cast", ValueError, r"teacher_weights='ema' is not supported on verl"),
-        ({"teacher_weights": "lagged:5"}, "cast", ValueError, "not supported on verl"),
+        (
+            {"teacher_weights": "refresh:10"},
+            "castrl_rlsd",
+            ValueError,
+            r"'refresh:10' is not supported on verl.*every 10 optimizer steps.*'policy'.*'frozen'.*TRL",
+        ),
+        ({"teacher_weights": "refresh:2"}, "cast", ValueError, "not supported on verl"),
+        ({"teacher_weights": "lagged:5"}, "cast", ValueError, r"refresh:<K>.*on verl use one of"),
+        ({"teacher_weights": "refresh:1", "teacher_context": "student"}, "cast", ValueError, "identical"),
         ({"teacher_context": "student"}, "cast", ValueError, r"castrl: teacher_context='student'"),
         ({"teacher_context": "no field"}, "cast", ValueError, r"\{problem\}"),
         ({"reward_key": "rm_scores"}, "cast", ValueError, r"castrl\.reward_key"),
@@ -466,6 +644,17 @@ def test_config_errors_name_the_key(section, estimator, error, match):
 def test_teacher_free_estimators_ignore_teacher_knobs():
     settings = parse_castrl_config({"teacher_context": "student"}, "castrl_grpo")
     assert settings.estimator == "grpo" and not settings.needs_teacher
+    settings = parse_castrl_config({"teacher_weights": "refresh:10"}, "castrl_dr_grpo")
+    assert not settings.needs_teacher and not settings.needs_peers
+
+
+@pytest.mark.parametrize(
+    ("weights", "reference"), [("policy", False), ("refresh:1", False), ("frozen", True)]
+)
+def test_supported_teacher_weights(weights, reference):
+    """refresh:1 (a snapshot after every optimizer step) is the current policy: accepted as such."""
+    settings = parse_castrl_config({"teacher_weights": weights}, "cast")
+    assert settings.teacher_is_reference == reference
 
 
 @pytest.mark.parametrize(
@@ -475,6 +664,11 @@ def test_teacher_free_estimators_ignore_teacher_knobs():
         (["trainer.use_v1=false"], "use_v1"),
         (["castrl.teacher_weights=frozen"], "use_kl_loss=True"),
         (["actor_rollout_ref.rollout.n=1"], "rollout.n"),
+        (["castrl.teacher_weights=refresh:10"], "not supported on verl"),
+        (
+            ["algorithm.adv_estimator=castrl_rlrt", "castrl.teacher_context=with_peer_success"],
+            r"teacher_max_prompt_length=1024 .* at least .* = 2048",
+        ),
     ],
 )
 def test_verl_config_checks(overrides, match):
@@ -611,48 +805,130 @@ def _trainer(verl_prompt_rows, tokenizer, overrides=()):
     return trainer, _FakeTransferQueue(rows), workers
 
 
-def test_trainer_hook_scores_the_teacher_and_writes_castrl_advantages(
-    verl_prompt_rows, tokenizer, monkeypatch
-):
-    trainer, store, workers = _trainer(verl_prompt_rows, tokenizer)
-    import transfer_queue as tq
-
-    monkeypatch.setattr(tq, "kv_batch_get", store.kv_batch_get)
-    monkeypatch.setattr(tq, "kv_batch_put", store.kv_batch_put)
-    keys = list(store.rows)
-    metrics: dict = {}
-    trainer._compute_advantage(_meta(keys), metrics)
-
-    assert workers.flags and all(flag == ("actor", False, 0.7) for flag in workers.flags)
+def _expected_hook_advantages(trainer, store, keys, model, tokenizer, context, peers=None, step=None):
+    """castrl.core on the stored rows, the teacher scored directly with `model` (peers: row -> text)."""
     width = max(len(store.rows[k]["responses"]) for k in keys)
     teacher = torch.zeros(len(keys), width)
     student, mask, rewards = torch.zeros_like(teacher), torch.zeros_like(teacher), torch.zeros(len(keys))
     for i, key in enumerate(keys):
         row = store.rows[key]
-        ids = _expected_prompt_ids(
-            row["raw_prompt"], row["reward_model"], row["extra_info"], tokenizer, "self_teach"
-        )
+        peer = None if peers is None else peers[i]
+        args = (row["raw_prompt"], row["reward_model"], row["extra_info"], tokenizer)
+        ids = _expected_prompt_ids(*args, context, peer)
         length = len(row["responses"])
-        teacher[i, :length] = _direct_teacher_logps(workers.model, ids, row["responses"], 0.7)
+        teacher[i, :length] = _direct_teacher_logps(model, ids, row["responses"], 0.7)
         student[i, :length], mask[i, :length], rewards[i] = row["old_log_probs"], 1, row["rm_scores"].sum()
     gids = group_ids_from_uids(np.array([store.rows[k]["uid"] for k in keys], dtype=object))
-    expected, stats = compute_advantages(
-        "cast", rewards, gids, student, teacher, mask, trainer.castrl.estimator_config, 3
+    step = trainer.castrl_step if step is None else step
+    settings = trainer.castrl
+    return compute_advantages(
+        settings.estimator, rewards, gids, student, teacher, mask, settings.estimator_config, step
     )
+
+
+def _stored_advantages(store, keys) -> torch.Tensor:
     got = torch.nested.as_nested_tensor([store.rows[k]["advantages"] for k in keys], layout=torch.jagged)
-    torch.testing.assert_close(got.to_padded_tensor(0.0), expected, atol=2e-5, rtol=1e-4)
+    return got.to_padded_tensor(0.0)
+
+
+def _patch_tq(monkeypatch, store):
+    import transfer_queue as tq
+
+    monkeypatch.setattr(tq, "kv_batch_get", store.kv_batch_get)
+    monkeypatch.setattr(tq, "kv_batch_put", store.kv_batch_put)
+
+
+def test_trainer_hook_scores_the_teacher_and_writes_castrl_advantages(
+    verl_prompt_rows, tokenizer, monkeypatch
+):
+    trainer, store, workers = _trainer(verl_prompt_rows, tokenizer)
+    _patch_tq(monkeypatch, store)
+    keys = list(store.rows)
+    metrics: dict = {}
+    trainer._compute_advantage(_meta(keys), metrics)
+
+    assert trainer.castrl.teacher_context == "answer_free" and trainer.castrl_step == 2  # global_steps 3
+    assert workers.flags and all(flag == ("actor", False, 0.7) for flag in workers.flags)
+    expected, stats = _expected_hook_advantages(trainer, store, keys, workers.model, tokenizer, "answer_free")
+    torch.testing.assert_close(_stored_advantages(store, keys), expected, atol=2e-5, rtol=1e-4)
     assert metrics["cast/frac_mixed"] == pytest.approx(stats["cast/frac_mixed"])
     assert metrics["cast/teacher_truncated_count"] == 0 and metrics["cast/time_teacher_s"] >= 0
     assert not math.isnan(metrics["cast/gap_abs_p95"])
+    assert "cast/teacher_peer_frac" not in metrics
+
+
+def test_trainer_hook_passes_completed_steps_to_the_schedules(verl_prompt_rows, tokenizer, monkeypatch):
+    """verl's global_steps counts from 1; castrl's step is the number of completed steps (TRL's)."""
+    trainer, store, workers = _trainer(verl_prompt_rows, tokenizer, ("castrl.cast.shaping_cutoff_step=2",))
+    _patch_tq(monkeypatch, store)
+    keys = list(store.rows)
+    results = {}
+    for global_steps in (2, 3):  # castrl steps 1 (shaping on) and 2 (cut off)
+        trainer.global_steps = global_steps
+        trainer._compute_advantage(_meta(keys), {})
+        results[global_steps] = _stored_advantages(store, keys)
+        expected, _ = _expected_hook_advantages(
+            trainer, store, keys, workers.model, tokenizer, "answer_free", step=global_steps - 1
+        )
+        torch.testing.assert_close(results[global_steps], expected, atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(results[2], results[3])
+
+
+def test_trainer_hook_rlrt_reads_a_successful_peer(verl_prompt_rows, tokenizer, monkeypatch):
+    """with_peer_success: rm_scores and uids pick each row's peer before the teacher pass."""
+    overrides = (
+        "algorithm.adv_estimator=castrl_rlrt",
+        "castrl.teacher_context=with_peer_success",
+        "castrl.teacher_max_prompt_length=2048",
+    )
+    trainer, store, workers = _trainer(verl_prompt_rows, tokenizer, overrides)
+    _patch_tq(monkeypatch, store)
+    keys = list(store.rows)
+    metrics: dict = {}
+    trainer._compute_advantage(_meta(keys), metrics)
+
+    uids = np.array([store.rows[k]["uid"] for k in keys], dtype=object)
+    scores = torch.stack([store.rows[k]["rm_scores"].sum() for k in keys])
+    lengths = torch.tensor([len(store.rows[k]["responses"]) for k in keys])
+    chosen = choose_peers(uids, scores, lengths, 0.5, trainer.castrl_step)
+    peers = [
+        None
+        if j < 0
+        else tokenizer.decode(store.rows[keys[j]]["responses"].tolist(), skip_special_tokens=True)
+        for j in chosen.tolist()
+    ]
+    assert any(p is not None for p in peers) and any(p is None for p in peers)
+    assert metrics["cast/teacher_peer_frac"] == pytest.approx(sum(p is not None for p in peers) / len(keys))
+    expected, _ = _expected_hook_advantages(
+        trainer, store, keys, workers.model, tokenizer, "with_peer_success", peers
+    )
+    torch.testing.assert_close(_stored_advantages(store, keys), expected, atol=2e-5, rtol=1e-4)
+    wrong = scores < 0.5  # RLRT reshapes correct rollouts only; wrong ones keep the GRPO advantage
+    got = _stored_advantages(store, keys)
+    for i in wrong.nonzero().flatten().tolist():
+        n = lengths[i]
+        assert torch.allclose(got[i, :n], got[i, :1].expand(n))
+
+
+def test_trainer_hook_refresh_1_scores_with_the_actor(verl_prompt_rows, tokenizer, monkeypatch):
+    trainer, store, workers = _trainer(verl_prompt_rows, tokenizer, ("castrl.teacher_weights=refresh:1",))
+    _patch_tq(monkeypatch, store)
+    trainer._compute_advantage(_meta(list(store.rows)), {})
+    assert workers.flags == [("actor", False, 0.7)]
+
+
+def test_trainer_refuses_the_papers_refresh_teacher_before_any_worker_starts(verl_prompt_rows, tokenizer):
+    pytest.importorskip("transfer_queue")
+    from castrl.integrations.verl import trainer as trainer_module
+
+    with pytest.raises(ValueError, match="refresh:10' is not supported on verl"):
+        trainer_module.CastrlPPOTrainerSync(_compose("castrl.teacher_weights=refresh:10"))
 
 
 def test_trainer_hook_frozen_teacher_uses_the_reference_model(verl_prompt_rows, tokenizer, monkeypatch):
     overrides = ("castrl.teacher_weights=frozen", "actor_rollout_ref.actor.use_kl_loss=true")
     trainer, store, workers = _trainer(verl_prompt_rows, tokenizer, overrides)
-    import transfer_queue as tq
-
-    monkeypatch.setattr(tq, "kv_batch_get", store.kv_batch_get)
-    monkeypatch.setattr(tq, "kv_batch_put", store.kv_batch_put)
+    _patch_tq(monkeypatch, store)
     meta = _meta(list(store.rows))
     trainer._compute_advantage(meta, {})
     assert workers.flags[0] == ("ref",)

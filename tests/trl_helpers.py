@@ -43,6 +43,13 @@ def tiny_config(tmp_path, **overrides) -> CASTConfig:
         gradient_checkpointing=False,
         learning_rate=1e-2,
         seed=0,
+        # The random tiny model never emits its end token within 10 tokens, so the paper's truncation
+        # masking (castrl's default) would mask every completion; tests of it set it back to True.
+        mask_truncated_completions=False,
+        # stock TRL sampling, so these tests compare with GRPOTrainer as it ships
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
     )
     settings.update(overrides)
     return CASTConfig(**settings)

@@ -1,4 +1,5 @@
-"""The benchmark grid: (tier, method, seed) cells, each cached on disk as one JSON file.
+"""The benchmark grid: (tier, method, seed) cells, each cached on disk as one JSON file, and the one
+description of a tier (`Tier`) that `castrl bench <tier>` runs (`tier_main`).
 
 Why a cache: a full grid takes about an hour (tiny tier) to days (smollm2 tier) on 2 CPU cores, so it
 must be completable over several invocations. A cell's file name carries a hash of its *full*
@@ -6,128 +7,43 @@ config (tier settings, method overrides, seed, harness version), so changing any
 cell instead of silently reusing a stale one. A cell that raises is reported and not cached, so the
 next invocation retries it. Cells run seed-major (every method of seed 0, then seed 1, ...) so a
 partial grid still holds complete, paired seeds.
+
+A tier module (`tiny`, `smollm2`) supplies only what is its own: its settings, method grid,
+teachers, how to run one cell on its model, and its notes for the report. Methods are
+`estimator[@field=value...]` (`castrl.bench.methods`).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
+import re
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from castrl.bench.methods import Teacher, method_overrides, parse_methods
+
 # Bump when the meaning of a cached result changes (what is measured, how), so old cells are not reused.
-HARNESS_VERSION = 1
+# 2: the paper's CAST rule (spec v2), methods named estimator[@field=value], teachers from the registry.
+HARNESS_VERSION = 2
+# The CAST rule the cells measure: castrl.core implements spec v2 (the paper's Eq. 6-15). Saved in every
+# cell; a cell without it was measured with spec v1's reconstruction (the report marks it superseded).
+RULE_VERSION = "v2"
 DEFAULT_CACHE_DIR = "bench_cache"
 # Trainer code paths every cell runs: the separate student pass and full (unshared) scoring passes, as
 # every cached cell of the grids was measured with them (a cell's key does not cover code paths).
 # `castrl bench steptime --methods grpo,cast,cast@fuse_student_pass=false@share_prompt_cache=false`
 # measures what the trainer's defaults save.
 CELL_CODE_PATHS: dict[str, Any] = {"fuse_student_pass": False, "share_prompt_cache": False}
-
-
-# --- methods ----------------------------------------------------------------------------------------
-
-# Method name -> CASTConfig overrides common to every tier. Teacher fields that depend on the tier
-# (which context/weights make a meaningful teacher there) are filled in by `method_overrides`.
-_BASE_METHODS: dict[str, dict[str, Any]] = {
-    "grpo": {"advantage_estimator": "grpo"},
-    "dr_grpo": {"advantage_estimator": "dr_grpo", "loss_type": "dr_grpo"},
-    "rlsd": {"advantage_estimator": "rlsd"},
-    "rlrt": {"advantage_estimator": "rlrt"},
-    "cast": {"advantage_estimator": "cast"},
-    "cast_mixed_only": {"advantage_estimator": "cast", "mixed_only": True},
-    "cast_noflip": {"advantage_estimator": "cast", "flip": False},
-    "cast_with_answer": {"advantage_estimator": "cast"},
-}
-# Spec §4: RLSD's privileged teacher has its weights synced every 10 steps; RLRT reuses RLSD's teacher.
-PRIVILEGED_TEACHER_WEIGHTS = "lagged:10"
-
-
-@dataclass(frozen=True)
-class TeacherDefaults:
-    """The tier's teachers: CAST's default (context, weights), the privileged answer context, and
-    the extra CAST weight variants that are meaningful on this tier (name suffix -> weights).
-
-    `knobs` are knob-study methods (`method@field=value`, see `method_overrides`) that belong to the
-    tier's full grid."""
-
-    cast_context: str
-    cast_weights: str
-    answer_context: str
-    weight_variants: Mapping[str, str] = field(default_factory=dict)
-    knobs: tuple[str, ...] = ()
-
-
-def method_names(teachers: TeacherDefaults) -> tuple[str, ...]:
-    """All methods of a tier's full grid, baselines first."""
-    return (*_BASE_METHODS, *(f"cast_{suffix}" for suffix in teachers.weight_variants), *teachers.knobs)
-
-
-def method_overrides(method: str, teachers: TeacherDefaults) -> dict[str, Any]:
-    """CASTConfig overrides of `method` on a tier whose teachers are `teachers`.
-
-    Ablations change exactly one thing relative to `cast`, so a paired difference isolates it.
-    `name@field=value[@field=value...]` is `name` with estimator fields changed (a knob study,
-    e.g. `cast@lam=0.5`); values are read as JSON where they parse (numbers, true/false), else
-    as strings (`cast@flip_threshold=zero`).
-    """
-    name, *knobs = method.split("@")
-    if name in _BASE_METHODS:
-        out = dict(_BASE_METHODS[name])
-    elif name.startswith("cast_") and name[5:] in teachers.weight_variants:
-        out = {"advantage_estimator": "cast", "teacher_weights": teachers.weight_variants[name[5:]]}
-    else:
-        raise ValueError(f"unknown bench method {method!r}; valid methods: {', '.join(method_names(teachers))}, "
-                         "each optionally followed by @field=value")
-    if name in ("rlsd", "rlrt"):
-        out.update(teacher_context=teachers.answer_context, teacher_weights=PRIVILEGED_TEACHER_WEIGHTS)
-    elif out["advantage_estimator"] == "cast":
-        out.setdefault("teacher_weights", teachers.cast_weights)
-        context = teachers.answer_context if name == "cast_with_answer" else teachers.cast_context
-        out["teacher_context"] = context
-    for knob in knobs:
-        out.update(_parse_knob(method, knob))
-    return out
-
-
-def _parse_knob(method: str, knob: str) -> dict[str, Any]:
-    """`field=value` of a knob-study method name -> {field: value}; the field must be an estimator or
-    teacher field (e.g. `cast@teacher_context=student@teacher_weights=ema`)."""
-    from dataclasses import fields
-
-    from castrl.core.config import CastConfig, GRPOAdvConfig, OPSDConfig, RLSDConfig
-    from castrl.trl import CASTConfig
-
-    key, sep, text = knob.partition("=")
-    known = {f.name for cls in (CastConfig, GRPOAdvConfig, RLSDConfig, OPSDConfig) for f in fields(cls)}
-    known |= {f.name for f in fields(CASTConfig) if f.name.startswith("teacher_")}
-    if not sep or key not in known:
-        raise ValueError(f"bad knob {knob!r} in bench method {method!r}: expected field=value with field one of "
-                         f"{', '.join(sorted(known))}")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text
-    return {key: value}
-
-
-def parse_methods(spec: str | None, teachers: TeacherDefaults) -> tuple[str, ...]:
-    """`--methods a,b,c` (None or 'all' = the tier's full grid); unknown names fail with the valid list."""
-    if spec is None or spec == "all":
-        return method_names(teachers)
-    names = tuple(part.strip() for part in spec.split(",") if part.strip())
-    for name in names:
-        method_overrides(name, teachers)  # raises with the valid list
-    if not names:
-        raise ValueError(f"--methods is empty; valid methods: {', '.join(method_names(teachers))}")
-    return names
 
 
 # --- cells and the cache ------------------------------------------------------------------------------
@@ -149,9 +65,14 @@ class Cell:
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
+    def slug(self) -> str:
+        """`<method>-s<seed>` for file names: characters of the method outside [A-Za-z0-9_.=@,+-] (the
+        `:` of `refresh:5`) become `_` (the key in `path` keeps cells apart)."""
+        return re.sub(r"[^A-Za-z0-9_.=@,+-]", "_", self.method) + f"-s{self.seed}"
+
     def path(self, cache_dir: str | os.PathLike[str]) -> Path:
-        """`<cache>/<tier>/cells/<method>-s<seed>-<key>.json`: readable names, exact-config identity."""
-        return Path(cache_dir) / self.tier / "cells" / f"{self.method}-s{self.seed}-{self.key()}.json"
+        """`<cache>/<tier>/cells/<slug>-<key>.json`: readable names, exact-config identity."""
+        return Path(cache_dir) / self.tier / "cells" / f"{self.slug()}-{self.key()}.json"
 
 
 def make_cells(tier: str, methods: Sequence[str], seeds: Sequence[int],
@@ -174,7 +95,7 @@ def save_cell(cell: Cell, result: Mapping[str, Any], cache_dir: str | os.PathLik
     path = cell.path(cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"tier": cell.tier, "method": cell.method, "seed": cell.seed, "key": cell.key(),
-              "harness_version": HARNESS_VERSION, "config": cell.config, **result}
+              "harness_version": HARNESS_VERSION, "rule_version": RULE_VERSION, "config": cell.config, **result}
     tmp = path.with_suffix(".json.tmp")
     with open(tmp, "w") as f:
         json.dump(record, f, indent=1, default=_json_default)
@@ -274,3 +195,138 @@ def grid_cli(tier: str, cells: Sequence[Cell], run_cell: Callable[[Cell], Mappin
     if missing:
         print(f"[bench] {tier}: {missing} cell(s) still missing; run the same command again to fill them")
     return 1 if outcome.failed else 0
+
+
+# --- tiers --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RLSettings:
+    """RL and evaluation settings every tier has; a tier's settings class adds its model's fields.
+    With the method's overrides they are a cell's config (their dict is part of the cache key)."""
+
+    steps: int
+    prompts_per_step: int
+    num_generations: int
+    max_completion_length: int
+    learning_rate: float
+    train_n_per_level: int
+    eval_n_per_level: int  # held-out problems per level (capped by the level's test split)
+    eval_every: int  # held-out greedy evaluation at step 0, every this many steps and the last
+    eval_max_new_tokens: int
+    train_seed: int = 0
+
+    def batch_layout(self) -> tuple[int, int]:
+        """(per-device micro-batch, gradient accumulation steps) of one optimizer step, which is one
+        generation of prompts_per_step x num_generations rollouts; default: all in one micro-batch."""
+        return self.prompts_per_step * self.num_generations, 1
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """Tier-specific CASTConfig fields (e.g. the EMA decay of a tier whose teacher is an EMA)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Everything `castrl bench <name>` runs and `castrl bench report` describes for one tier.
+
+    `run_cell(cell, settings, scratch, prepared)` trains and evaluates one cell (`trainer_config`
+    builds its CASTConfig) and returns the result to cache; `prepare(settings, cache_dir, progress)`
+    runs once per invocation before any cell (the tiny tier's SFT) and its return value is
+    `prepared`. `notes(settings, cache_dir)` are the report's lines on the model and data.
+    """
+
+    name: str
+    title: str  # the report's section title
+    about: str  # first line of `castrl bench <name> --help`
+    settings: RLSettings  # the full grid's
+    quick: RLSettings  # `--quick`'s smoke run
+    methods: tuple[str, ...]  # the full grid, `estimator[@field=value...]`
+    quick_methods: tuple[str, ...]
+    seeds: int
+    quick_seeds: int
+    baseline: str  # the method every other one is paired with in the report
+    headline: str  # the method the report's headline measures against the baseline
+    run_cell: Callable[[Cell, Any, Path, Any], Mapping[str, Any]]
+    teachers: Mapping[str, Teacher] = field(default_factory=dict)  # paper context -> this tier's teacher
+    prepare: Callable[[Any, str, bool], Any] | None = None
+    notes: Callable[[Any, str], list[str]] | None = None
+    threads: int = 2
+    threads_help: str = "torch CPU threads"
+
+    def __post_init__(self) -> None:
+        for role in ("baseline", "headline"):
+            if getattr(self, role) not in self.methods:
+                raise ValueError(f"tier {self.name!r}: {role} {getattr(self, role)!r} is not in its methods")
+        for method in {*self.methods, *self.quick_methods}:
+            method_overrides(method, self.teachers)  # a bad method fails at import, not hours into a grid
+
+
+def cell_config(tier: Tier, settings: RLSettings, method: str) -> dict[str, Any]:
+    """The JSON config of one cell: all tier settings plus the method's CASTConfig overrides."""
+    return {"settings": asdict(settings), "overrides": method_overrides(method, tier.teachers)}
+
+
+def trainer_config(settings: RLSettings, overrides: Mapping[str, Any], seed: int, output_dir: str):
+    """CASTConfig of one cell: one generation of rollouts per optimizer step, constant lr, no checkpoints."""
+    from castrl.trl import CASTConfig
+
+    per_device, accumulation = settings.batch_layout()
+    fixed = dict(
+        output_dir=output_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+        max_steps=settings.steps, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
+        num_generations=settings.num_generations, max_completion_length=settings.max_completion_length,
+        learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
+        gradient_checkpointing=False, seed=seed, data_seed=seed, disable_tqdm=True,
+    )  # fmt: skip
+    return CASTConfig(**{**fixed, **CELL_CODE_PATHS, **settings.trainer_kwargs(), **overrides})
+
+
+def tier_parser(tier: Tier) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"castrl bench {tier.name}", description=tier.about)
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"seeds 0..N-1, shared by every method (paired); default {tier.seeds} ({tier.quick_seeds} "
+                   "with --quick)")
+    p.add_argument("--methods", default=None, help="comma-separated estimator[@field=value...] (default: the full "
+                   f"grid: {','.join(tier.methods)})")
+    p.add_argument("--steps", type=int, default=None, help="RL steps per cell (default: the tier's)")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="cell cache folder")
+    p.add_argument("--quick", action="store_true", help=f"smoke run: {','.join(tier.quick_methods)}, "
+                   f"{tier.quick_seeds} seed(s), {tier.quick.steps} steps")
+    p.add_argument("--threads", type=int, default=tier.threads, help=tier.threads_help)
+    p.add_argument("--time-budget", type=float, default=None, help="seconds; start no new cell after it")
+    p.add_argument("--list", action="store_true", help="print the cells and whether each is cached, then exit")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def settings_from_args(tier: Tier, args: argparse.Namespace) -> tuple[RLSettings, tuple[str, ...], list[int]]:
+    """(settings, methods, seeds) of an invocation; --quick changes the defaults, flags still win."""
+    settings = tier.quick if args.quick else tier.settings
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        settings = replace(settings, steps=args.steps)
+    seeds = args.seeds if args.seeds is not None else tier.quick_seeds if args.quick else tier.seeds
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    grid = tier.quick_methods if args.quick else tier.methods
+    methods = parse_methods(args.methods, grid, tier.teachers)
+    return settings, methods, list(range(seeds))
+
+
+def tier_main(tier: Tier, argv: list[str]) -> int:
+    """`castrl bench <tier> [flags]`: fill the missing cells of the grid; prints what ran and what is left."""
+    import torch
+
+    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6", category=FutureWarning)
+    args = tier_parser(tier).parse_args(argv)
+    settings, methods, seeds = settings_from_args(tier, args)
+    torch.set_num_threads(args.threads)
+    cells = make_cells(tier.name, methods, seeds, lambda m, s: cell_config(tier, settings, m))
+    if args.list:  # before `prepare`: listing must not train anything
+        return grid_cli(tier.name, cells, dict, args.cache_dir, list_only=True, progress=False, time_budget_s=None)
+    prepared = tier.prepare(settings, args.cache_dir, not args.no_progress) if tier.prepare else None
+    scratch = Path(args.cache_dir) / tier.name / "scratch"
+    return grid_cli(tier.name, cells, lambda c: tier.run_cell(c, settings, scratch, prepared), args.cache_dir,
+                    list_only=False, progress=not args.no_progress, time_budget_s=args.time_budget)

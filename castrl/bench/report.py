@@ -9,17 +9,25 @@ t-intervals over seeds; comparisons with GRPO are paired by seed (same data orde
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from castrl.bench import tier_descriptions
 from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier
+from castrl.bench.report_cells import TierView, acc_at, final_step, step_mean, steps_to_reach
+from castrl.bench.report_figures import write_figures
+from castrl.bench.report_tiers import tier_view
 from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
 
-BASELINE = "grpo"
+# Written above the tables when some section shows cells of spec v1's rule (cells without `rule_version`).
+V1_BANNER = (
+    "> **v1 reconstruction (superseded)**: measured with the spec v1 rule (flip threshold ln 1.25, damped flips, "
+    "`self_teach` teacher on current-policy weights, no truncation masking; the tiny tier's `cast` used the student "
+    "prompt with EMA weights instead, and rollouts were sampled at temperature 1.0). The paper's rule (spec v2, "
+    "[`spec.md`](spec.md)) differs; these numbers do not describe castrl's current `cast`. Knobs named below "
+    "(`flip_threshold`, `tau_pos`, `tau_neg`, `lagged`) are v1's. New numbers will come from the benchmark redo."
+)
 SIGNAL_KEYS = (
     ("reward", "reward"),
     ("non-zero adv", "cast/frac_nonzero_adv"),
@@ -30,62 +38,6 @@ SIGNAL_KEYS = (
     ("flip (wrong)", "cast/flip_frac_wrong"),
 )
 TIME_PARTS = ("rollout_s", "student_s", "teacher_s", "advantage_s", "train_s", "step_s")
-
-
-@dataclass
-class TierView:
-    """The cells of one tier and configuration, indexed by method then seed."""
-
-    tier: str
-    title: str
-    command: str
-    cells: dict[str, dict[int, dict[str, Any]]]
-    notes: list[str]
-
-    @property
-    def methods(self) -> list[str]:
-        """Methods in the order they first appear in the cache, the baseline first."""
-        names = sorted(self.cells, key=lambda m: (m != BASELINE, m))
-        return names
-
-    def seeds(self, method: str) -> list[int]:
-        return sorted(self.cells.get(method, {}))
-
-
-def select_cells(records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> dict[str, dict[int, dict]]:
-    """method -> seed -> record, for the records whose tier settings equal `settings`."""
-    wanted = json.loads(json.dumps(settings))  # as stored: tuples become lists
-    out: dict[str, dict[int, dict]] = {}
-    for rec in records:
-        if rec.get("config", {}).get("settings") == wanted:
-            out.setdefault(rec["method"], {})[int(rec["seed"])] = rec
-    return out
-
-
-# --- per-cell extraction ------------------------------------------------------------------------------
-
-
-def acc_at(rec: dict[str, Any]) -> dict[int, float]:
-    """step -> held-out greedy accuracy of one cell."""
-    return {int(e["step"]): float(e["accuracy"]) for e in rec.get("evals", [])}
-
-
-def final_step(rec: dict[str, Any]) -> int:
-    return max(acc_at(rec)) if rec.get("evals") else 0
-
-
-def step_mean(rec: dict[str, Any], key: str) -> float:
-    """Mean of a per-step metric over the cell's logged steps (NaN when never logged)."""
-    values = [r[key] for r in rec.get("steps", []) if r.get(key) is not None]
-    return sum(values) / len(values) if values else math.nan
-
-
-def steps_to_reach(rec: dict[str, Any], target: float) -> int | None:
-    """First evaluated step whose accuracy >= target, or None when never reached."""
-    for step, acc in sorted(acc_at(rec).items()):
-        if acc >= target - 1e-12:
-            return step
-    return None
 
 
 # --- tables -------------------------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 wrong rollouts, and what CAST would do with it, measured without training.
 
 - `scoring`: sample groups and score their tokens under any prompt (plain transformers);
-- `analysis`: pure tensor -> numbers functions (reusing castrl.core's gap, base-advantage and flip code);
+- `analysis`: pure tensor -> numbers functions (reusing castrl.core's gap, base-advantage and flip code),
+  the within-group gap AUC and the one-line verdict (`gap_verdict`);
 - `settings`: the flags (`DiagnoseSettings`), their validation and the problem draw;
 - `pipeline`: the end-to-end run;
 - `report` / `figures`: diagnostics.json, diagnostics.md, PNGs and the self-contained report.html.
 """
 
-from .analysis import analyze, quadrant_stats, summarize
+from .analysis import analyze, gap_verdict, quadrant_stats, rollout_gap_auc, summarize
 from .pipeline import DiagnosticsRun, run_diagnostics
 from .report import write_report
 from .scoring import Rollouts, completion_logps, sample_groups
@@ -20,7 +21,9 @@ __all__ = [
     "Rollouts",
     "analyze",
     "completion_logps",
+    "gap_verdict",
     "quadrant_stats",
+    "rollout_gap_auc",
     "run_diagnostics",
     "sample_groups",
     "select_problems",

@@ -210,12 +210,12 @@ def flip_stats(batch: PreparedBatch, config: CastConfig) -> tuple[dict[str, obje
 
 
 def against_verifier(batch: PreparedBatch, config: CastConfig) -> dict[str, float]:
-    """The share of valid tokens whose direction the teacher sets against the verifier's sign:
-    tokens of B > 0 rollouts with g < 0 (`correct_negative`) plus tokens of B < 0 rollouts with g > 0
-    (`incorrect_positive`), over the valid tokens of rollouts with B != 0 (`n_tokens`). B is CAST's base
-    advantage under `config` (step 0). Independent of the flip switches and margin: with
+    """The share of valid tokens whose direction the teacher sets against the verifier's sign (`frac`):
+    tokens of B > 0 rollouts with g < 0 (`frac_correct_negative`) plus tokens of B < 0 rollouts with
+    g > 0 (`frac_incorrect_positive`), over the valid tokens of rollouts with B != 0 (`n_tokens`). B is
+    CAST's base advantage under `config` (step 0). Independent of the flip switches and margin: with
     flip_margin = 0 and both directions on it is the share CAST flips (equal to `frac_flipped` when no
-    rollout has B = 0). `agree` = share with the teacher's sign equal to B's; the rest has g = 0."""
+    rollout has B = 0). `frac_agree` = share where sign(g) = sign(B); the rest has g = 0."""
     base = cast_base(batch, config)[:, None]
     scope = (batch.mask > 0) & (base != 0)
     down = scope & (base > 0) & (batch.gap < 0)

@@ -33,23 +33,22 @@ def plot_histograms(name: str, teacher: dict[str, Any], path: str) -> str:
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
     width = edges[1] - edges[0]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
-    panels = (
-        (axes[0], "correct", -margin, flips["flip_correct_on"]),
-        (axes[1], "wrong", margin, flips["flip_incorrect_on"]),
+    panels = (  # 0.0 - margin: +0.0, not -0.0, when the margin is 0
+        (axes[0], "correct", 0.0 - margin, "<", flips["flip_correct_on"]),
+        (axes[1], "wrong", margin, ">", flips["flip_incorrect_on"]),
     )
-    for ax, cls, boundary, on in panels:
+    for ax, cls, boundary, side, on in panels:
         colors = [POS_COLOR if c > 0 else NEG_COLOR for c in centres]
         ax.bar(centres, hist[cls], width=width, color=colors, linewidth=0)
         if any(hist[cls]):
             ax.set_yscale("log")
         if on:
-            side = "left" if cls == "correct" else "right"
             ax.axvline(
                 boundary,
                 color="k",
                 linestyle="--",
                 linewidth=1,
-                label=f"flip boundary {boundary:+.3f}: {_pct(flips[f'flip_frac_{cls}'])} flipped ({side})",
+                label=f"CAST flips g {side} {boundary:g}: {_pct(flips[f'flip_frac_{cls}'])} of the tokens",
             )
             ax.legend(fontsize=8)
         pos, neg = quads[f"{cls}_pos"], quads[f"{cls}_neg"]

@@ -1,10 +1,13 @@
 """CAST on verl 0.9.x (`pip install 'castrl[verl]'`, in its own environment: verl pins transformers<5.11).
 
-- `algorithm.adv_estimator=cast` (or `castrl_<name>` for grpo, dr_grpo, rlsd, rlrt, opsd, cast):
-  castrl's estimators in verl's registry (`estimator.py`), registered on import of this package;
+- `algorithm.adv_estimator=cast` (or `castrl_<name>` for every name in castrl's registry: grpo,
+  dr_grpo, rlsd, rlrt, opsd, grpo_opsd, cast): castrl's estimators in verl's registry
+  (`estimator.py`), registered on import of this package;
 - `trainer.v1.trainer_mode=castrl_sync`: verl's sync trainer plus the self-teacher pass
   (`trainer.py`; imported lazily, it needs verl's TransferQueue: `pip install 'verl[verl-core]'`);
-- `castrl:` config section -> `CastrlVerlConfig` (`config.py`); teacher inputs (`teacher_inputs.py`);
+- `castrl:` config section -> `CastrlVerlConfig` (`config.py`; teacher weights `policy` or `frozen`:
+  the paper's `refresh:<K>` and `ema` are rejected there, with the reason); teacher inputs, RLRT's
+  successful-peer context included (`teacher_inputs.py`);
 - entry point: `python -m castrl.integrations.verl.main` (`main.py`). Guide: docs/verl.md.
 """
 
@@ -28,7 +31,13 @@ from .estimator import (
     group_ids_from_uids,
     register_verl_estimators,
 )
-from .teacher_inputs import assemble_teacher_batch, dataproto_from_nested, teacher_batch_from_dataproto
+from .teacher_inputs import (
+    assemble_teacher_batch,
+    batch_peer_texts,
+    choose_peers,
+    dataproto_from_nested,
+    teacher_batch_from_dataproto,
+)
 
 register = register_verl_estimators
 register()
@@ -38,9 +47,11 @@ __all__ = [
     "BoundInputs",
     "CastrlVerlConfig",
     "assemble_teacher_batch",
+    "batch_peer_texts",
     "bind_estimator_inputs",
     "castrl_name",
     "check_verl_config",
+    "choose_peers",
     "compute_castrl_advantage",
     "dataproto_from_nested",
     "estimate_token_advantages",

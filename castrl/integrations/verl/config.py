@@ -139,18 +139,22 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 
     TypeError naming `key` otherwise; ranges are the config class's to check.
     """
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
+        inner = [option for option in options if option is not type(None)]
+        if len(inner) != 1:  # pragma: no cover - no config field has such a type
+            raise TypeError(f"{key}: unsupported field type {hint!r}")
         if value is None and type(None) in options:
             return None
-        inner = [option for option in options if option is not type(None)]
-        if len(inner) == 1:
-            try:
-                return _coerce(inner[0], value, key)
-            except TypeError:
-                raise TypeError(f"{key} must be a {inner[0].__name__} or null, got {value!r}") from None
-        raise TypeError(f"{key}: unsupported field type {hint!r}")  # pragma: no cover - no such field
+        try:
+            return _coerce_value(inner[0], value, key)
+        except TypeError:
+            raise TypeError(f"{key} must be {_type_name(inner[0])} or null, got {value!r}") from None
+    return _coerce_value(hint, value, key)
+
+
+def _coerce_value(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
     if origin is typing.Literal:
         if isinstance(value, str):
             return value  # the config class names the allowed values in its error
@@ -169,8 +173,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return float(value)
     if hint is str and isinstance(value, str):
         return value
-    name = getattr(hint, "__name__", str(hint))
-    raise TypeError(f"{key} must be a {name}, got {type(value).__name__} {value!r}")
+    raise TypeError(f"{key} must be {_type_name(hint)}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
 
 def _estimator_config(name: str, section: dict[str, Any]) -> EstimatorConfig:
@@ -214,7 +222,7 @@ def _check_teacher_weights(weights: str) -> None:
         "current ones and the reference model's initial ones. verl 0.9 has no way to keep it: its workers hold "
         "the actor's FSDP/Megatron shards and a reference model that never changes (with LoRA, the base model "
         "with the adapter off); re-syncing the reference worker from the actor would need a custom "
-        "ActorRolloutRefWorker method per engine, and verl's checkpoints would not save the snapshot, so a "
+        "ActorRolloutRefWorker method per engine, and verl's checkpoints would not save those weights, so a "
         "resumed run would score with the wrong teacher. Use 'policy' (the actor's current weights, the "
         "default here) or 'frozen' (verl's reference model), or castrl's TRL trainer (castrl.trl) for "
         "refresh:<K> and ema."

@@ -42,7 +42,7 @@ class BoundInputs:
     student_logps: torch.Tensor | None  # (B, T) float, old_log_probs
     teacher_logps: torch.Tensor | None  # (B, T) float, teacher log-probs of the same tokens
     settings: CastrlVerlConfig
-    step: int = 0  # verl's global step, for schedules (RLSD's lambda)
+    step: int = 0  # completed training steps (verl's global_steps - 1): anneals, shaping_cutoff_step
     rewards: torch.Tensor | None = None  # (B,) float; None = sum of token_level_rewards
     stats: dict[str, float] = field(default_factory=dict)  # filled by the estimator call
 
@@ -85,7 +85,8 @@ def estimate_token_advantages(
 
     Rows without a single response token (verl's synthetic padding samples, which share one `uid`)
     are left out of the group statistics and get advantage 0. `student_logps` may be None for
-    estimators that ignore it; the result is detached and 0 where `response_mask` is 0.
+    estimators that ignore it; the result is detached and 0 where `response_mask` is 0. `step` is
+    the optimizer step the estimator's schedules read (anneals, CAST's `shaping_cutoff_step`).
     """
     mask = response_mask.float()
     rewards = rewards.float()

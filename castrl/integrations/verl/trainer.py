@@ -3,17 +3,22 @@
 One method is overridden, `_compute_advantage`, which verl runs after `old_log_probs` (and the
 reference / critic passes) and before the actor update; it calls `super()` for everything verl does:
 1. read `responses`, `raw_prompt`, `reward_model`, `extra_info` of the batch from TransferQueue and
-   build the teacher inputs (`teacher_inputs.py`);
+   build the teacher inputs (`teacher_inputs.py`); for a context that reads `{peer}` (RLRT's
+   `with_peer_success`) also `uid` and the verifier's `rm_scores`, to give each row a successful
+   rollout of its group;
 2. score them without gradient at the rollout temperature: `teacher_weights=policy` -> the actor
    worker's `compute_log_prob` (current weights, as for `old_log_probs`); `frozen` -> the
    reference model (`compute_ref_log_prob`, or the actor with its LoRA adapter disabled);
-3. bind student/teacher log-probs to the registered castrl estimator and call verl's
+3. bind student/teacher log-probs and the step to the registered castrl estimator and call verl's
    `_compute_advantage`, which applies KL-in-reward / rollout correction as usual and writes
    `advantages`; the policy loss and its `loss_agg_mode` stay verl's.
+The step castrl's schedules read (RLSD's and GRPO+OPSD's anneals, CAST's `shaping_cutoff_step`) is
+the number of completed verl training steps, `global_steps - 1` (verl counts from 1), as TRL's
+`state.global_step` at the same point.
 The trainer is registered as `castrl_sync` but runs as verl's `sync` mode (its copy of the config
-says so, since verl branches on that name). EMA / lagged teachers would need a second copy of the
-sharded actor on the workers, updated after `update_actor` (a worker-side change); they are rejected
-at config time.
+says so, since verl branches on that name). `refresh:<K>` (the paper's) and `ema` teachers would
+need a third copy of the sharded actor on the workers, updated after `update_actor` and saved with
+checkpoints (a worker-side change); they are rejected at config time (`config._check_teacher_weights`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,13 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 
 from .config import CastrlVerlConfig, check_verl_config
 from .estimator import BoundInputs, bind_estimator_inputs
-from .teacher_inputs import NON_TENSOR_KEYS, dataproto_from_nested, padded, teacher_batch_from_dataproto
+from .teacher_inputs import (
+    NON_TENSOR_KEYS,
+    batch_peer_texts,
+    dataproto_from_nested,
+    padded,
+    teacher_batch_from_dataproto,
+)
 
 TRAINER_NAME = "castrl_sync"
 
@@ -55,6 +66,11 @@ class CastrlTrainerMixin:
             config.trainer.v1.trainer_mode = self.verl_mode
         super().__init__(config)  # type: ignore[call-arg]
 
+    @property
+    def castrl_step(self) -> int:
+        """Completed training steps before this one: verl's `global_steps` counts from 1."""
+        return max(int(self.global_steps) - 1, 0)
+
     # -- hook -------------------------------------------------------------------------------------
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
@@ -62,7 +78,7 @@ class CastrlTrainerMixin:
         teacher = self._castrl_teacher_log_probs(batch, metrics) if self.castrl.needs_teacher else None
         metrics["cast/time_teacher_s"] = time.perf_counter() - start
         uids, student, rewards = self._castrl_student_inputs(batch)
-        bound = BoundInputs(uids, student, teacher, self.castrl, int(self.global_steps), rewards)
+        bound = BoundInputs(uids, student, teacher, self.castrl, self.castrl_step, rewards)
         start = time.perf_counter()
         with bind_estimator_inputs(bound):
             batch = super()._compute_advantage(batch, metrics)  # type: ignore[misc]
@@ -88,6 +104,8 @@ class CastrlTrainerMixin:
     def _castrl_teacher_log_probs(self, batch: KVBatchMeta, metrics: dict) -> torch.Tensor:
         """(B, T) fp32 teacher log-probs of every row's response tokens, rows in `batch.keys` order."""
         fields = ["responses", "response_mask", *NON_TENSOR_KEYS]
+        if self.castrl.needs_peers:
+            fields += ["uid", "rm_scores"]  # the verifier's score, before any KL-in-reward
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         pad = (
             self.tokenizer.pad_token_id
@@ -95,8 +113,16 @@ class CastrlTrainerMixin:
             else self.tokenizer.eos_token_id
         )
         source = dataproto_from_nested(data, pad)
+        peers = None
+        if self.castrl.needs_peers:
+            scores = padded(data["rm_scores"], 0.0).float().sum(-1)
+            threshold = self.castrl.estimator_config.correct_threshold
+            peers = batch_peer_texts(source, self.tokenizer, scores, threshold, self.castrl_step)
+            metrics["cast/teacher_peer_frac"] = sum(p is not None for p in peers) / max(len(peers), 1)
         chat_kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
-        teacher, n_truncated = teacher_batch_from_dataproto(source, self.tokenizer, self.castrl, chat_kwargs)
+        teacher, n_truncated = teacher_batch_from_dataproto(
+            source, self.tokenizer, self.castrl, chat_kwargs, peers
+        )
         metrics["cast/teacher_truncated_count"] = float(n_truncated)
         prompt_width = teacher.batch["prompts"].shape[1]
         metrics["cast/teacher_prompt_len_mean"] = float(
@@ -109,10 +135,10 @@ class CastrlTrainerMixin:
         td = left_right_2_no_padding(teacher.to_tensordict())
         temperature = self.config.actor_rollout_ref.rollout.temperature  # spec §3: same as the student's
         tu.assign_non_tensor(td, calculate_entropy=False, compute_loss=False, temperature=temperature)
-        if self.castrl.teacher_weights == "frozen" and self.ref_in_actor:
+        if self.castrl.teacher_is_reference and self.ref_in_actor:
             tu.assign_non_tensor(td, no_lora_adapter=True)  # LoRA: base model = the initial weights
             output = self.actor_rollout_wg.compute_log_prob(td)
-        elif self.castrl.teacher_weights == "frozen":
+        elif self.castrl.teacher_is_reference:
             output = self.ref_policy_wg.compute_ref_log_prob(td)
         else:
             output = self.actor_rollout_wg.compute_log_prob(td)

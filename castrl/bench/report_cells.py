@@ -1,0 +1,86 @@
+"""What the report reads from the cache: the cells of one tier section (`TierView`) and per-cell measures.
+
+Shared by the tables (`report`), the figures (`report_figures`) and the tier sections
+(`report_tiers`), and importing none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from castrl.bench.harness import RULE_VERSION
+
+# Cells cached before `rule_version` existed were measured with spec v1's reconstruction of CAST.
+V1_RULE = "v1"
+
+
+def rule_version(rec: dict[str, Any]) -> str:
+    """The CAST rule the cell measured (`harness.RULE_VERSION` when it was cached)."""
+    return rec.get("rule_version", V1_RULE)
+
+
+@dataclass
+class TierView:
+    """The cells of one tier and configuration, indexed by method then seed, and the two methods the
+    report is built around: `baseline` (every other method is paired with it) and `headline`."""
+
+    tier: str
+    title: str
+    command: str
+    cells: dict[str, dict[int, dict[str, Any]]]
+    notes: list[str]
+    baseline: str
+    headline: str
+
+    @property
+    def methods(self) -> list[str]:
+        """Cached methods in name order, the baseline first."""
+        return sorted(self.cells, key=lambda m: (m != self.baseline, m))
+
+    def seeds(self, method: str) -> list[int]:
+        return sorted(self.cells.get(method, {}))
+
+    @property
+    def superseded(self) -> bool:
+        """True when the cells were measured with another rule than the current one (spec v1's)."""
+        return any(rule_version(r) != RULE_VERSION for m in self.cells.values() for r in m.values())
+
+
+def select_cells(records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> dict[str, dict[int, dict]]:
+    """method -> seed -> record, for the records whose tier settings equal `settings`. Cells of the
+    current rule replace older ones: when any cell matches and has the current rule, older cells
+    are left out (a table never mixes rules)."""
+    wanted = json.loads(json.dumps(settings))  # as stored: tuples become lists
+    matching = [r for r in records if r.get("config", {}).get("settings") == wanted]
+    current = [r for r in matching if rule_version(r) == RULE_VERSION]
+    out: dict[str, dict[int, dict]] = {}
+    for rec in current or matching:
+        out.setdefault(rec["method"], {})[int(rec["seed"])] = rec
+    return out
+
+
+def acc_at(rec: dict[str, Any]) -> dict[int, float]:
+    """step -> held-out greedy accuracy of one cell."""
+    return {int(e["step"]): float(e["accuracy"]) for e in rec.get("evals", [])}
+
+
+def final_step(rec: dict[str, Any]) -> int:
+    return max(acc_at(rec)) if rec.get("evals") else 0
+
+
+def step_mean(rec: dict[str, Any], key: str) -> float:
+    """Mean of a per-step metric over the cell's logged steps (NaN when never logged)."""
+    values = [r[key] for r in rec.get("steps", []) if r.get(key) is not None]
+    return sum(values) / len(values) if values else math.nan
+
+
+def steps_to_reach(rec: dict[str, Any], target: float) -> int | None:
+    """First evaluated step whose accuracy >= target, or None when never reached."""
+    for step, acc in sorted(acc_at(rec).items()):
+        if acc >= target - 1e-12:
+            return step
+    return None
