@@ -150,3 +150,67 @@ def test_estimator_config_round_trip(tmp_path):
     assert cfg.band_neg == (0.9, 1.3) and cfg.lam == 0.5 and cfg.flip_margin == 0.25
     assert cfg.flip_correct is False and cfg.flip_incorrect is True and cfg.shaping_cutoff_step == 7
     assert isinstance(args, CASTConfig)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "cast", "rlsd"])
+def test_truncated_completions_are_masked_from_the_loss(tmp_path, estimator):
+    """Spec §4: a completion with no end token within the budget gets no loss and no advantage (for
+    every method); the truncated ratio is logged. The tiny model rarely ends within 10 tokens."""
+    trainer = _trainer(tmp_path, advantage_estimator=estimator, mask_truncated_completions=True,
+                       fuse_student_pass=False, max_steps=1)  # fmt: skip
+    torch.manual_seed(0)
+    output = trainer._generate_and_score_completions(_batch(trainer))
+    ends = {trainer.processing_class.eos_token_id, trainer.processing_class.pad_token_id}
+    truncated = torch.tensor([ids[-1].item() not in ends for ids in output["completion_ids"]])
+    assert truncated.any()
+    assert (output["completion_mask"][truncated] == 0).all()
+    assert (output["advantages"][truncated] == 0).all()
+    assert (output["completion_mask"][~truncated].sum(dim=1) > 0).all()
+    logged = trainer._metrics["train"]["cast/frac_truncated"]
+    assert logged == [truncated.float().mean().item()]
+
+
+def test_truncation_masking_is_on_by_default(tmp_path):
+    args = CASTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False)
+    assert args.mask_truncated_completions is True
+    assert (args.temperature, args.top_p, args.top_k) == (0.7, 0.95, 20)  # spec §4 rollout sampling
+    assert (args.teacher_context, args.teacher_weights) == ("answer_free", "refresh:10")
+
+
+def test_resumed_refresh_teacher_equals_the_uninterrupted_runs(tmp_path):
+    """refresh:2 takes its snapshot at steps 0 and 2: resuming from step 1 restores the step-0 snapshot
+    and refreshes at step 2 exactly as the uninterrupted run did, to the policy's step-2 weights."""
+    from safetensors.torch import load_file
+
+    kw = dict(teacher_weights="refresh:2", save_strategy="steps", save_steps=1, max_steps=3)
+    full = _trainer(tmp_path / "full", **kw)
+    initial = [s.clone() for s in full.teacher_weights.shadow]
+    full.train()
+    resumed = _trainer(tmp_path / "resumed", **kw)
+    resumed.train(resume_from_checkpoint=os.path.join(full.args.output_dir, "checkpoint-1"))
+    step2 = load_file(os.path.join(full.args.output_dir, "checkpoint-2", "model.safetensors"))
+    for name, a, b, first in zip(full.teacher_weights.names, full.teacher_weights.shadow,
+                                 resumed.teacher_weights.shadow, initial, strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        torch.testing.assert_close(a, step2[name], rtol=0, atol=0)  # the snapshot is the policy at step 2
+        assert not torch.equal(a, first) or name.endswith("bias")
+
+
+def test_rlrt_teacher_reads_a_successful_peer(tmp_path):
+    trainer = _trainer(tmp_path, advantage_estimator="rlrt", teacher_context="with_peer_success")
+    captured = []
+    original = trainer._tokenize_teacher_prompts
+    trainer._tokenize_teacher_prompts = lambda prompts: captured.append(prompts) or original(prompts)
+    output = trainer._generate_and_score_completions(_batch(trainer))
+    rewards, group_ids, _ = trainer._global_rewards("train")
+    peers = trainer._peer_texts(output)
+    texts = trainer.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True)
+    for i, peer in enumerate(peers):
+        group = [j for j in range(len(peers)) if group_ids[j] == group_ids[i] and j != i and rewards[j] >= 0.5]
+        assert (peer is None) == (not group)
+        if peer is not None:
+            assert peer == texts[group[0]]
+            content = captured[0][i][-1]["content"]
+            assert content.endswith(f"[Successful response]\n{peer}\n\n[Student response]\n")
+        else:
+            assert "[Successful response]" not in captured[0][i][-1]["content"]

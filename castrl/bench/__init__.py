@@ -1,12 +1,24 @@
 """`castrl bench <suite>`: benchmarks. Suites: `core` (CAST vs GRPO advantage micro-benchmark),
-`steptime` (seconds per training step split by phase, several estimators on one config),
-`tiny` / `smollm2` (the cached CAST-vs-baselines grid) and `report` (docs/results.md)."""
+`steptime` (seconds per training step split by phase, several estimators on one config), one per
+tier of the cached CAST-vs-baselines grid (`tiny`, `smollm2`: `TIERS`), and `report` (docs/results.md)."""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import TYPE_CHECKING
 
-SUITES = ("core", "steptime", "tiny", "smollm2", "report")
+if TYPE_CHECKING:
+    from castrl.bench.harness import Tier
+
+# Tier name -> module whose `TIER` describes it (`harness.Tier`), in the report's order.
+TIERS = {"tiny": "castrl.bench.tiny", "smollm2": "castrl.bench.smollm2"}
+SUITES = ("core", "steptime", *TIERS, "report")
+
+
+def tier_descriptions() -> list[Tier]:
+    """Every tier's description, in the report's order (imported on demand: tiers import TRL)."""
+    return [importlib.import_module(module).TIER for module in TIERS.values()]
 
 
 def main(argv: list[str]) -> int:
@@ -15,18 +27,14 @@ def main(argv: list[str]) -> int:
         print(f"usage: castrl bench {{{','.join(SUITES)}}} [flags]   (each suite has --help)")
         return 0
     suite, rest = argv[0], argv[1:]
+    if suite in TIERS:  # an RL grid (castrl/bench/harness.py runs the tier module's description)
+        from castrl.bench.harness import tier_main
+
+        return tier_main(importlib.import_module(TIERS[suite]).TIER, rest)
     if suite == "steptime":
         from castrl.bench.steptime import main as steptime_main
 
         return steptime_main(rest)
-    if suite == "tiny":  # RL grid on a tiny from-scratch model (castrl/bench/tiny.py)
-        from castrl.bench.tiny import main as tiny_main
-
-        return tiny_main(rest)
-    if suite == "smollm2":  # RL grid on SmolLM2-135M + LoRA (castrl/bench/smollm2.py)
-        from castrl.bench.smollm2 import main as smollm2_main
-
-        return smollm2_main(rest)
     if suite == "report":  # docs/results.md from the cell cache (castrl/bench/report.py)
         from castrl.bench.report import main as report_main
 

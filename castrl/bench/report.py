@@ -3,7 +3,8 @@
 Only what the cache holds is reported: every number is computed here from cell JSONs, and every
 table names the command that produced its cells. Cells are selected by the tier's settings (the
 default grid, or `--quick`'s), so a smoke run never mixes into the real tables. Intervals are 95 %
-t-intervals over seeds; comparisons with GRPO are paired by seed (same data order and SFT model).
+t-intervals over seeds; comparisons with the tier's baseline are paired by seed (same data order and
+starting model). Sections whose cells were measured with spec v1's rule say so (`V1_BANNER`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SIGNAL_KEYS = (
     ("mixed", "cast/frac_mixed"),
     ("flip (correct)", "cast/flip_frac_correct"),
     ("flip (wrong)", "cast/flip_frac_wrong"),
+    ("truncated", "cast/frac_truncated"),
 )
 TIME_PARTS = ("rollout_s", "student_s", "teacher_s", "advantage_s", "train_s", "step_s")
 
@@ -51,20 +53,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def budgets(view: TierView) -> list[int]:
     """Evaluated steps common to the baseline's cells (or to all cells when there is no baseline)."""
     recs = [r for m in view.cells.values() for r in m.values()]
-    base = list(view.cells.get(BASELINE, {}).values()) or recs
+    base = list(view.cells.get(view.baseline, {}).values()) or recs
     steps = set.intersection(*(set(acc_at(r)) for r in base)) if base else set()
     return sorted(steps)
 
 
 def accuracy_tables(view: TierView) -> list[str]:
-    steps = budgets(view)
+    steps, baseline = budgets(view), view.baseline
     rows, diffs = [], []
-    base = {s: acc_at(r) for s, r in view.cells.get(BASELINE, {}).items()}
+    base = {s: acc_at(r) for s, r in view.cells.get(baseline, {}).items()}
     for m in view.methods:
         per_seed = {s: acc_at(r) for s, r in view.cells[m].items()}
         rows.append([m, str(len(per_seed))] + [fmt_ci(mean_ci([a.get(k, math.nan) for a in per_seed.values()]))
                                                for k in steps])
-        if m != BASELINE and base:
+        if m != baseline and base:
             cells = [fmt_ci(paired_diff({s: a[k] for s, a in per_seed.items() if k in a},
                                         {s: a[k] for s, a in base.items() if k in a}), signed=True)
                      for k in steps[1:]]
@@ -72,7 +74,7 @@ def accuracy_tables(view: TierView) -> list[str]:
     out = ["### Held-out greedy accuracy (mean ± 95% CI over seeds)", ""]
     out += _table(["method", "seeds"] + [f"step {k}" for k in steps], rows)
     if diffs:
-        out += ["", f"### Paired difference vs {BASELINE} (method − {BASELINE}, mean [95% CI] over seeds)", ""]
+        out += ["", f"### Paired difference vs {baseline} (method − {baseline}, mean [95% CI] over seeds)", ""]
         out += _table(["method"] + [f"step {k}" for k in steps[1:]], diffs)
     return out
 
@@ -92,9 +94,9 @@ def level_table(view: TierView) -> list[str]:
     return head + _table(["method"] + levels, rows)
 
 
-def grpo_target(view: TierView) -> float | None:
-    """GRPO's final held-out accuracy, mean over its seeds: the bar the other methods must reach."""
-    base = view.cells.get(BASELINE, {})
+def baseline_target(view: TierView) -> float | None:
+    """The baseline's final held-out accuracy, mean over its seeds: the bar the other methods must reach."""
+    base = view.cells.get(view.baseline, {})
     finals = [acc_at(r)[final_step(r)] for r in base.values() if r.get("evals")]
     return sum(finals) / len(finals) if finals else None
 
@@ -106,22 +108,22 @@ def reach(view: TierView, method: str, target: float) -> tuple[list[int], int]:
 
 
 def reach_table(view: TierView) -> list[str]:
-    """Steps each method needs to reach GRPO's final accuracy (mean over the seeds that reach it)."""
-    target = grpo_target(view)
+    """Steps each method needs to reach the baseline's final accuracy (mean over the seeds that reach it)."""
+    target, baseline = baseline_target(view), view.baseline
     if target is None:
         return []
-    budget = max(final_step(r) for r in view.cells[BASELINE].values())
+    budget = max(final_step(r) for r in view.cells[baseline].values())
     rows = []
     for m in view.methods:
         hits, n = reach(view, m, target)
         mean = sum(hits) / len(hits) if hits else None
         rows.append([m, "not reached" if mean is None else f"{mean:.1f}", f"{len(hits)}/{n}",
                      "-" if mean is None else f"{mean / budget:.2f}"])
-    head = ["### Steps to reach GRPO's final accuracy", "",
-            f"Target: {target:.3f}, the mean over seeds of {BASELINE}'s held-out accuracy at step {budget}. A seed "
+    head = [f"### Steps to reach {baseline}'s final accuracy", "",
+            f"Target: {target:.3f}, the mean over seeds of {baseline}'s held-out accuracy at step {budget}. A seed "
             "reaches it at its first evaluation at or above the target (evaluations are spaced, so a step count "
             "is an upper bound); the mean is over the seeds that reach it.", ""]
-    return head + _table(["method", "steps (mean)", "seeds reached", f"÷ {BASELINE} budget"], rows)
+    return head + _table(["method", "steps (mean)", "seeds reached", f"÷ {baseline} budget"], rows)
 
 
 def signal_table(view: TierView) -> list[str]:
@@ -131,7 +133,9 @@ def signal_table(view: TierView) -> list[str]:
         rows.append([m] + [fmt_ci(mean_ci([step_mean(r, key) for r in recs])) for _, key in SIGNAL_KEYS])
     head = ["### Rollout signal (per-step means, then mean ± 95% CI over seeds)", "",
             "`non-zero adv` is the share of rollouts whose advantage is non-zero on some token; group types "
-            "are fractions of prompt groups; flips are fractions of completion tokens that CAST flipped.", ""]
+            "are fractions of prompt groups; flips are fractions of the valid completion tokens of correct / wrong "
+            "rollouts that CAST flipped; truncated is the share of completions that hit the length limit (masked "
+            "from the loss when the cell's trainer masks truncated completions).", ""]
     return head + _table(["method"] + [name for name, _ in SIGNAL_KEYS], rows)
 
 
@@ -143,7 +147,8 @@ def _same_invocation_ratio(rec: dict, base: dict | None) -> float | None:
 
 
 def timing_table(view: TierView) -> tuple[list[str], dict[str, Interval]]:
-    base = view.cells.get(BASELINE, {})
+    baseline = view.baseline
+    base = view.cells.get(baseline, {})
     rows, ratios = [], {}
     for m in view.methods:
         recs = view.cells[m]
@@ -155,66 +160,71 @@ def timing_table(view: TierView) -> tuple[list[str], dict[str, Interval]]:
         wall = mean_ci([r.get("wall_s", math.nan) for r in recs.values()])
         rows.append([m] + parts + [ratio, f"{wall.mean:.0f}"])
     head = ["### Seconds per step (mean ± 95% CI over seeds; first step excluded)", "",
-            "rollout = TRL generation + reward; student/teacher = CAST's no-grad log-prob passes; train = TRL "
-            f"`step_time` minus the rest. `÷ {BASELINE}` pairs each seed with the {BASELINE} cell of the same "
+            "rollout = TRL generation + reward; student/teacher = castrl's no-grad log-prob passes; train = TRL "
+            f"`step_time` minus the rest. `÷ {baseline}` pairs each seed with the {baseline} cell of the same "
             "invocation (same machine load) and averages the step-time ratios. Wall = whole cell, evals included.", ""]
-    header = ["method", "rollout", "student", "teacher", "advantage", "train", "total", f"÷ {BASELINE}", "wall s"]
+    header = ["method", "rollout", "student", "teacher", "advantage", "train", "total", f"÷ {baseline}", "wall s"]
     return head + _table(header, rows), ratios
 
 
 def headline(view: TierView, ratios: dict[str, Interval]) -> list[str]:
-    """CAST against the issue's targets, as measured (no verdict is assumed)."""
-    if "cast" not in view.cells or BASELINE not in view.cells:
-        return ["(CAST or GRPO cells missing: no headline.)"]
-    base, cast = view.cells[BASELINE], view.cells["cast"]
+    """The headline method against the issue's targets, as measured (no verdict is assumed)."""
+    head, baseline = view.headline, view.baseline
+    if head not in view.cells or baseline not in view.cells:
+        return [f"({head} or {baseline} cells missing: no headline.)"]
     final = budgets(view)[-1]
-    delta = paired_diff({s: acc_at(r).get(final, math.nan) for s, r in cast.items()},
-                        {s: acc_at(r).get(final, math.nan) for s, r in base.items()})
-    reached, n_seeds = reach(view, "cast", grpo_target(view))
-    nonzero = mean_ci([step_mean(r, "cast/frac_nonzero_adv") for r in cast.values()])
+    cells = view.cells[head]
+    delta = paired_diff({s: acc_at(r).get(final, math.nan) for s, r in cells.items()},
+                        {s: acc_at(r).get(final, math.nan) for s, r in view.cells[baseline].items()})
+    reached, n_seeds = reach(view, head, baseline_target(view))
+    nonzero = mean_ci([step_mean(r, "cast/frac_nonzero_adv") for r in cells.values()])
     steps_text = (f"{sum(reached) / len(reached) / final:.2f}× the budget ({len(reached)}/{n_seeds} seeds reach it)"
                   if reached else f"not reached (0/{n_seeds} seeds)")
+    ratio = ratios.get(head, Interval(math.nan, math.nan, 0))
     rows = [
-        [f"held-out accuracy at step {final}, cast − grpo", "> 0 (CAST beats GRPO)", fmt_ci(delta, signed=True)],
-        ["steps to reach GRPO's final accuracy", "≤ 0.6× GRPO's", steps_text],
-        ["rollouts with a non-zero advantage (cast)", "100%", fmt_ci(nonzero)],
-        ["step time cast ÷ grpo (same invocation)", "≤ 1.10", fmt_ci(ratios.get("cast", Interval(math.nan, math.nan, 0)),
-                                                                    digits=2)],
+        [f"held-out accuracy at step {final}, {head} − {baseline}", f"> 0 ({head} beats {baseline})",
+         fmt_ci(delta, signed=True)],
+        [f"steps to reach {baseline}'s final accuracy", f"≤ 0.6× {baseline}'s", steps_text],
+        [f"rollouts with a non-zero advantage ({head})", "100%", fmt_ci(nonzero)],
+        [f"step time {head} ÷ {baseline} (same invocation)", "≤ 1.10", fmt_ci(ratio, digits=2)],
     ]
     return _table(["measure", "target", "measured"], rows)
 
 
 def verdict(view: TierView) -> list[str]:
-    """One computed sentence per method: is its final-step paired difference vs GRPO outside zero?"""
-    steps = budgets(view)
-    base = view.cells.get(BASELINE, {})
+    """One computed sentence per method: is its final-step paired difference vs the baseline outside zero?"""
+    steps, baseline = budgets(view), view.baseline
+    base = view.cells.get(baseline, {})
     if not steps or not base:
         return []
     final, lines = steps[-1], []
     for m in view.methods:
-        if m == BASELINE:
+        if m == baseline:
             continue
         iv = paired_diff({s: acc_at(r).get(final, math.nan) for s, r in view.cells[m].items()},
                          {s: acc_at(r).get(final, math.nan) for s, r in base.items()})
         if iv.n < 2:
             continue
         word = "better than" if iv.lo > 0 else "worse than" if iv.hi < 0 else "not distinguishable from"
-        lines.append(f"- `{m}` is {word} `{BASELINE}` at step {final} (paired Δ {fmt_ci(iv, signed=True)}, "
+        lines.append(f"- `{m}` is {word} `{baseline}` at step {final} (paired Δ {fmt_ci(iv, signed=True)}, "
                      f"{iv.n} seeds, 95% t-interval).")
     return lines
 
 
 def render_tier(view: TierView, figures: dict[str, str]) -> list[str]:
-    lines = [f"## {view.title}", "", f"Reproduce: `{view.command}`", ""]
+    """The markdown section of one tier; a section of superseded (v1) cells says so in every heading."""
+    title = f"v1 (superseded) — {view.title}" if view.superseded else view.title
+    lines = [f"## {title}", "", f"Reproduce: `{view.command}`", ""]
     lines += [f"- {note}" for note in view.notes] + [""]
     if not view.cells:
         return lines + ["No cells of this configuration are cached yet.", ""]
     timing, ratios = timing_table(view)
-    lines += ["### Headline", ""] + headline(view, ratios) + [""] + verdict(view) + [""]
+    body = ["### Headline", ""] + headline(view, ratios) + [""] + verdict(view) + [""]
     for block in (accuracy_tables(view), level_table(view), reach_table(view), signal_table(view), timing):
-        lines += block + [""]
-    lines += [f"![{name}]({path})" for name, path in figures.items()] + [""]
-    return lines
+        body += block + [""]
+    if view.superseded:
+        body = [f"### v1: {line[4:]}" if line.startswith("### ") else line for line in body]
+    return lines + body + [f"![{name}]({path})" for name, path in figures.items()] + [""]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -228,16 +238,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Write the markdown report and its figures; prints the path."""
-    from castrl.bench.report_figures import write_figures
-    from castrl.bench.report_tiers import tier_views
-
     args = _parser().parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# castrl benchmark results", "",
-             "Generated by `castrl bench report` from the cell cache; do not edit by hand. Numbers are whatever "
-             "the cached cells measured.", ""]
-    for view in tier_views(args.cache_dir, quick=args.quick, loader=load_tier):
+    views = [tier_view(tier, args.cache_dir, quick=args.quick, loader=load_tier) for tier in tier_descriptions()]
+    lines = ["# castrl benchmark results", ""]
+    if any(view.superseded for view in views):
+        lines += [V1_BANNER, ""]
+    lines += ["Generated by `castrl bench report` from the cell cache; do not edit by hand. Numbers are whatever "
+              "the cached cells measured.", ""]
+    for view in views:
         figures = write_figures(view, Path(args.figures), out.parent) if view.cells else {}
         lines += render_tier(view, figures)
     out.write_text("\n".join(lines))

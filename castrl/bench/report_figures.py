@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-from castrl.bench.report import BASELINE, TierView, acc_at
+from castrl.bench.report_cells import TierView, acc_at
 from castrl.bench.stats import mean_ci
 
 
@@ -39,37 +39,43 @@ def _per_step(rec: dict, key: str, window: int = 5) -> dict[int, float]:
     return out
 
 
-# Fixed colours: the two methods every panel compares, then a palette without black or red for the rest.
-_FIXED = {BASELINE: "black", "cast": "tab:red"}
+# Fixed colours for the two methods every panel compares (baseline, headline), then a palette without
+# black or red for the rest.
+_FIXED = ("black", "tab:red")
 _PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
             "tab:olive", "tab:cyan", "navy", "gold")
 
 
-def _colour(method: str, methods: list[str]) -> str:
-    others = [m for m in methods if m not in _FIXED]
-    return _FIXED.get(method) or _PALETTE[others.index(method) % len(_PALETTE)]
+def _colour(view: TierView, method: str) -> str:
+    fixed = (view.baseline, view.headline)
+    if method in fixed:
+        return _FIXED[fixed.index(method)]
+    others = [m for m in view.methods if m not in fixed]
+    return _PALETTE[others.index(method) % len(_PALETTE)]
 
 
 def _plot(ax, view: TierView, series, methods: list[str], bands: bool = True) -> None:
-    """Mean curve per method; CI bands only for grpo and cast (ten overlapping bands are unreadable)."""
+    """Mean curve per method; CI bands only for the baseline and headline (ten bands are unreadable)."""
+    fixed = (view.baseline, view.headline)
     for method in methods:
         steps, means, lows, highs = _curve([series(r) for r in view.cells[method].values()])
         if not steps:
             continue
-        colour = _colour(method, view.methods)
-        ax.plot(steps, means, label=method, color=colour, linewidth=2.4 if method in _FIXED else 1.4)
-        if bands and method in _FIXED:
+        colour = _colour(view, method)
+        ax.plot(steps, means, label=method, color=colour, linewidth=2.4 if method in fixed else 1.4)
+        if bands and method in fixed:
             ax.fill_between(steps, lows, highs, alpha=0.12, color=colour)
     ax.set_xlabel("RL step")
     ax.grid(alpha=0.3)
 
 
 def _panels(view: TierView) -> list[tuple[str, list[str]]]:
-    """Baselines vs CAST, and CAST's ablations / teacher variants vs CAST (both with grpo)."""
-    fixed = [m for m in (BASELINE, "cast") if m in view.cells]
-    baselines = [m for m in view.methods if not m.startswith("cast") and m != BASELINE]
-    variants = [m for m in view.methods if m.startswith("cast_")]
-    return [("baselines", fixed + baselines), ("CAST ablations and teachers", fixed + variants)]
+    """Estimators as configured (`name`) and knob variants (`name@field=value`), both with the baseline
+    and the headline method."""
+    fixed = [m for m in dict.fromkeys((view.baseline, view.headline)) if m in view.cells]
+    plain = [m for m in view.methods if "@" not in m and m not in fixed]
+    variants = [m for m in view.methods if "@" in m and m not in fixed]
+    return [("methods", fixed + plain), ("variants (knobs)", fixed + variants)]
 
 
 def write_figures(view: TierView, folder: Path, md_dir: Path) -> dict[str, str]:

@@ -22,6 +22,10 @@ from transformers.trainer_callback import PrinterCallback
 from castrl.rewards import Verifier
 
 TIME_KEYS = ("cast/time_rollout_s", "cast/time_student_s", "cast/time_teacher_s", "cast/time_advantage_s")
+# Trainer settings a cell records beside its config: what the trainer's defaults were when it ran
+# (the cell's key covers only the tier settings and the method's overrides).
+RECORDED_TRAINER_FIELDS = ("temperature", "top_p", "top_k", "mask_truncated_completions", "loss_type", "beta",
+                           "epsilon", "epsilon_high")
 
 
 @dataclass
@@ -158,6 +162,7 @@ def run_rl_cell(*, model: Any, tokenizer: Any, config: Any, train_dataset: Any, 
         "wall_s": wall,
         "train_wall_s": wall - recorder.eval_seconds,
         "model_params": n_params,
+        "trainer": {name: getattr(config, name) for name in RECORDED_TRAINER_FIELDS},
         "versions": _versions(),
     }
 

@@ -4,7 +4,7 @@ train, for several estimators on the same model, data, seed and batch, in one pr
 With the same seed and starting weights the first step of every method samples the same rollouts,
 so that step is an exactly paired comparison; later steps drift as the weights do. Every method
 starts from a fresh copy of the model. Prints a markdown table, the ratio to the first method, and
-the command that reproduces it.
+the command that reproduces it. Each estimator's teacher reads the context the paper pairs it with.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import torch
 from transformers import TrainerCallback
+
+from castrl.core import get_estimator
 
 PARTS = ("rollout", "student", "teacher", "advantage")
 
@@ -39,15 +42,23 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, train_flags
 
 
-def method_flags(method: str) -> list[str]:
-    """`cast@fuse_student_pass=false` -> ["--advantage_estimator", "cast", "--fuse_student_pass", "false"]."""
+def method_flags(method: str, train_flags: Sequence[str] = ()) -> list[str]:
+    """`cast@fuse_student_pass=false` -> ["--advantage_estimator", "cast", "--teacher_context", "answer_free",
+    "--fuse_student_pass", "false"]. An estimator with a teacher reads the context the paper pairs it with
+    (the registry's `paper_teacher_context`) unless the method or the shared `train_flags` set one."""
     name, *settings = method.split("@")
     flags = ["--advantage_estimator", name]
+    keys = []
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep or not key:
             raise ValueError(f"bad setting {setting!r} in method {method!r}: expected flag=value")
         flags += [f"--{key}", value]
+        keys.append(key)
+    context = get_estimator(name).paper_teacher_context
+    shared = any(f == "--teacher_context" or f.startswith("--teacher_context=") for f in train_flags)
+    if context and "teacher_context" not in keys and not shared:
+        flags[2:2] = ["--teacher_context", context]
     return flags
 
 
@@ -74,7 +85,7 @@ def _measure(method: str, steps: int, train_flags: list[str]) -> list[dict[str, 
     from castrl.train import make_trainer, parse_args
 
     with tempfile.TemporaryDirectory() as out:
-        flags = [*train_flags, *method_flags(method), "--max_steps", str(steps), "--output_dir", out,
+        flags = [*train_flags, *method_flags(method, train_flags), "--max_steps", str(steps), "--output_dir", out,
                  "--save_strategy", "no", "--skip_eval", "true"]
         run, config = parse_args(flags)
         records = load_problems(run.data, split="train", **({"n_per_level": run.n_per_level} if run.n_per_level else {}))
