@@ -12,8 +12,10 @@ g = u - s is zero unless its context or its weights differ from the student's.
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -112,21 +114,30 @@ def build_teacher_prompt(example: Mapping[str, Any], context: str, peer: str | N
     return [*prompt[:last_user], {**prompt[last_user], "content": text}, *prompt[last_user + 1 :]]
 
 
-def successful_peers(correct: list[bool], group_ids: list[int]) -> list[int | None]:
-    """For each rollout, the index of another correct rollout of its group (the first one), or None.
+def successful_peers(correct: Sequence[bool], group_keys: Sequence[Hashable], seed: int = 0) -> list[int | None]:
+    """For each rollout, the index of another correct rollout of its group, or None (RLRT's teacher).
 
-    RLRT's teacher reads "the problem plus a successful rollout sampled for the same prompt group
-    when available" (§8.4). We never show a rollout its own text [R]: a correct rollout that is its
-    group's only success gets None (and `build_teacher_prompt` falls back to the answer-free context).
+    The paper's RLRT teacher reads "the problem plus a successful rollout sampled for the same prompt
+    group when available" (§8.4). The peer is drawn uniformly among the group's *other* correct
+    rollouts [R]: a rollout never reads its own text, so a group's only success gets None (and
+    `build_teacher_prompt` falls back to the answer-free context). Draws are seeded by `seed` (the
+    optimizer step) and the group key, so every host (TRL, verl, diagnose) picks the same peers for
+    the same batch, wherever its rows sit.
     """
-    first: dict[int, list[int]] = {}
-    for i, (ok, gid) in enumerate(zip(correct, group_ids, strict=True)):
-        if ok:
-            first.setdefault(gid, []).append(i)
-    out: list[int | None] = []
-    for i, gid in enumerate(group_ids):
-        others = [j for j in first.get(gid, [])[:2] if j != i]
-        out.append(others[0] if others else None)
+    if len(correct) != len(group_keys):
+        raise ValueError(f"successful_peers: {len(correct)} correctness flags but {len(group_keys)} group keys")
+    rows: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(group_keys):
+        rows.setdefault(key, []).append(i)
+    out: list[int | None] = [None] * len(correct)
+    for key, members in rows.items():
+        winners = [j for j in members if correct[j]]
+        if not winners:
+            continue
+        draws = random.Random(f"{max(int(seed), 0)}:{zlib.crc32(str(key).encode())}")
+        for i in members:
+            others = [j for j in winners if j != i]
+            out[i] = others[draws.randrange(len(others))] if others else None
     return out
 
 

@@ -6,24 +6,20 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 
 import pytest
 
 from castrl.bench import harness
-from castrl.bench.harness import Cell, TeacherDefaults, make_cells, method_overrides, parse_methods, run_grid
-from castrl.bench.report import (
-    TierView,
-    accuracy_tables,
-    headline,
-    reach_table,
-    steps_to_reach,
-    timing_table,
-    verdict,
-)
+from castrl.bench.harness import Cell, make_cells, run_grid, trainer_config
+from castrl.bench.methods import Teacher, method_overrides, parse_methods
+from castrl.bench.report import accuracy_tables, headline, reach_table, timing_table, verdict
+from castrl.bench.report_cells import TierView, steps_to_reach
 from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff, t_cdf, t_quantile
+from castrl.core import ADVANTAGE_ESTIMATORS, get_estimator
 
-TEACHERS = TeacherDefaults("student", "ema", "with_answer", {"frozen": "frozen", "lagged5": "lagged:5"})
+# A tier whose model reads its own prompt for the answer-free context and a template for the reference
+TEACHERS = {"answer_free": Teacher("student", "ema"), "with_reference": Teacher("Q: {problem} ({answer})")}
 
 
 # --- cache keying and grid filling ---------------------------------------------------------------
@@ -83,60 +79,123 @@ def test_run_grid_time_budget_stops_before_the_next_cell(tmp_path):
         run_grid(cells, lambda c: {}, tmp_path, progress=False, time_budget_s=-1.0)
 
 
-def test_methods_change_one_thing_relative_to_cast():
+def test_methods_change_one_thing_relative_to_their_estimator():
     cast = method_overrides("cast", TEACHERS)
     assert cast == {"advantage_estimator": "cast", "teacher_context": "student", "teacher_weights": "ema"}
-    assert method_overrides("cast_noflip", TEACHERS) == {**cast, "flip": False}
-    assert method_overrides("cast_mixed_only", TEACHERS) == {**cast, "mixed_only": True}
-    assert method_overrides("cast_with_answer", TEACHERS) == {**cast, "teacher_context": "with_answer"}
-    assert method_overrides("cast_lagged5", TEACHERS) == {**cast, "teacher_weights": "lagged:5"}
-    assert method_overrides("dr_grpo", TEACHERS) == {"advantage_estimator": "dr_grpo", "loss_type": "dr_grpo"}
+    assert method_overrides("cast@flip=false", TEACHERS) == {**cast, "flip": False}
+    assert method_overrides("cast@mixed_only=true", TEACHERS) == {**cast, "mixed_only": True}
+    # a knob naming one of the paper's contexts gets the tier's realisation of it
+    assert method_overrides("cast@teacher_context=with_reference", TEACHERS) == {
+        **cast, "teacher_context": "Q: {problem} ({answer})"}
+    assert method_overrides("cast@teacher_weights=refresh:5", TEACHERS) == {**cast, "teacher_weights": "refresh:5"}
+    assert method_overrides("dr_grpo@loss_type=dr_grpo", TEACHERS) == {
+        "advantage_estimator": "dr_grpo", "loss_type": "dr_grpo"}
     rlsd = method_overrides("rlsd", TEACHERS)
-    assert rlsd["teacher_context"] == "with_answer" and rlsd["teacher_weights"] == "lagged:10"
-    assert "teacher_context" not in method_overrides("grpo", TEACHERS)
+    assert rlsd == {"advantage_estimator": "rlsd", "teacher_context": "Q: {problem} ({answer})",
+                    "teacher_weights": "refresh:10"}
+    assert method_overrides("grpo", TEACHERS) == {"advantage_estimator": "grpo"}
+
+
+def test_teachers_follow_the_registry_pairing_by_default():
+    """Without tier teachers every estimator with a teacher gets its paper context and refresh:10."""
+    for name in ADVANTAGE_ESTIMATORS.names():
+        spec = get_estimator(name)
+        out = method_overrides(name)
+        if spec.needs_teacher:
+            assert out == {"advantage_estimator": name, "teacher_context": spec.paper_teacher_context,
+                           "teacher_weights": "refresh:10"}, name
+        else:
+            assert out == {"advantage_estimator": name}, name
+
+
+def test_every_estimator_field_is_a_knob_of_its_estimator():
+    """Knob fields come from the registry: every field of every registered config class parses."""
+    for name in ADVANTAGE_ESTIMATORS.names():
+        for f in fields(get_estimator(name).config_cls):
+            value = json.loads(json.dumps(f.default))  # tuples (bands) come back as lists
+            assert method_overrides(f"{name}@{f.name}={json.dumps(f.default)}")[f.name] == value, (name, f.name)
 
 
 def test_knob_methods_change_the_named_fields_only():
     cast = method_overrides("cast", TEACHERS)
     assert method_overrides("cast@lam=0.5", TEACHERS) == {**cast, "lam": 0.5}
-    assert method_overrides("cast@flip_threshold=zero@flip=false", TEACHERS) == {
-        **cast, "flip_threshold": "zero", "flip": False}
-    assert method_overrides("cast_frozen@band_pos=[0.9,1.1]", TEACHERS)["band_pos"] == [0.9, 1.1]
+    assert method_overrides("cast@flip_margin=0.223@flip=false", TEACHERS) == {
+        **cast, "flip_margin": 0.223, "flip": False}
+    assert method_overrides("cast@shaping_cutoff_step=null", TEACHERS)["shaping_cutoff_step"] is None
+    assert method_overrides("cast@teacher_weights=frozen@band_pos=[0.9,1.1]", TEACHERS)["band_pos"] == [0.9, 1.1]
     assert method_overrides("cast@teacher_context=self_teach@teacher_weights=frozen", TEACHERS) == {
         **cast, "teacher_context": "self_teach", "teacher_weights": "frozen"}
+    assert method_overrides("rlrt@rlrt_lam=0.25")["rlrt_lam"] == 0.25
     with pytest.raises(ValueError, match="bad knob 'lamda=1'.*expected field=value"):
         method_overrides("cast@lamda=1", TEACHERS)
     with pytest.raises(ValueError, match="bad knob 'lam'"):
         method_overrides("cast@lam", TEACHERS)
-    with pytest.raises(ValueError, match="unknown bench method"):
+    with pytest.raises(ValueError, match="bad knob 'tau_neg=20'"):  # spec v1's knob
+        method_overrides("cast@tau_neg=20", TEACHERS)
+    # another estimator's field, or a teacher knob of an estimator without a teacher, is refused
+    with pytest.raises(ValueError, match=r"bad knob 'lam=0.5'.*\('lam' is a field of cast\)"):
+        method_overrides("grpo@lam=0.5", TEACHERS)
+    with pytest.raises(ValueError, match="bad knob 'teacher_context=student'"):
+        method_overrides("grpo@teacher_context=student", TEACHERS)
+    with pytest.raises(ValueError, match="unknown estimator 'bogus'.*registered estimators: cast, dr_grpo"):
         method_overrides("bogus@lam=1", TEACHERS)
+    with pytest.raises(ValueError, match="unknown estimator 'cast_noflip'"):  # v1's method names
+        method_overrides("cast_noflip", TEACHERS)
 
 
 def test_parse_methods_rejects_unknown_names_listing_valid_ones():
-    assert parse_methods(None, TEACHERS)[:2] == ("grpo", "dr_grpo")
-    assert "cast_frozen" in parse_methods("all", TEACHERS)
-    with pytest.raises(ValueError, match="valid methods: grpo, dr_grpo"):
-        parse_methods("grpo,cast_bogus", TEACHERS)
+    grid = ("grpo", "cast", "cast@flip=false")
+    assert parse_methods(None, grid, TEACHERS) == grid and parse_methods("all", grid, TEACHERS) == grid
+    assert parse_methods("rlsd, cast@lam=0", grid, TEACHERS) == ("rlsd", "cast@lam=0")
+    with pytest.raises(ValueError, match="registered estimators: cast, dr_grpo"):
+        parse_methods("grpo,cast_bogus", grid, TEACHERS)
+    with pytest.raises(ValueError, match="--methods is empty"):
+        parse_methods(",", grid, TEACHERS)
+
+
+def test_cell_file_names_are_safe():
+    cell = Cell("tiny", "cast@teacher_weights=refresh:5", 3, {})
+    assert cell.slug() == "cast@teacher_weights=refresh_5-s3"
+    assert cell.path("c").name == f"cast@teacher_weights=refresh_5-s3-{cell.key()}.json"
 
 
 def test_every_tiny_method_builds_a_valid_trainer_config(tmp_path):
     from castrl.bench import tiny
 
-    for method in parse_methods(None, tiny.TEACHERS):
-        cfg = tiny.trainer_config(tiny.QUICK, method_overrides(method, tiny.TEACHERS), 0, str(tmp_path))
+    assert "cast@flip_margin=0.223" in tiny.TIER.methods and "rlrt" in tiny.TIER.methods
+    for method in tiny.TIER.methods:
+        cfg = trainer_config(tiny.QUICK, method_overrides(method, tiny.TEACHERS), 0, str(tmp_path))
         assert cfg.max_steps == tiny.QUICK.steps and cfg.num_generations == tiny.QUICK.num_generations
+        assert cfg.teacher_ema_decay == tiny.QUICK.teacher_ema_decay
+        assert cfg.per_device_train_batch_size == tiny.QUICK.prompts_per_step * tiny.QUICK.num_generations
+        cfg.estimator_config()  # every knob is a valid value of its field
 
 
-def test_every_smollm2_method_builds_a_valid_trainer_config(tmp_path):
+def test_smollm2_runs_the_papers_methods_with_the_papers_teachers(tmp_path):
     from castrl.bench import smollm2
 
-    methods = parse_methods(None, smollm2.TEACHERS)
-    assert {"cast_ema", "cast_frozen", "rlsd"} <= set(methods)
-    for method in methods:
-        cfg = smollm2.trainer_config(smollm2.SmolSettings(), method_overrides(method, smollm2.TEACHERS), 1,
-                                     str(tmp_path))
+    assert smollm2.TIER.methods == (
+        "grpo", "cast", "cast@flip=false", "cast@mixed_only=true", "cast@teacher_context=with_reference",
+        "cast@flip_correct=false", "cast@flip_incorrect=false", "rlsd", "rlrt", "grpo_opsd")
+    for method in smollm2.TIER.methods:
+        cfg = trainer_config(smollm2.SETTINGS, method_overrides(method, smollm2.TIER.teachers), 1, str(tmp_path))
         assert cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps == 32
-    assert method_overrides("cast", smollm2.TEACHERS)["teacher_context"] == "self_teach"
+        spec = get_estimator(cfg.advantage_estimator)
+        if spec.needs_teacher and "teacher_context" not in method:
+            assert cfg.teacher_context == spec.paper_teacher_context and cfg.teacher_weights == "refresh:10"
+    assert method_overrides("cast@teacher_context=with_reference", smollm2.TIER.teachers)["teacher_context"] == (
+        "with_reference")
+    with pytest.raises(ValueError, match="must be a multiple of micro_batch"):
+        replace(smollm2.SETTINGS, micro_batch=24).batch_layout()
+
+
+def test_a_tier_must_contain_its_baseline_and_headline():
+    from castrl.bench import smollm2
+
+    with pytest.raises(ValueError, match="baseline 'dr_grpo' is not in its methods"):
+        replace(smollm2.TIER, baseline="dr_grpo")
+    with pytest.raises(ValueError, match="bad knob 'tau_pos=20'"):
+        replace(smollm2.TIER, methods=(*smollm2.TIER.methods, "cast@tau_pos=20"))
 
 
 def test_tiny_list_prints_cells_without_training(tmp_path, capsys):
@@ -178,26 +237,28 @@ def test_mean_ci_and_paired_difference():
 # --- report on synthetic cells -----------------------------------------------------------------------
 
 
-def _cell(method: str, seed: int, curve: dict[int, float], step_s: float, invocation: str = "inv1") -> dict:
+def _cell(method: str, seed: int, curve: dict[int, float], step_s: float, invocation: str = "inv1",
+          rule: str | None = None) -> dict:
     steps = [{"step": k, "reward": 0.3, "cast/frac_nonzero_adv": 1.0 if method == "cast" else 0.6,
               "cast/frac_all_correct": 0.2, "cast/frac_all_wrong": 0.3, "cast/frac_mixed": 0.5,
               "step_time": step_s} for k in range(1, 7)]
-    return {"method": method, "seed": seed, "config": {"settings": {"x": 1}},
-            "evals": [{"step": k, "accuracy": v} for k, v in curve.items()], "steps": steps,
-            "timing": {"step_s": step_s, "rollout_s": step_s / 2, "train_s": step_s / 2}, "wall_s": 10.0,
-            "invocation": invocation}
+    rec = {"method": method, "seed": seed, "config": {"settings": {"x": 1}},
+           "evals": [{"step": k, "accuracy": v} for k, v in curve.items()], "steps": steps,
+           "timing": {"step_s": step_s, "rollout_s": step_s / 2, "train_s": step_s / 2}, "wall_s": 10.0,
+           "invocation": invocation}
+    return rec if rule is None else {**rec, "rule_version": rule}
 
 
-def _view() -> TierView:
+def _view(rule: str | None = None) -> TierView:
     rng = random.Random(0)
-    cells: dict[str, dict[int, dict]] = {"grpo": {}, "cast": {}, "cast_noflip": {}}
+    cells: dict[str, dict[int, dict]] = {"grpo": {}, "cast": {}, "cast@flip=false": {}}
     for seed in range(4):
         noise = rng.uniform(-0.02, 0.02)
-        cells["grpo"][seed] = _cell("grpo", seed, {0: 0.3, 3: 0.35 + noise, 6: 0.40 + noise}, 1.0)
+        cells["grpo"][seed] = _cell("grpo", seed, {0: 0.3, 3: 0.35 + noise, 6: 0.40 + noise}, 1.0, rule=rule)
         cells["cast"][seed] = _cell("cast", seed, {0: 0.3, 3: 0.45 + noise, 6: 0.50 + noise}, 1.2,
-                                    invocation="inv1" if seed < 3 else "inv2")
-        cells["cast_noflip"][seed] = _cell("cast_noflip", seed, {0: 0.3, 3: 0.31, 6: 0.32}, 1.1)
-    return TierView("tiny", "tiny", "castrl bench tiny --seeds 4", cells, [])
+                                    invocation="inv1" if seed < 3 else "inv2", rule=rule)
+        cells["cast@flip=false"][seed] = _cell("cast@flip=false", seed, {0: 0.3, 3: 0.31, 6: 0.32}, 1.1, rule=rule)
+    return TierView("tiny", "tiny", "castrl bench tiny --seeds 4", cells, [], baseline="grpo", headline="cast")
 
 
 def test_report_tables_on_synthetic_cells():
@@ -206,24 +267,33 @@ def test_report_tables_on_synthetic_cells():
     assert "| grpo | 4 | 0.300 ± 0.000 |" in acc
     assert "| cast | +0.100 [+0.100, +0.100] | +0.100 [+0.100, +0.100] |" in acc
     reach = "\n".join(reach_table(view))
-    assert "| cast | 3.0 | 4/4 | 0.50 |" in reach and "| cast_noflip | not reached | 0/4 | - |" in reach
+    assert "| cast | 3.0 | 4/4 | 0.50 |" in reach and "| cast@flip=false | not reached | 0/4 | - |" in reach
     timing, ratios = timing_table(view)
     # seed 3 of cast ran in another invocation than grpo's, so only 3 pairs enter the ratio
     assert ratios["cast"].n == 3 and ratios["cast"].mean == pytest.approx(1.2)
     head = "\n".join(headline(view, ratios))
     lines = "\n".join(verdict(view))
-    assert "`cast` is better than `grpo` at step 6" in lines and "`cast_noflip` is worse than `grpo`" in lines
-    assert "+0.100" in head and "0.50× the budget (4/4 seeds reach it)" in head and "| 100% | 1.000 ± 0.000 |" in head and "| ≤ 1.10 | 1.20 ± 0.00 |" in head
+    assert "`cast` is better than `grpo` at step 6" in lines and "`cast@flip=false` is worse than `grpo`" in lines
+    assert "+0.100" in head and "0.50× the budget (4/4 seeds reach it)" in head
+    assert "| 100% | 1.000 ± 0.000 |" in head and "| ≤ 1.10 | 1.20 ± 0.00 |" in head
+
+
+def test_report_is_built_around_the_tiers_baseline_and_headline():
+    view = _view()
+    view.baseline, view.headline = "cast", "cast@flip=false"
+    head = "\n".join(headline(view, timing_table(view)[1]))
+    assert "cast@flip=false − cast" in head and "not reached (0/4 seeds)" in head
+    assert view.methods[0] == "cast" and "`grpo` is worse than `cast`" in "\n".join(verdict(view))
 
 
 def test_cells_outside_the_grid_are_named_with_their_command():
     from castrl.bench.report_tiers import _outside_grid_note
 
-    cells = {"grpo": {0: {}, 1: {}}, "cast@lam=0.5": {0: {}}, "cast@tau_pos=20": {0: {}, 1: {}}}
+    cells = {"grpo": {0: {}, 1: {}}, "cast@lam=0.5": {0: {}}, "cast@flip_correct=false": {0: {}, 1: {}}}
     (note,) = _outside_grid_note("smollm2", cells, ("grpo", "cast"))
     assert "`castrl bench smollm2 --seeds 1 --methods cast@lam=0.5` (1 seed)" in note
-    assert "`castrl bench smollm2 --seeds 2 --methods cast@tau_pos=20` (2 seeds)" in note and "grpo" not in note
-    assert _outside_grid_note("smollm2", {"grpo": {0: {}}}, ("grpo",)) == []
+    assert "`castrl bench smollm2 --seeds 2 --methods cast@flip_correct=false` (2 seeds)" in note
+    assert "grpo" not in note and _outside_grid_note("smollm2", {"grpo": {0: {}}}, ("grpo",)) == []
 
 
 def test_steps_to_reach_uses_the_first_evaluation_at_or_above_target():
@@ -231,26 +301,56 @@ def test_steps_to_reach_uses_the_first_evaluation_at_or_above_target():
     assert steps_to_reach(rec, 0.4) == 10 and steps_to_reach(rec, 0.41) is None and steps_to_reach(rec, 0.0) == 0
 
 
-def test_report_cli_writes_markdown_and_figures(tmp_path):
-    from castrl.bench import report as report_mod
+def _write_cells(cache, view: TierView, settings: dict) -> None:
     from castrl.bench import tiny
 
-    settings = asdict(tiny.QUICK)
-    for rec in [r for m in _view().cells.values() for r in m.values()]:
-        rec["config"] = {"settings": settings, "overrides": {}}
-        cell = Cell("tiny", rec["method"], rec["seed"], rec["config"])
-        path = cell.path(tmp_path / "cache")
+    for rec in [r for m in view.cells.values() for r in m.values()]:
+        rec["config"] = {"settings": settings, "overrides": method_overrides(rec["method"], tiny.TEACHERS)}
+        path = Cell("tiny", rec["method"], rec["seed"], rec["config"]).path(cache)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rec))
+
+
+def _report(tmp_path) -> str:
+    from castrl.bench import report as report_mod
+
     out = tmp_path / "docs" / "results.md"
     rc = report_mod.main(["--cache-dir", str(tmp_path / "cache"), "--out", str(out),
                           "--figures", str(tmp_path / "docs" / "figures" / "bench"), "--quick"])
     assert rc == 0
-    text = out.read_text()
+    return out.read_text()
+
+
+def test_report_cli_writes_markdown_and_figures(tmp_path):
+    from castrl.bench import tiny
+
+    _write_cells(tmp_path / "cache", _view(rule=harness.RULE_VERSION), asdict(tiny.QUICK))
+    text = _report(tmp_path)
     assert "Reproduce: `castrl bench tiny --seeds 4 --quick && castrl bench report --quick`" in text
     assert "![tiny held-out accuracy](figures/bench/tiny_heldout.png)" in text
     assert (tmp_path / "docs" / "figures" / "bench" / "tiny_heldout.png").stat().st_size > 1000
     assert "smollm2 tier" in text and "No cells of this configuration are cached yet." in text
+    assert "`student` with `ema` weights: `cast`, `cast@flip=false`" in text  # teachers read from the cells
+    assert "Outside the grid" in text and "--methods cast@flip=false" in text
+    assert "superseded" not in text and "### Headline" in text  # current-rule cells: no v1 banner
+
+
+def test_report_marks_cells_of_the_v1_rule_superseded(tmp_path):
+    from castrl.bench import tiny
+
+    _write_cells(tmp_path / "cache", _view(rule=None), asdict(tiny.QUICK))  # no rule_version: v1 cells
+    text = _report(tmp_path)
+    assert text.count("v1 reconstruction (superseded)") == 1 and text.index("v1 reconstruction") < text.index("##")
+    assert "## v1 (superseded) — tiny tier" in text and "### v1: Headline" in text and "### Headline" not in text
+    assert "## smollm2 tier" in text  # a section without v1 cells is not marked
+    # once current-rule cells of the same settings exist, the v1 ones are left out
+    later = _view(rule=harness.RULE_VERSION)
+    later.cells = {"grpo": later.cells["grpo"], "cast": later.cells["cast"]}
+    _write_cells(tmp_path / "cache2", later, asdict(tiny.QUICK))
+    for path in (tmp_path / "cache2" / "tiny" / "cells").iterdir():
+        path.rename(tmp_path / "cache" / "tiny" / "cells" / path.name)
+    text = _report(tmp_path)
+    assert "superseded" not in text and "cast@flip=false |" not in text
 
 
 # --- the real thing, small ---------------------------------------------------------------------------

@@ -57,11 +57,21 @@ def test_peer_context_and_its_fallback():
     assert build_teacher_prompt(EXAMPLE, "with_peer_success") == build_teacher_prompt(EXAMPLE, "answer_free")
 
 
-def test_successful_peers_never_pick_the_row_itself():
-    # group 0: rows 0 (correct), 1 (wrong), 2 (correct); group 1: row 3 the only success; group 2: none
-    correct = [True, False, True, True, False, False]
-    groups = [0, 0, 0, 1, 1, 2]
-    assert successful_peers(correct, groups) == [2, 0, 0, None, 3, None]
+def test_successful_peers_are_sampled_among_the_other_successes():
+    # group 0: rows 0, 2, 5 correct, 1 wrong; group 1: row 3 the only success; group 2: none
+    correct = [True, False, True, True, False, True, False]
+    groups = [0, 0, 0, 1, 1, 0, 2]
+    draws = set()
+    for seed in range(30):
+        peers = successful_peers(correct, groups, seed)
+        assert peers[3] is None and peers[4] == 3 and peers[6] is None  # never itself; none without a success
+        for i in (0, 1, 2, 5):
+            assert peers[i] in {0, 2, 5} - {i}
+        assert peers == successful_peers(correct, groups, seed)  # reproducible
+        draws.add(tuple(peers))
+    assert len(draws) > 1  # sampled, not always the first success
+    with pytest.raises(ValueError, match="group keys"):
+        successful_peers([True], [0, 0])
 
 
 def test_privileged_contexts_and_student_context():

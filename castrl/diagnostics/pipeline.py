@@ -117,8 +117,8 @@ def peer_texts(
     truncated: Sequence[bool] | None = None,
 ) -> list[str | None]:
     """Per row, the text of another successful rollout of its group for `with_peer_success` (RLRT's
-    teacher, spec §5), chosen as the trainer chooses it (`castrl.teacher.successful_peers`: the first
-    other correct row of the group; a row is never its own peer), or None. Rows with an unparseable
+    teacher, spec §5), chosen as the trainer chooses it (`castrl.teacher.successful_peers`: drawn among
+    the group's other correct rows, seeded; a row is never its own peer), or None. Rows with an unparseable
     gold (reward None) and truncated rows are never peers (the trainer masks truncated completions)."""
     truncated = [False] * len(texts) if truncated is None else list(truncated)
     correct = [

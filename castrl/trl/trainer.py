@@ -219,7 +219,8 @@ class CASTTrainer(GRPOTrainer):
             return self._completion_logps(prompt_ids, prompt_mask, output)
 
     def _peer_texts(self, output: dict) -> list[str | None]:
-        """For each local row, the text of another correct rollout of its group (RLRT's teacher), or None.
+        """For each local row, the text of another correct rollout of its group (RLRT's teacher), or None
+        (`castrl.teacher.successful_peers`).
 
         Groups may straddle processes, so the completions are gathered; only valid (unmasked) tokens
         are decoded, so a truncated completion that TRL masked is never anyone's peer."""
@@ -228,7 +229,7 @@ class CASTTrainer(GRPOTrainer):
         mask = self._gather_rows(output["completion_mask"])
         ids = self._gather_rows(output["completion_ids"])
         correct = scorable & (rewards >= self.estimator_config.correct_threshold) & (mask.sum(dim=1) > 0)
-        peers = successful_peers(correct.tolist(), group_ids.tolist())
+        peers = successful_peers(correct.tolist(), group_ids.tolist(), seed=self.state.global_step)
         n_local = output["completion_ids"].shape[0]
         start = self.accelerator.process_index * n_local
         decode = self.processing_class.decode if hasattr(self.processing_class, "decode") else self._tokenizer.decode

@@ -15,7 +15,6 @@ context (`castrl.teacher.build_teacher_prompt`'s fallback).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch
 from verl import DataProto
 from verl.utils import tensordict_utils as tu
 
-from castrl.teacher import build_teacher_prompt
+from castrl.teacher import build_teacher_prompt, successful_peers
 
 from .config import CastrlVerlConfig
 
@@ -105,28 +104,13 @@ def choose_peers(
     """(B,) int: for each row, the index of another row of its group (same uid) that succeeded, or -1.
 
     A row succeeds when its verifier reward is >= `threshold` and it has at least one response
-    token. The peer is drawn uniformly among the group's other successful rows [R: the paper says
-    "a successful rollout sampled for the same prompt group when available"]; a row is never its
-    own peer (its teacher would read the very response it scores). Draws are seeded by `step` and
-    the uid: the same batch in the same row order gets the same peers.
+    token. The draw is `castrl.teacher.successful_peers`, the one rule every host uses.
     """
-    uids = np.asarray([str(u) for u in uids], dtype=object)
     if not (len(uids) == rewards.shape[0] == lengths.shape[0]):
         raise ValueError(f"{len(uids)} uids, {rewards.shape[0]} rewards, {lengths.shape[0]} lengths")
     ok = ((rewards.float() >= threshold) & (lengths > 0)).tolist()
-    peers = np.full(len(uids), -1, dtype=np.int64)
-    for uid in sorted(set(uids.tolist())):
-        rows = np.flatnonzero(uids == uid)
-        winners = [int(j) for j in rows if ok[j]]
-        if not winners:
-            continue
-        rng = np.random.default_rng([max(int(step), 0), zlib.crc32(uid.encode())])
-        draws = rng.random(len(rows))  # one draw per row, in the group's own order
-        for row, draw in zip(rows, draws, strict=True):
-            others = [j for j in winners if j != row]
-            if others:
-                peers[row] = others[int(draw * len(others))]
-    return peers
+    peers = successful_peers(ok, [str(u) for u in uids], seed=step)
+    return np.array([-1 if j is None else j for j in peers], dtype=np.int64)
 
 
 def peer_texts(
