@@ -98,6 +98,6 @@ def drift_warning(records: list[dict[str, Any]], before: dict[str, float] | None
         return None
     return (f"[castrl] warning: held-out accuracy fell {before['accuracy']:.3f} -> {after['accuracy']:.3f} while the "
             f"policy's entropy rose {first:.2f} -> {last:.2f}: the update pushes probability away from the model's "
-            "own samples. Check that the teacher carries signal on this model (`castrl diagnose --model ...`: a "
-            "per-token AUC <= 0.5 means it does not) and compare with --advantage_estimator grpo. "
+            "own samples. Check that the teacher carries signal on this model (`castrl diagnose --model ...` ends "
+            "with a verdict on its gap AUC) and compare with --advantage_estimator grpo and with --flip false. "
             "README: 'Read this before you trust the demo's numbers'.")

@@ -13,11 +13,12 @@ import dataclasses
 
 import pytest
 import torch
-from .cast_reference import algorithm1, base_advantages
 from hypothesis import given
-from .test_core_properties import SETTINGS, Batch, batches, cast_configs
 
 from castrl.core import CastConfig, cast_advantages, compute_advantages
+
+from .cast_reference import algorithm1, base_advantages
+from .test_core_properties import SETTINGS, Batch, batches, cast_configs
 
 B_MIXED = 0.8658754
 

@@ -25,14 +25,13 @@ from .estimators import (
     register_advantage,
 )
 from .groups import ALL_CORRECT, ALL_WRONG, MIXED, GroupStats, group_stats
-from .losses import POLICY_LOSSES, LossConfig, PolicyLoss, aggregate, clipped_surrogate_loss, get_loss, k3_kl
+from .losses import LossConfig, PolicyLoss, aggregate, clipped_surrogate_loss, k3_kl
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "ALL_CORRECT",
     "ALL_WRONG",
     "MIXED",
-    "POLICY_LOSSES",
     "AdvantageEstimator",
     "CastConfig",
     "EstimatorConfig",
@@ -54,7 +53,6 @@ __all__ = [
     "compute_base_advantages",
     "compute_token_advantages",
     "get_estimator",
-    "get_loss",
     "group_stats",
     "k3_kl",
     "register_advantage",

@@ -12,7 +12,15 @@ import math
 
 import torch
 
-from .config import CastConfig, EstimatorConfig, GRPOAdvConfig, GRPOOPSDConfig, OPSDConfig, RLRTConfig, RLSDConfig
+from .config import (
+    CastConfig,
+    EstimatorConfig,
+    GRPOAdvConfig,
+    GRPOOPSDConfig,
+    OPSDConfig,
+    RLRTConfig,
+    RLSDConfig,
+)
 from .estimators import get_estimator, register_advantage
 from .groups import ALL_CORRECT, MIXED
 from .inputs import PreparedBatch

@@ -14,8 +14,6 @@ from typing import Literal, Protocol
 
 import torch
 
-from .registry import Registry
-
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 
@@ -91,19 +89,6 @@ class PolicyLoss(Protocol):
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
-
-
-def register_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
-    """Register a policy loss with the PolicyLoss signature under `name`."""
-    return POLICY_LOSSES.decorator(name, lambda fn: fn)
-
-
-def get_loss(name: str) -> PolicyLoss:
-    """The registered policy loss `name`; unknown names raise ValueError listing the registered ones."""
-    return POLICY_LOSSES.get(name)
-
-
 def _check_loss_inputs(logps, old_logps, advantages, mask, ref_logps, beta) -> torch.Tensor:
     if logps.ndim != 2 or old_logps.shape != logps.shape or mask.shape != logps.shape:
         raise ValueError(
@@ -120,7 +105,6 @@ def _check_loss_inputs(logps, old_logps, advantages, mask, ref_logps, beta) -> t
     return advantages.expand_as(logps)
 
 
-@register_loss("clipped_surrogate")
 def clipped_surrogate_loss(logps, old_logps, advantages, mask, config, ref_logps=None):
     """DAPO/GRPO clipped surrogate with optional k3 KL; returns (scalar loss, TRL-named metrics)."""
     advantages = _check_loss_inputs(logps, old_logps, advantages, mask, ref_logps, config.beta)

@@ -1,12 +1,10 @@
-"""A tiny name -> object registry shared by advantage estimators and policy losses.
+"""A tiny name -> object registry (the advantage estimators' is `castrl.core.ADVANTAGE_ESTIMATORS`).
 
-One type for both (verl keeps two that disagree on duplicates): registering a name twice is an
-error, and asking for an unknown name lists what is registered.
+Registering a name twice is an error, and asking for an unknown name lists what is registered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -38,12 +36,3 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
-
-    def decorator(self, name: str, wrap: Callable[[Callable], T]) -> Callable[[Callable], Callable]:
-        """Decorator form: `wrap(fn)` builds the stored entry; the function itself is returned."""
-
-        def register(fn: Callable) -> Callable:
-            self.add(name, wrap(fn))
-            return fn
-
-        return register
