@@ -8,6 +8,7 @@ import pytest
 
 from castrl.bench import main
 from castrl.bench.steptime import method_flags
+from castrl.core import get_estimator
 from castrl.testing import save_tiny_model
 
 
@@ -33,8 +34,17 @@ def test_steptime_table_and_json(tmp_path, capsys):
 
 
 def test_method_flags():
-    assert method_flags("cast") == ["--advantage_estimator", "cast"]
+    paper = get_estimator("cast").paper_teacher_context
+    assert method_flags("grpo") == ["--advantage_estimator", "grpo"]
+    assert method_flags("cast") == ["--advantage_estimator", "cast", "--teacher_context", paper]
+    assert method_flags("rlsd")[2:] == ["--teacher_context", get_estimator("rlsd").paper_teacher_context]
     assert method_flags("cast@fuse_student_pass=false@lam=0.5") == [
-        "--advantage_estimator", "cast", "--fuse_student_pass", "false", "--lam", "0.5"]  # fmt: skip
+        "--advantage_estimator", "cast", "--teacher_context", paper, "--fuse_student_pass", "false", "--lam", "0.5"]  # fmt: skip
+    # a context set by the method or by the shared flags is left alone
+    assert method_flags("cast@teacher_context=self_teach") == [
+        "--advantage_estimator", "cast", "--teacher_context", "self_teach"]  # fmt: skip
+    assert method_flags("cast", ["--teacher_context=student"]) == ["--advantage_estimator", "cast"]
     with pytest.raises(ValueError, match="expected flag=value"):
         method_flags("cast@lam")
+    with pytest.raises(ValueError, match="unknown advantage estimator 'bogus'"):
+        method_flags("bogus")

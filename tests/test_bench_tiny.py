@@ -209,6 +209,34 @@ def test_tiny_list_prints_cells_without_training(tmp_path, capsys):
         bench_main(["tiny", "--list", "--seeds", "0", "--cache-dir", str(tmp_path)])
 
 
+def test_tiny_cells_run_one_step_and_record_the_rule(tmp_path):
+    """A few tier methods, one RL step each on a random tiny model standing in for the SFT model: the
+    tier's teacher contexts (the peer template, the answer template) work in the trainer, and each
+    cached cell records the rule and the trainer's sampling settings."""
+    import torch
+
+    from castrl.bench import tiny
+    from castrl.bench.harness import cell_config
+    from castrl.testing import save_tiny_model
+
+    torch.set_num_threads(1)
+    sft = save_tiny_model(tmp_path / "sft", max_positions=128)
+    settings = replace(tiny.QUICK, steps=1, prompts_per_step=2, num_generations=2, eval_every=1,
+                       train_n_per_level=4, eval_n_per_level=2, max_completion_length=8, eval_max_new_tokens=8)
+    methods = ["rlrt", "cast@teacher_context=with_reference", "dr_grpo@loss_type=dr_grpo"]
+    cells = make_cells("tiny", methods, [0], lambda m, s: cell_config(tiny.TIER, settings, m))
+    outcome = run_grid(cells, lambda c: tiny.run_tiny_cell(c, settings, tmp_path / "scratch", sft), tmp_path,
+                       progress=False)
+    assert not outcome.failed, outcome.failed
+    for cell in cells:
+        rec = json.loads(cell.path(tmp_path).read_text())
+        assert rec["rule_version"] == harness.RULE_VERSION and [e["step"] for e in rec["evals"]] == [0, 1]
+        assert rec["trainer"]["temperature"] == 0.7 and rec["trainer"]["mask_truncated_completions"] is True
+        teacher_s = rec["steps"][0].get("cast/time_teacher_s", 0.0)
+        assert (teacher_s > 0) == get_estimator(cell.method.split("@")[0]).needs_teacher, cell.method
+    assert json.loads(cells[2].path(tmp_path).read_text())["trainer"]["loss_type"] == "dr_grpo"
+
+
 # --- statistics -------------------------------------------------------------------------------------
 
 
@@ -294,6 +322,42 @@ def test_cells_outside_the_grid_are_named_with_their_command():
     assert "`castrl bench smollm2 --seeds 1 --methods cast@lam=0.5` (1 seed)" in note
     assert "`castrl bench smollm2 --seeds 2 --methods cast@flip_correct=false` (2 seeds)" in note
     assert "grpo" not in note and _outside_grid_note("smollm2", {"grpo": {0: {}}}, ("grpo",)) == []
+
+
+def test_bench_modules_import_each_other_without_a_cycle():
+    """Every `castrl.bench` import, at module level or inside a function, forms no cycle (the report's
+    modules used to import each other in a circle)."""
+    import ast
+    from pathlib import Path
+
+    import castrl.bench
+
+    folder = Path(castrl.bench.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        name = "castrl.bench" if path.stem == "__init__" else f"castrl.bench.{path.stem}"
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("castrl.bench"):
+                for alias in node.names:  # `from castrl.bench import tiny` imports a module
+                    sub = f"{node.module}.{alias.name}"
+                    edges.add(sub if (folder / f"{alias.name}.py").exists() and node.module == "castrl.bench"
+                              else node.module)
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(module: str, path: list[str]) -> None:
+        if state.get(module) == 1:
+            raise AssertionError("import cycle: " + " -> ".join([*path, module]))
+        if state.get(module) == 2 or module not in graph:
+            return
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            visit(dep, [*path, module])
+        state[module] = 2
+
+    assert "castrl.bench.report_cells" in graph["castrl.bench.report"]
+    for module in sorted(graph):
+        visit(module, [])
 
 
 def test_steps_to_reach_uses_the_first_evaluation_at_or_above_target():

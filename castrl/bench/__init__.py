@@ -4,21 +4,11 @@ tier of the cached CAST-vs-baselines grid (`tiny`, `smollm2`: `TIERS`), and `rep
 
 from __future__ import annotations
 
-import importlib
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from castrl.bench.harness import Tier
+from castrl.bench.harness import TIERS
 
-# Tier name -> module whose `TIER` describes it (`harness.Tier`), in the report's order.
-TIERS = {"tiny": "castrl.bench.tiny", "smollm2": "castrl.bench.smollm2"}
 SUITES = ("core", "steptime", *TIERS, "report")
-
-
-def tier_descriptions() -> list[Tier]:
-    """Every tier's description, in the report's order (imported on demand: tiers import TRL)."""
-    return [importlib.import_module(module).TIER for module in TIERS.values()]
 
 
 def main(argv: list[str]) -> int:
@@ -27,10 +17,10 @@ def main(argv: list[str]) -> int:
         print(f"usage: castrl bench {{{','.join(SUITES)}}} [flags]   (each suite has --help)")
         return 0
     suite, rest = argv[0], argv[1:]
-    if suite in TIERS:  # an RL grid (castrl/bench/harness.py runs the tier module's description)
-        from castrl.bench.harness import tier_main
+    if suite in TIERS:  # an RL grid: castrl/bench/harness.py runs the tier module's description
+        from castrl.bench.harness import tier_description, tier_main
 
-        return tier_main(importlib.import_module(TIERS[suite]).TIER, rest)
+        return tier_main(tier_description(suite), rest)
     if suite == "steptime":
         from castrl.bench.steptime import main as steptime_main
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -39,8 +40,8 @@ HARNESS_VERSION = 2
 # cell; a cell without it was measured with spec v1's reconstruction (the report marks it superseded).
 RULE_VERSION = "v2"
 DEFAULT_CACHE_DIR = "bench_cache"
-# Trainer code paths every cell runs: the separate student pass and full (unshared) scoring passes, as
-# every cached cell of the grids was measured with them (a cell's key does not cover code paths).
+# Trainer code paths every cell runs: the separate student pass and full (unshared) scoring passes, the
+# paths the v1 grids were measured with, so step times stay comparable (a cell's key does not cover them).
 # `castrl bench steptime --methods grpo,cast,cast@fuse_student_pass=false@share_prompt_cache=false`
 # measures what the trainer's defaults save.
 CELL_CODE_PATHS: dict[str, Any] = {"fuse_student_pass": False, "share_prompt_cache": False}
@@ -182,9 +183,10 @@ def grid_cli(tier: str, cells: Sequence[Cell], run_cell: Callable[[Cell], Mappin
              cache_dir: str, *, list_only: bool, progress: bool, time_budget_s: float | None) -> int:
     """The shared tail of `castrl bench <tier>`: list the cells, or fill the missing ones and say what ran."""
     if list_only:
+        width = max((len(cell.method) for cell in cells), default=0)
         for cell in cells:
             state = "cached" if cell.path(cache_dir).exists() else "missing"
-            print(f"{cell.method:18s} seed {cell.seed}  {state}  {cell.path(cache_dir)}")
+            print(f"{cell.method:{width}s}  seed {cell.seed}  {state}  {cell.path(cache_dir)}")
         return 0
     start = time.perf_counter()
     outcome = run_grid(cells, run_cell, cache_dir, progress=progress, time_budget_s=time_budget_s)
@@ -198,6 +200,10 @@ def grid_cli(tier: str, cells: Sequence[Cell], run_cell: Callable[[Cell], Mappin
 
 
 # --- tiers --------------------------------------------------------------------------------------------
+
+# Tier name -> the module whose `TIER` describes it, in the report's order (imported on demand: a tier
+# module imports its model's stack).
+TIERS = {"tiny": "castrl.bench.tiny", "smollm2": "castrl.bench.smollm2"}
 
 
 @dataclass(frozen=True)
@@ -330,3 +336,15 @@ def tier_main(tier: Tier, argv: list[str]) -> int:
     scratch = Path(args.cache_dir) / tier.name / "scratch"
     return grid_cli(tier.name, cells, lambda c: tier.run_cell(c, settings, scratch, prepared), args.cache_dir,
                     list_only=False, progress=not args.no_progress, time_budget_s=args.time_budget)
+
+
+def tier_description(name: str) -> Tier:
+    """The `Tier` of tier `name` (a key of `TIERS`)."""
+    if name not in TIERS:
+        raise ValueError(f"unknown bench tier {name!r}; tiers: {', '.join(TIERS)}")
+    return importlib.import_module(TIERS[name]).TIER
+
+
+def tier_descriptions() -> list[Tier]:
+    """Every tier's description, in the report's order."""
+    return [tier_description(name) for name in TIERS]

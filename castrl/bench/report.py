@@ -14,8 +14,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from castrl.bench import tier_descriptions
-from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier
+from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier, tier_descriptions
 from castrl.bench.report_cells import TierView, acc_at, final_step, step_mean, steps_to_reach
 from castrl.bench.report_figures import write_figures
 from castrl.bench.report_tiers import tier_view

@@ -7,7 +7,8 @@ steps) or `max_steps` is spent, whichever comes first. The checkpoint is cached 
 `<cache>/tiny_sft/<hash of the settings>/`, written to a temporary folder and renamed when complete.
 
 A share `hint_fraction` of SFT prompts carry the answer (the privileged teacher's template), so the
-answer-aware teachers of rlsd / rlrt / cast_with_answer read a context the model has learnt to use.
+reference-answer teachers (rlsd, grpo_opsd, `cast@teacher_context=with_reference`) read a context the
+model has learnt to use.
 """
 
 from __future__ import annotations
