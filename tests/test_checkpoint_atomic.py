@@ -16,8 +16,13 @@ import pytest
 from transformers.trainer_utils import get_last_checkpoint
 
 from castrl.trl import CASTTrainer
-from castrl.trl.checkpoint import COMPLETE_MARKER, STAGING_PREFIX, commit_checkpoint, last_complete_checkpoint
-from castrl.trl.trainer import TEACHER_STATE_FILE
+from castrl.trl.checkpoint import (
+    COMPLETE_MARKER,
+    STAGING_PREFIX,
+    TEACHER_STATE_FILE,
+    commit_checkpoint,
+    last_complete_checkpoint,
+)
 
 from .trl_helpers import parity_reward, tiny_config, tiny_model_and_tokenizer, toy_dataset
 

@@ -121,7 +121,7 @@ def test_trainer_teacher_scores_match_with_and_without_sharing(tmp_path, monkeyp
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("castrl.trl.trainer.completion_logps_shared_prompts", spy)
+    monkeypatch.setattr("castrl.trl.scoring.completion_logps_shared_prompts", spy)
     torch.manual_seed(0)
     inputs = _batch(trainer)
     output = trainer._generate_and_score_completions(inputs)

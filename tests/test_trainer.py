@@ -11,8 +11,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from castrl.trl import CASTConfig, CASTTrainer
-from castrl.trl.checkpoint import COMPLETE_MARKER, last_complete_checkpoint
-from castrl.trl.trainer import TEACHER_STATE_FILE
+from castrl.trl.checkpoint import COMPLETE_MARKER, TEACHER_STATE_FILE, last_complete_checkpoint
 
 from .trl_helpers import parity_reward, tiny_config, tiny_model_and_tokenizer, toy_dataset, zero_reward
 

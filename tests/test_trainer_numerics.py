@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from castrl.trl.trainer import guard_nonfinite_steps
+from castrl.trl.nonfinite import guard_nonfinite_steps
 
 from .test_trainer import _batch, _trainer
 from .trl_helpers import parity_reward

@@ -12,6 +12,9 @@ complete checkpoint always exists, also with `save_total_limit=1`.
 The completion marker stays as a second line of defence: resume only picks folders that carry
 it, so a `checkpoint-N/` written by something else (an older castrl, a manual copy cut short)
 is never chosen either.
+
+`CASTTrainer._save_checkpoint` redirects HF's save into the staging folder and calls
+`commit_staged_checkpoint`; `_load_optimizer_and_scheduler` calls `load_teacher_state`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ import json
 import os
 import re
 import shutil
+from typing import Any
 
+import torch
+from transformers.trainer_utils import rotate_checkpoints
+
+TEACHER_STATE_FILE = "castrl_teacher.pt"  # the teacher's snapshot/EMA weights (`TeacherWeights.state_dict`)
 COMPLETE_MARKER = "castrl_complete.json"
 STAGING_PREFIX = ".castrl-staging-"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -94,6 +102,38 @@ def commit_checkpoint(staged: str, final: str) -> None:
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
     shutil.rmtree(os.path.dirname(staged), ignore_errors=True)
+
+
+def commit_staged_checkpoint(
+    run_dir: str, step: int, state: Any, teacher_state: dict | None, save_total_limit: int | None
+) -> None:
+    """Commit the checkpoint of `step` that every process wrote into `staging_root(run_dir, step)`.
+
+    Main process only, after a barrier. `state` is HF's `TrainerState`: a best checkpoint that
+    points into staging is repointed at the committed folder. The teacher state (if any) and the
+    complete marker are added, the tree fsynced and renamed into place; only then are old
+    checkpoints rotated (HF's `rotate_checkpoints`, `save_total_limit`).
+    """
+    staged = os.path.join(staging_root(run_dir, step), f"checkpoint-{step}")
+    final = os.path.join(run_dir, f"checkpoint-{step}")
+    if state.best_model_checkpoint == staged:
+        state.best_model_checkpoint = final
+        state.save_to_json(os.path.join(staged, "trainer_state.json"))
+    if teacher_state is not None:
+        torch.save(teacher_state, os.path.join(staged, TEACHER_STATE_FILE))
+    write_complete_marker(staged, step)
+    fsync_tree(staged)
+    commit_checkpoint(staged, final)
+    rotate_checkpoints(output_dir=run_dir, save_total_limit=save_total_limit,
+                       best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)  # fmt: skip
+
+
+def load_teacher_state(checkpoint: str) -> dict | None:
+    """The teacher state saved in `checkpoint` (on CPU), or None if it holds none."""
+    path = os.path.join(checkpoint, TEACHER_STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:

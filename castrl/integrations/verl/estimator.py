@@ -23,7 +23,8 @@ import torch
 from verl import DataProto
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
 
-from castrl.core import EstimatorConfig, compute_advantages, get_estimator
+from castrl.core import EstimatorConfig, get_estimator
+from castrl.rows import run_on_rows
 
 from .config import CastrlVerlConfig, castrl_name, verl_names
 
@@ -95,14 +96,13 @@ def estimate_token_advantages(
     group_ids = group_ids_from_uids(index)
     if group_ids.shape[0] != mask.shape[0]:
         raise ValueError(f"uid has {group_ids.shape[0]} entries for {mask.shape[0]} rows")
-    rows = (mask > 0).any(dim=1).nonzero().flatten()
+    has_tokens = (mask > 0).any(dim=1)
     student = torch.zeros_like(mask) if student_logps is None else student_logps.float()
-    teacher = None if teacher_logps is None else teacher_logps.float()[rows]
-    adv, stats = compute_advantages(
-        name, rewards[rows], group_ids[rows], student[rows], teacher, mask[rows], config, step
+    teacher = None if teacher_logps is None else teacher_logps.float()
+    full, stats = run_on_rows(
+        get_estimator(name).fn, has_tokens, (rewards, group_ids, student, teacher, mask), config, step
     )
-    full = torch.zeros_like(mask).index_copy_(0, rows, adv.float())
-    stats["cast/empty_rows_count"] = float(mask.shape[0] - rows.numel())
+    stats["cast/empty_rows_count"] = float((~has_tokens).sum().item())
     return full, stats
 
 
