@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from castrl.teacher import (
+    TeacherConfig,
     TeacherWeights,
     WeightsSpec,
     build_teacher_prompt,
@@ -182,4 +183,4 @@ def test_state_dict_round_trip_and_mismatch():
     with pytest.raises(ValueError, match="teacher_weights"):
         TeacherWeights("refresh:3", _model()).load_state_dict(state)
     with pytest.raises(ValueError, match="ema_decay"):
-        TeacherWeights("ema", _model(), ema_decay=1.0)
+        TeacherConfig(weights="ema", ema_decay=1.0)

@@ -1,76 +1,41 @@
 """`CASTConfig`: TRL's `GRPOConfig` plus the advantage-estimator and self-teacher knobs.
 
-The estimator fields are not written twice: they are injected from the core dataclasses
-(`CastConfig`, `RLSDConfig`), help text included, so `castrl train --help`, YAML files and the
-logged hyperparameters all come from one source. Bands become 2-element lists on the command line.
+No field is written twice: the estimator fields are injected from the core dataclasses
+(`CastConfig`, `RLSDConfig`, ...) and the teacher fields (`teacher_context`, `teacher_weights`,
+`teacher_ema_decay`, `teacher_max_prompt_length`) from `castrl.teacher.TeacherConfig`, help text
+included, so `castrl train --help`, YAML files and the logged hyperparameters come from one source.
+Bands become 2-element lists on the command line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, get_type_hints
+from dataclasses import Field, dataclass, field, fields
+from typing import Any
 
 from trl import GRPOConfig
 
+from castrl.config_fields import same_field, values_of, with_fields_of
 from castrl.core import CastConfig, EstimatorConfig, GRPOOPSDConfig, RLRTConfig, RLSDConfig, get_estimator
-from castrl.teacher import DEFAULT_TEACHER_CONTEXT, DEFAULT_TEACHER_WEIGHTS, check_teacher_config
+from castrl.teacher import TeacherConfig
 
 
-def _cli_field(f, hint: Any) -> tuple[Any, Any]:
-    """(type, dataclasses.field) for a core config field, in a form HfArgumentParser can parse."""
-    default = f.default
-    if isinstance(default, tuple):
-        return list[float], field(default_factory=lambda d=default: list(d), metadata=dict(f.metadata))
-    return hint, field(default=default, metadata=dict(f.metadata))
-
-
-def _with_fields_of(*sources: type[EstimatorConfig]):
-    """Class decorator (applied before @dataclass): add every field of `sources` not already declared."""
-
-    def inject(cls):
-        annotations = cls.__dict__.get("__annotations__", {})
-        for source in sources:
-            hints = get_type_hints(source)
-            for f in fields(source):
-                if f.name in annotations:
-                    continue
-                annotations[f.name], value = _cli_field(f, hints[f.name])
-                setattr(cls, f.name, value)
-        cls.__annotations__ = annotations
-        return cls
-
-    return inject
+def _cli_field(f: Field, hint: Any) -> tuple[Any, Any]:
+    """A core field in a form HfArgumentParser can parse: a (lo, hi) band becomes a list of floats."""
+    if isinstance(f.default, tuple):
+        return list[float], field(default_factory=lambda d=f.default: list(d), metadata=dict(f.metadata))
+    return same_field(f, hint)
 
 
 @dataclass
-@_with_fields_of(CastConfig, RLSDConfig, RLRTConfig, GRPOOPSDConfig)
+@with_fields_of(TeacherConfig, prefix="teacher_")
+@with_fields_of(CastConfig, RLSDConfig, RLRTConfig, GRPOOPSDConfig, convert=_cli_field)
 class CASTConfig(GRPOConfig):
-    """GRPOConfig for CAST and its baselines; see `castrl.core.config` for the estimator fields."""
+    """GRPOConfig for CAST and its baselines; see `castrl.core.config` for the estimator fields and
+    `castrl.teacher.TeacherConfig` for the teacher fields."""
 
     advantage_estimator: str = field(
         default="cast",
         metadata={"help": "Token-advantage estimator: cast, grpo, dr_grpo, rlsd, rlrt, opsd or grpo_opsd (spec §5)."},
-    )
-    teacher_context: str = field(
-        default=DEFAULT_TEACHER_CONTEXT,
-        metadata={
-            "help": "What the self-teacher reads: answer_free (the paper's, default), with_reference (the "
-            "ground-truth answer, Table 7's ablation), with_peer_success (RLRT's: a successful rollout of the "
-            "group); castrl's own: self_teach, student, with_answer, with_solution, or a template with "
-            "{user_turn} or {problem} [{answer}] [{solution}] [{peer}]."
-        },
-    )
-    teacher_weights: str = field(
-        default=DEFAULT_TEACHER_WEIGHTS,
-        metadata={
-            "help": "Teacher weights: refresh:<K> (a snapshot of the policy at step 0 and every K optimizer steps; "
-            "the paper's refresh:10, default), policy (current weights), ema or frozen (initial model)."
-        },
-    )
-    teacher_ema_decay: float = field(default=0.99, metadata={"help": "EMA decay for teacher_weights='ema'. [R]"})
-    teacher_max_prompt_length: int = field(
-        default=1024,
-        metadata={"help": "Teacher prompts longer than this many tokens are cut from the left (and counted)."},
     )
     fuse_student_pass: bool = field(
         default=True,
@@ -107,11 +72,13 @@ class CASTConfig(GRPOConfig):
         spec = get_estimator(self.advantage_estimator)  # unknown names fail here, before any model loads
         self.estimator_config()  # validates every estimator field
         if spec.needs_teacher:
-            check_teacher_config(self.teacher_context, self.teacher_weights)
+            self.teacher_config().check_host("trl")
         if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ValueError(f"epsilon / epsilon_high must be >= 0, got {self.epsilon} / {self.epsilon_high}")
-        if self.teacher_max_prompt_length <= 0:
-            raise ValueError(f"teacher_max_prompt_length must be > 0, got {self.teacher_max_prompt_length}")
+
+    def teacher_config(self) -> TeacherConfig:
+        """The validated teacher settings, built from the flat `teacher_*` fields of this config."""
+        return TeacherConfig(**values_of(self, TeacherConfig, prefix="teacher_"))
 
     def estimator_config(self) -> EstimatorConfig:
         """The core config of `advantage_estimator`, built from the flat fields of this config."""

@@ -4,23 +4,23 @@
 prompt once when its KV cache can be shared (`prompt_cache.py`), else one full forward per rollout
 through TRL's own `_get_per_token_logps_and_entropies`. The teacher's prompts are built from the
 dataset row and the teacher context (`castrl.teacher`), tokenised as TRL tokenises the student's,
-cut from the left to `teacher_max_prompt_length` and left-padded (`teacher_prompt_batch`); RLRT's
+cut from the left to `teacher_max_prompt_length` and left-padded (`castrl.teacher.teacher_prompt_batch`,
+the one function every host uses); RLRT's
 `with_peer_success` context also reads another correct rollout of the row's group (`peer_texts`).
 `CASTTrainer` wires these to its model, teacher weights and processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from transformers.utils import logging
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import pad
 
-from castrl.teacher import build_teacher_prompt, successful_peers
+from castrl.teacher import successful_peers
 
 from .config import CASTConfig
 from .prompt_cache import completion_logps_shared_prompts
@@ -84,29 +84,6 @@ def tokenize_prompts(
         return_dict=True,
         **chat_template_kwargs,
     )["input_ids"]
-
-
-def teacher_prompt_batch(
-    inputs: list[dict],
-    context: str,
-    peers: Sequence[str | None] | None,
-    tokenize: Callable[[list], list[list[int]]],
-    max_length: int,
-    pad_token_id: int,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Left-padded (B, P) teacher prompt ids and mask (CPU, long) for the dataset rows `inputs`
-    under teacher `context`, and how many prompts were longer than `max_length`.
-
-    `peers` holds each row's peer text for a context that reads `{peer}` (None: no peers). A long
-    prompt is cut from the left: the end of the context, next to the completion, is kept.
-    """
-    peers = [None] * len(inputs) if peers is None else peers
-    ids = tokenize([build_teacher_prompt(x, context, peer=p) for x, p in zip(inputs, peers, strict=True)])
-    n_truncated = sum(len(x) > max_length for x in ids)
-    rows = [torch.tensor(x[-max_length:]) for x in ids]
-    prompt_ids = pad(rows, padding_value=pad_token_id, padding_side="left")
-    prompt_mask = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left")
-    return prompt_ids, prompt_mask, n_truncated
 
 
 def peer_texts(

@@ -25,13 +25,13 @@ from trl import GRPOTrainer
 
 from castrl.core import get_estimator
 from castrl.rows import run_on_rows
-from castrl.teacher import TeacherWeights, context_uses
+from castrl.teacher import TeacherWeights, context_uses, teacher_prompt_batch
 
 from .checkpoint import commit_staged_checkpoint, load_teacher_state, remove_stale_staging, staging_root
 from .config import CASTConfig
 from .fused import FusedStudentPass, can_fuse_student_pass
 from .nonfinite import guard_nonfinite_steps
-from .scoring import completion_logps, peer_texts, teacher_prompt_batch, tokenize_prompts
+from .scoring import completion_logps, peer_texts, tokenize_prompts
 
 
 class _TeacherUpdate(TrainerCallback):
@@ -193,8 +193,8 @@ class CASTTrainer(GRPOTrainer):
         context, device = self.args.teacher_context, self.accelerator.device
         peers = self._peer_texts(output) if context_uses(context, "peer") else None
         prompt_ids, prompt_mask, n_truncated = teacher_prompt_batch(
-            inputs, context, peers, self._tokenize_teacher_prompts, self.args.teacher_max_prompt_length,
-            self._tokenizer.pad_token_id,
+            inputs, context, self._tokenize_teacher_prompts, self.args.teacher_max_prompt_length,
+            self._tokenizer.pad_token_id, peers,
         )  # fmt: skip
         self._log({"cast/teacher_truncated_count": float(n_truncated)}, self._mode)
         with self.teacher_weights.scoring(self.accelerator.unwrap_model(self.model)):

@@ -9,8 +9,8 @@ Field meanings: `castrl.core.config`.
 
 Teacher weights on verl: `policy` (the actor's current weights, the default here) and `frozen`
 (verl's reference model = the initial weights); `refresh:1` is `policy` under another name. The
-paper's `refresh:10` (castrl's default elsewhere) and `ema` are rejected at config time: see
-`_check_teacher_weights` and docs/verl.md.
+paper's `refresh:10` (castrl's default elsewhere) and `ema` are rejected at config time
+(`castrl.teacher.TeacherConfig.check_host`, which says why) and in docs/verl.md.
 """
 
 from __future__ import annotations
@@ -22,20 +22,22 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from castrl.config_fields import with_fields_of
 from castrl.core import ADVANTAGE_ESTIMATORS, EstimatorConfig, get_estimator
-from castrl.teacher import DEFAULT_TEACHER_CONTEXT, WeightsSpec, check_teacher_config, context_uses
+from castrl.teacher import TeacherConfig, WeightsSpec, context_uses
 
 SECTION = "castrl"
 PREFIX = "castrl_"
 ALIAS = "cast"  # `algorithm.adv_estimator=cast` is CAST; every estimator is also `castrl_<name>`
 REWARD_KEYS = ("token_level_rewards", "token_level_scores")
-VERL_TEACHER_WEIGHTS = ("policy", "frozen")  # and refresh:1, which is `policy`
 VERL_DEFAULT_TEACHER_WEIGHTS = "policy"  # castrl's default is the paper's refresh:10, which verl cannot do
 
 
 @dataclass(frozen=True)
+@with_fields_of(TeacherConfig, prefix="teacher_")
 class CastrlVerlConfig:
-    """Everything the verl adapter needs besides verl's own config."""
+    """Everything the verl adapter needs besides verl's own config; the `teacher_*` fields are
+    `castrl.teacher.TeacherConfig`'s (verl's default weights differ: see `teacher_weights`)."""
 
     estimator: str = field(
         default="cast", metadata={"help": "castrl registry name (from algorithm.adv_estimator)."}
@@ -43,28 +45,12 @@ class CastrlVerlConfig:
     estimator_config: EstimatorConfig | None = field(
         default=None, metadata={"help": "Config of `estimator`; None = its defaults."}
     )
-    teacher_context: str = field(
-        default=DEFAULT_TEACHER_CONTEXT,
-        metadata={
-            "help": "answer_free (the paper's T_AF, default), with_reference (ground-truth answer, Table 7's "
-            "ablation; the paper's for rlsd / opsd / grpo_opsd), with_peer_success (RLRT's: a successful rollout "
-            "of the same group), castrl's self_teach, student, with_answer, with_solution, or a template with "
-            "{user_turn} or {problem} (spec §3)."
-        },
-    )
     teacher_weights: str = field(
         default=VERL_DEFAULT_TEACHER_WEIGHTS,
         metadata={
             "help": "policy (the actor's current weights, default) or frozen (verl's reference model = the initial "
             "weights); refresh:1 = policy. Differs from the paper, whose teacher is a snapshot refreshed every 10 "
             "optimizer steps (refresh:10): not supported on verl, use castrl's TRL trainer for it. [R]"
-        },
-    )
-    teacher_max_prompt_length: int = field(
-        default=1024,
-        metadata={
-            "help": "Teacher prompts longer than this are cut from the left (and counted). with_peer_success needs "
-            ">= data.max_prompt_length + data.max_response_length (the peer rollout is in the prompt)."
         },
     )
     reward_key: str = field(
@@ -203,32 +189,6 @@ def _estimator_config(name: str, section: dict[str, Any]) -> EstimatorConfig:
 _TOP_KEYS = {f.name for f in fields(CastrlVerlConfig)} - {"estimator", "estimator_config"}
 
 
-def _check_teacher_weights(weights: str) -> None:
-    """Accept what verl can score with: the actor's current weights or its reference model."""
-    where = f"{SECTION}.teacher_weights={weights!r}"
-    try:
-        spec = WeightsSpec.parse(weights)
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}; on verl use one of {VERL_TEACHER_WEIGHTS}") from None
-    if spec.always_policy() or spec.kind == "frozen":
-        return
-    what = (
-        f"a snapshot of the policy re-taken every {spec.every} optimizer steps (the paper's teacher)"
-        if spec.kind == "refresh"
-        else "an exponential moving average of the policy"
-    )
-    raise ValueError(
-        f"{where} is not supported on verl. This teacher is {what}: a third set of weights besides the actor's "
-        "current ones and the reference model's initial ones. verl 0.9 has no way to keep it: its workers hold "
-        "the actor's FSDP/Megatron shards and a reference model that never changes (with LoRA, the base model "
-        "with the adapter off); re-syncing the reference worker from the actor would need a custom "
-        "ActorRolloutRefWorker method per engine, and verl's checkpoints would not save those weights, so a "
-        "resumed run would score with the wrong teacher. Use 'policy' (the actor's current weights, the "
-        "default here) or 'frozen' (verl's reference model), or castrl's TRL trainer (castrl.trl) for "
-        "refresh:<K> and ema."
-    )
-
-
 def _top_level(top: dict[str, Any]) -> dict[str, Any]:
     defaults = {f.name: f.default for f in fields(CastrlVerlConfig)}
     hints = typing.get_type_hints(CastrlVerlConfig)
@@ -237,10 +197,6 @@ def _top_level(top: dict[str, Any]) -> dict[str, Any]:
         values[key] = _coerce(hints[key], top[key], f"{SECTION}.{key}") if key in top else defaults[key]
     if values["reward_key"] not in REWARD_KEYS:
         raise ValueError(f"{SECTION}.reward_key must be one of {REWARD_KEYS}, got {values['reward_key']!r}")
-    if values["teacher_max_prompt_length"] <= 0:
-        raise ValueError(
-            f"{SECTION}.teacher_max_prompt_length must be > 0, got {values['teacher_max_prompt_length']}"
-        )
     return values
 
 
@@ -264,9 +220,8 @@ def parse_castrl_config(section: Any, adv_estimator: str) -> CastrlVerlConfig:
     }
     values = _top_level(top)
     if get_estimator(name).needs_teacher:
-        _check_teacher_weights(values["teacher_weights"])
         try:
-            check_teacher_config(values["teacher_context"], values["teacher_weights"])
+            TeacherConfig(**{f.name: values["teacher_" + f.name] for f in fields(TeacherConfig)}).check_host("verl")
         except ValueError as err:
             raise ValueError(f"{SECTION}: {err}") from None
     return CastrlVerlConfig(estimator=name, estimator_config=configs.get(name), **values)

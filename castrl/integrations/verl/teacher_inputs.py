@@ -23,7 +23,8 @@ import torch
 from verl import DataProto
 from verl.utils import tensordict_utils as tu
 
-from castrl.teacher import build_teacher_prompt, successful_peers
+from castrl.teacher import left_pad, successful_peers
+from castrl.teacher import teacher_prompt_ids as shared_teacher_prompt_ids
 
 from .config import CastrlVerlConfig
 
@@ -82,20 +83,19 @@ def teacher_prompt_ids(
 
     `peers`: one successful peer response text (or None) per row, for contexts that read `{peer}`.
     """
-    if peers is not None and len(peers) != len(rows):
-        raise ValueError(f"{len(peers)} peers for {len(rows)} rows")
-    out = []
-    for i, row in enumerate(rows):
-        example = teacher_example(
-            row["raw_prompt"],
-            row.get("reward_model"),
-            row.get("extra_info"),
-            settings.problem_key,
+    examples = [
+        teacher_example(
+            row["raw_prompt"], row.get("reward_model"), row.get("extra_info"), settings.problem_key,
             settings.solution_key,
-        )
-        prompt = build_teacher_prompt(example, settings.teacher_context, None if peers is None else peers[i])
-        out.append(tokenize_prompt(prompt, tokenizer, chat_template_kwargs))
-    return out
+        )  # fmt: skip
+        for row in rows
+    ]
+    return shared_teacher_prompt_ids(
+        examples,
+        settings.teacher_context,
+        lambda prompts: [tokenize_prompt(p, tokenizer, chat_template_kwargs) for p in prompts],
+        peers,
+    )
 
 
 def choose_peers(
@@ -146,14 +146,8 @@ def assemble_teacher_batch(
     """
     if len(prompt_ids) != responses.shape[0]:
         raise ValueError(f"{len(prompt_ids)} teacher prompts for {responses.shape[0]} responses")
-    kept = [list(ids)[-max_prompt_length:] for ids in prompt_ids]  # keep the end: the question's tail
-    n_truncated = sum(len(ids) > max_prompt_length for ids in prompt_ids)
-    width = max(len(ids) for ids in kept)
-    prompts = torch.full((len(kept), width), pad_token_id, dtype=torch.long)
-    prompt_attention = torch.zeros((len(kept), width), dtype=torch.long)
-    for i, ids in enumerate(kept):
-        prompts[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        prompt_attention[i, width - len(ids) :] = 1
+    # cut from the left (the end of the context, next to the response, is kept), then left-padded
+    prompts, prompt_attention, n_truncated = left_pad(prompt_ids, pad_token_id, max_prompt_length)
     attention_mask = torch.cat([prompt_attention, response_attention.long()], dim=1)
     # as verl's compute_position_id_with_mask: left padding sits at position 0, tokens count from 0
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)

@@ -18,7 +18,7 @@ the number of completed verl training steps, `global_steps - 1` (verl counts fro
 The trainer is registered as `castrl_sync` but runs as verl's `sync` mode (its copy of the config
 says so, since verl branches on that name). `refresh:<K>` (the paper's) and `ema` teachers would
 need a third copy of the sharded actor on the workers, updated after `update_actor` and saved with
-checkpoints (a worker-side change); they are rejected at config time (`config._check_teacher_weights`).
+checkpoints (a worker-side change); they are rejected at config time (`TeacherConfig.check_host("verl")`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,45 @@
+"""The self-teacher (spec §3): what it reads (`contexts`), which weights it scores with (`weights`),
+its settings declared once for every host (`config`), and its prompt ids (`prompts`).
+
+The teacher is the model itself, run without gradient on the student's sampled tokens; the gap
+g = u - s is zero unless its context or its weights differ from the student's.
+"""
+
+from .config import HOST_WEIGHTS, TeacherConfig, check_teacher_config
+from .contexts import (
+    BOXED_FORMAT,
+    DEFAULT_TEACHER_CONTEXT,
+    PEER_FALLBACK_CONTEXT,
+    PRIVILEGED_CONTEXTS,
+    STUDENT_RESPONSE_TAG,
+    TEACHER_CONTEXTS,
+    build_teacher_prompt,
+    context_uses,
+    successful_peers,
+    validate_teacher_context,
+)
+from .prompts import left_pad, teacher_prompt_batch, teacher_prompt_ids
+from .weights import DEFAULT_TEACHER_WEIGHTS, TeacherWeights, WeightsSpec, has_adapter
+
+__all__ = [
+    "BOXED_FORMAT",
+    "DEFAULT_TEACHER_CONTEXT",
+    "DEFAULT_TEACHER_WEIGHTS",
+    "HOST_WEIGHTS",
+    "PEER_FALLBACK_CONTEXT",
+    "PRIVILEGED_CONTEXTS",
+    "STUDENT_RESPONSE_TAG",
+    "TEACHER_CONTEXTS",
+    "TeacherConfig",
+    "TeacherWeights",
+    "WeightsSpec",
+    "build_teacher_prompt",
+    "check_teacher_config",
+    "context_uses",
+    "has_adapter",
+    "left_pad",
+    "successful_peers",
+    "teacher_prompt_batch",
+    "teacher_prompt_ids",
+    "validate_teacher_context",
+]

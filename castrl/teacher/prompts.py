@@ -1,0 +1,63 @@
+"""Dataset rows -> the teacher's prompt token ids, left-padded: one function for every host.
+
+Each host tokenises the teacher's prompt the way it tokenises the student's (TRL, verl and
+diagnose differ in special tokens and chat-template calls), so it passes its own `tokenize`;
+everything else — the context, the peers, the left cut to `max_length`, the left padding — is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .contexts import build_teacher_prompt
+
+Tokenize = Callable[[list[Any]], list[list[int]]]
+
+
+def left_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, max_length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(ids, mask) both (N, width) long, rows flush right (decoder-only models continue on the right),
+    and how many rows were longer than `max_length`; those are cut from the left, keeping the end of
+    the context next to the completion. An empty row is all padding."""
+    n_cut = 0 if max_length is None else sum(len(r) > max_length for r in rows)
+    kept = [list(r) if max_length is None else list(r)[len(r) - min(len(r), max_length) :] for r in rows]
+    width = max((len(r) for r in kept), default=0)
+    ids = torch.full((len(kept), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(kept), width), dtype=torch.long)
+    for i, row in enumerate(kept):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids, mask, n_cut
+
+
+def teacher_prompt_ids(
+    examples: Sequence[Mapping[str, Any]],
+    context: str,
+    tokenize: Tokenize,
+    peers: Sequence[str | None] | None = None,
+) -> list[list[int]]:
+    """The teacher prompt of each dataset row under `context`, tokenised by the host's `tokenize`.
+
+    `peers`: each row's successful peer text for a context that reads `{peer}` (None: no peers).
+    """
+    peers = [None] * len(examples) if peers is None else peers
+    if len(peers) != len(examples):
+        raise ValueError(f"{len(peers)} peers for {len(examples)} rows")
+    return tokenize([build_teacher_prompt(x, context, peer=p) for x, p in zip(examples, peers, strict=True)])
+
+
+def teacher_prompt_batch(
+    examples: Sequence[Mapping[str, Any]],
+    context: str,
+    tokenize: Tokenize,
+    max_length: int,
+    pad_id: int,
+    peers: Sequence[str | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Left-padded (B, P) teacher prompt ids and mask (CPU, long), and how many prompts were cut."""
+    return left_pad(teacher_prompt_ids(examples, context, tokenize, peers), pad_id, max_length)
