@@ -184,3 +184,28 @@ def test_state_dict_round_trip_and_mismatch():
         TeacherWeights("refresh:3", _model()).load_state_dict(state)
     with pytest.raises(ValueError, match="ema_decay"):
         TeacherConfig(weights="ema", ema_decay=1.0)
+
+
+def test_teacher_fields_are_declared_once_and_injected_into_the_trl_config():
+    from dataclasses import fields
+
+    from castrl.trl import CASTConfig
+
+    host = {f.name: f for f in fields(CASTConfig)}
+    for f in fields(TeacherConfig):
+        injected = host[f"teacher_{f.name}"]
+        assert injected.default == f.default and injected.metadata["help"] == f.metadata["help"], f.name
+
+
+@pytest.mark.parametrize(
+    ("host", "weights", "ok"),
+    [("trl", "refresh:10", True), ("trl", "ema", True), ("verl", "policy", True), ("verl", "refresh:1", True),
+     ("verl", "frozen", True), ("verl", "refresh:10", False), ("verl", "ema", False)],
+)  # fmt: skip
+def test_which_weights_each_host_supports(host, weights, ok):
+    config = TeacherConfig(weights=weights)
+    if ok:
+        config.check_host(host)
+    else:
+        with pytest.raises(ValueError, match=f"not supported on {host}. This teacher is"):
+            config.check_host(host)
