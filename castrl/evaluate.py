@@ -1,10 +1,13 @@
-"""Generation-based evaluation shared by `castrl train` (held-out before/after) and `castrl eval`.
+"""Generation-based evaluation: one generation function and one held-out accuracy rule behind
+`castrl train` (held-out before/after), `castrl eval` and the bench (`heldout_accuracy`).
 
-Evaluation shares only the verifier (`Verifier`, `extract_final_answer`) with the training reward
-path. The metrics are pure functions of per-sample correctness and answer lists, so they are tested
-without a model: `pass_at_k` (Chen et al. 2021, unbiased), `majority_vote`/`maj_at_k`, `aggregate`.
-Completion length counts generated tokens up to and including the first EOS, as TRL's
-`completions/mean_length` does, so eval and training logs read the same.
+Accuracy rule (`counted_correct`): a completion the verifier cannot score (None: its gold is
+unparseable or timed out) counts as wrong, and is counted separately as `n_unscorable`. Evaluation
+shares only the verifier with the training reward path. The metrics are pure functions of per-sample
+correctness and answers: `pass_at_k` (Chen et al. 2021, unbiased), `majority_vote`/`maj_at_k`,
+`aggregate`. Completion length counts generated tokens up to and including the first EOS, as TRL's
+`completions/mean_length` does; `cut_at_budget` re-reads a completion as if generation had stopped
+after b tokens (the token-budget sweep of spec §7, paper Table 14).
 """
 
 from __future__ import annotations
@@ -17,18 +20,22 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from castrl.data import build_prompt
 from castrl.rewards import Verifier
 
 _BOXED = re.compile(r"\\boxed\{\s*[^{}\s]")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
+# A prompt: chat messages (rendered with the tokenizer's chat template) or an already rendered string.
+Prompt = list[dict[str, str]] | str
+
+
 class Completion(NamedTuple):
-    """One generated completion: decoded text and its length in tokens (EOS included)."""
+    """One generated completion: decoded text, its length in tokens (EOS included) and those token ids."""
 
     text: str
     tokens: int
+    ids: tuple[int, ...] = ()
 
 
 def is_boxed(text: str) -> bool:
@@ -37,6 +44,16 @@ def is_boxed(text: str) -> bool:
 
 
 # --- metrics (pure) -------------------------------------------------------------------------------
+
+
+def counted_correct(score: float | None) -> float:
+    """castrl's one held-out accuracy rule: the verifier's 1.0/0.0, and 0.0 (wrong) for None.
+
+    None means the verifier could not score the sample (its gold is unparseable or timed out);
+    leaving such samples out would raise the accuracy of a model on a badly formatted set, so they
+    count as wrong and every caller reports how many there were (`n_unscorable`).
+    """
+    return 0.0 if score is None else float(score)
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -116,13 +133,18 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[float], k: int) ->
     return wins / blocks
 
 
-def problem_metrics(correct: Sequence[float], answers: Sequence[str | None], k: int) -> dict[str, Any]:
-    """avg (mean correctness of all n samples), pass@k, maj@k and the overall vote winner of one problem."""
+def problem_metrics(scores: Sequence[float | None], answers: Sequence[str | None], k: int) -> dict[str, Any]:
+    """avg (mean correctness of all n samples), pass@k, maj@k and the overall vote winner of one problem.
+
+    `scores` are the verifier's (None = unscorable, counted wrong and counted in `n_unscorable`).
+    """
+    correct = [counted_correct(s) for s in scores]
     n = len(correct)
     n_correct = int(sum(correct))
     winner = majority_vote(answers)
     return {
         "n_correct": n_correct,
+        "n_unscorable": sum(s is None for s in scores),
         "avg": n_correct / n,
         "pass_at_k": pass_at_k(n, n_correct, k),
         "maj_at_k": maj_at_k(answers, correct, k),
@@ -135,28 +157,28 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def aggregate(rows: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
-    """Summary of per-problem rows (from `castrl eval`); problems whose gold is unparseable are skipped.
+    """Summary of per-problem rows (from `castrl eval`); unscorable samples count as wrong (`counted_correct`).
 
-    Means over scored problems: avg_at_k, pass_at_k, maj_at_k, greedy_accuracy, and pass@j for
-    j = 1, 2, 4, ... <= k (each from the same n samples). Means over all samples: boxed_rate,
-    answered_rate (an answer was extracted), mean_tokens; greedy_* likewise over greedy completions.
+    Means over problems: avg_at_k, pass_at_k, maj_at_k, greedy_accuracy, and pass@j for j = 1, 2, 4,
+    ... <= k (each from the same n samples). Means over all samples: boxed_rate, answered_rate (an
+    answer was extracted), mean_tokens; greedy_* likewise over greedy completions. n_unscorable:
+    problems with at least one sample the verifier could not score.
     """
-    scored = [r for r in rows if not r["skipped"]]
     samples = [s for r in rows for s in r["samples"]]
     greedy = [r["greedy"] for r in rows if r.get("greedy")]
-    n = len(scored[0]["samples"]) if scored else 0
+    n = len(rows[0]["samples"]) if rows else 0
     ks = [j for j in (2**i for i in range(k.bit_length())) if j <= k] + ([k] if k & (k - 1) else [])
     return {
         "n_problems": len(rows),
-        "n_scored": len(scored),
-        "avg_at_k": _mean([r["avg"] for r in scored]),
-        "pass_at_k": _mean([r["pass_at_k"] for r in scored]),
-        "maj_at_k": _mean([r["maj_at_k"] for r in scored]),
-        "pass_at": {str(j): _mean([pass_at_k(n, r["n_correct"], j) for r in scored]) for j in ks},
+        "n_unscorable": sum(r["n_unscorable"] > 0 for r in rows),
+        "avg_at_k": _mean([r["avg"] for r in rows]),
+        "pass_at_k": _mean([r["pass_at_k"] for r in rows]),
+        "maj_at_k": _mean([r["maj_at_k"] for r in rows]),
+        "pass_at": {str(j): _mean([pass_at_k(n, r["n_correct"], j) for r in rows]) for j in ks},
         "boxed_rate": _mean([float(s["boxed"]) for s in samples]),
         "answered_rate": _mean([float(s["answer"] is not None) for s in samples]),
         "mean_tokens": _mean([s["tokens"] for s in samples]),
-        "greedy_accuracy": _mean([r["greedy"]["correct"] for r in scored if r.get("greedy")]),
+        "greedy_accuracy": _mean([counted_correct(g["correct"]) for g in greedy]),
         "greedy_boxed_rate": _mean([float(g["boxed"]) for g in greedy]),
         "greedy_mean_tokens": _mean([g["tokens"] for g in greedy]),
     }
@@ -188,48 +210,59 @@ def _chunks(n_prompts: int, samples: int, batch_size: int) -> list[tuple[int, in
     return calls
 
 
+def _render(tokenizer: Any, prompt: Prompt) -> str:
+    """A chat prompt through the tokenizer's chat template; a string prompt as it is (already rendered)."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
 def _generate_batch(
-    model: Any, tokenizer: Any, chunk: Sequence[list[dict[str, str]]], stops: torch.Tensor, **kwargs: Any
+    model: Any, tokenizer: Any, chunk: Sequence[Prompt], stops: torch.Tensor, **kwargs: Any
 ) -> list[Completion]:
     """One generate call on `chunk`; rows come back prompt-major (prompt 0's samples first).
 
-    A completion ends at its first stop token (kept in the count, dropped from the text); after it,
-    generate only pads.
+    A completion ends at its first stop token (kept in the count and the ids, dropped from the text);
+    after it, generate only pads. Prompt tokens get no special tokens added: the rendered text holds them.
     """
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
+    texts = [_render(tokenizer, p) for p in chunk]
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     ids = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **kwargs)
-    new = ids[:, enc["input_ids"].shape[1] :].cpu()
+    new = ids[:, enc["input_ids"].shape[1] :].cpu()  # (rows, T_new): generated tokens only
     is_stop = torch.isin(new, stops)
     lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, new.shape[1]).tolist()
-    rows = [row[:n] for row, n in zip(new, lengths, strict=True)]
-    decoded = tokenizer.batch_decode(rows, skip_special_tokens=True)
-    return [Completion(text, n) for text, n in zip(decoded, lengths, strict=True)]
+    rows = [tuple(row[:n].tolist()) for row, n in zip(new, lengths, strict=True)]
+    decoded = tokenizer.batch_decode([list(r) for r in rows], skip_special_tokens=True)
+    return [Completion(text, n, row) for text, n, row in zip(decoded, lengths, rows, strict=True)]
 
 
 @torch.no_grad()
 def generate_completions(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[list[dict[str, str]]],
+    prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 128,
     batch_size: int = 16,
     do_sample: bool = False,
     temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
     num_return_sequences: int = 1,
     desc: str = "generate",
     progress: bool = True,
 ) -> list[list[Completion]]:
-    """`num_return_sequences` completions per chat prompt, at most `batch_size` sequences per generate call.
+    """`num_return_sequences` completions per prompt, at most `batch_size` sequences per generate call.
 
-    Sampling is plain ancestral sampling at `temperature` (top_p=1, top_k=0) from torch's global RNG,
-    so `torch.manual_seed` beforehand makes it reproducible for a fixed batch layout.
+    A prompt is a chat (list of messages, rendered with the tokenizer's chat template) or a string
+    used as it is. Greedy unless `do_sample`; sampling uses `temperature`, `top_p` and `top_k` (0 =
+    off; the defaults are plain ancestral sampling) from torch's global RNG, so `torch.manual_seed`
+    beforehand makes it reproducible for a fixed batch layout.
     """
     was_training = model.training
     model.eval()
     tokenizer.padding_side = "left"
-    sampling = dict(temperature=temperature, top_p=1.0, top_k=0) if do_sample else {}
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
     stops = torch.tensor(_stop_ids(model, tokenizer))
     out: list[list[Completion]] = [[] for _ in prompts]
     total = len(prompts) * num_return_sequences
@@ -255,48 +288,61 @@ def generate_completions(
     return out
 
 
-def generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[dict[str, str]]],
-    **kwargs: Any,
-) -> list[list[str]]:
-    """Texts only of `generate_completions` (same keyword arguments): one list of strings per prompt."""
-    return [[c.text for c in group] for group in generate_completions(model, tokenizer, prompts, **kwargs)]
+def cut_at_budget(completion: Completion, budget: int, tokenizer: Any) -> Completion:
+    """`completion` as if generation had stopped after `budget` tokens (spec §7 token-budget sweep).
+
+    A completion that ended within the budget is unchanged; a longer one keeps its first `budget`
+    token ids, decoded again, so it is scored on what those tokens say (usually no answer yet: wrong).
+    Its length becomes `budget`, so mean length per budget is the mean of min(length, budget).
+    """
+    if completion.tokens <= budget:
+        return completion
+    ids = completion.ids[:budget]
+    return Completion(tokenizer.decode(list(ids), skip_special_tokens=True), budget, ids)
 
 
-def greedy_accuracy(
+def heldout_accuracy(
     model: Any,
     tokenizer: Any,
-    records: Sequence[dict[str, Any]],
+    prompts: Sequence[Prompt],
+    golds: Sequence[object],
     verifier: Verifier,
     *,
-    style: str = "oneshot",
+    levels: Sequence[str | None] | None = None,
     max_new_tokens: int = 128,
     batch_size: int = 16,
     progress: bool = True,
-) -> dict[str, float]:
-    """Greedy accuracy, boxed rate, mean completion length (characters and tokens) and n on `records`."""
-    prompts = [build_prompt(r["problem"], style) for r in records]
+) -> dict[str, Any]:
+    """Greedy held-out accuracy: the one definition behind `castrl train`, `castrl eval` and the bench.
+
+    One greedy completion per prompt (chat messages or ready strings, see `generate_completions`),
+    scored by `verifier` against `golds` under `counted_correct` (unscorable = wrong). Returns
+    accuracy (NaN with no prompts), n, n_unscorable, boxed_rate, mean_chars, mean_tokens, example
+    (the first completion's text), and per_level accuracy when `levels` is given (None levels skipped).
+    """
     done = [
-        c[0]
-        for c in generate_completions(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            desc="held-out eval",
-            progress=progress,
+        group[0]
+        for group in generate_completions(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            desc="held-out eval", progress=progress,
         )
     ]
     texts = [c.text for c in done]
-    scores = verifier.score_batch(texts, [r["answer"] for r in records])
-    valid = [s for s in scores if s is not None]
-    return {
-        "accuracy": sum(valid) / len(valid) if valid else float("nan"),
-        "boxed_rate": sum(is_boxed(t) for t in texts) / max(len(texts), 1),
-        "mean_chars": sum(len(t) for t in texts) / max(len(texts), 1),
-        "mean_tokens": sum(c.tokens for c in done) / max(len(done), 1),
-        "n": float(len(valid)),
+    scores = verifier.score_batch(texts, list(golds))
+    correct = [counted_correct(s) for s in scores]
+    result: dict[str, Any] = {
+        "accuracy": _mean(correct) if correct else float("nan"),
+        "n": len(correct),
+        "n_unscorable": sum(s is None for s in scores),
+        "boxed_rate": _mean([float(is_boxed(t)) for t in texts]) or 0.0,
+        "mean_chars": _mean([len(t) for t in texts]) or 0.0,
+        "mean_tokens": _mean([c.tokens for c in done]) or 0.0,
+        "example": texts[0] if texts else "",
     }
+    if levels is not None:
+        by_level: dict[str, list[float]] = {}
+        for level, c in zip(levels, correct, strict=True):
+            if level is not None:
+                by_level.setdefault(level, []).append(c)
+        result["per_level"] = {level: sum(v) / len(v) for level, v in by_level.items()}
+    return result

@@ -196,8 +196,8 @@ def resolve_model(name_or_path: str, cache_dir: str | os.PathLike[str] | None = 
 
     ``"smollm2-135m"`` becomes the cached safetensors folder (converted from the bundled GGUF on
     first use; ``cache_dir`` overrides the folder that holds it). An existing local folder is
-    returned as an absolute path; a string that looks like a path (starts with ``/``, ``.`` or ``~``)
-    but does not exist is an error. Anything else is a Hugging Face id, passed through unchanged:
+    returned as an absolute path; a string that looks like a path (starts with ``/``, ``.`` or ``~``,
+    or has more than one ``/``) but does not exist is an error. Anything else is a Hugging Face id, passed through unchanged:
     ``from_pretrained`` reads it from the local HF cache and honours ``HF_HUB_OFFLINE``.
     """
     if not isinstance(name_or_path, str) or not name_or_path:
@@ -207,7 +207,7 @@ def resolve_model(name_or_path: str, cache_dir: str | os.PathLike[str] | None = 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return str(path.resolve())
-    if name_or_path.startswith(("/", ".", "~")):
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:  # an HF id has one "/" at most
         raise ValueError(
             f"model path {name_or_path!r} does not exist or is not a folder; pass a folder saved with "
             f"save_pretrained, a Hugging Face id, or {DEFAULT_MODEL!r}."
@@ -254,3 +254,15 @@ def load_model_and_tokenizer(
 
         model = get_peft_model(model, peft_config(lora))
     return model, tokenizer
+
+
+def load_checked(name_or_path: str, flag: str = "--model", **kwargs: Any) -> tuple[Any, Any]:
+    """`load_model_and_tokenizer(name_or_path, **kwargs)` for a command line: a model that cannot be
+    loaded (an id not in the local cache, a folder without weights) is a ValueError naming `flag`."""
+    try:
+        return load_model_and_tokenizer(name_or_path, **kwargs)
+    except OSError as err:
+        raise ValueError(
+            f"{flag} {name_or_path!r} could not be loaded ({err}); pass a folder saved with save_pretrained, "
+            f"a Hugging Face id in the local cache, or {DEFAULT_MODEL!r}"
+        ) from err

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
 from transformers import TrainerCallback
 
+from castrl.formatting import dumps
+
 METRICS_FILE = "metrics.jsonl"
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN; null reads as "not defined this step"
-    return value
 
 
 def append_metrics(output_dir: str, record: dict[str, Any]) -> None:
     """Append one record to `output_dir/metrics.jsonl` (flushed, so a crash keeps what was logged)."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, METRICS_FILE), "a") as f:
-        f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        f.write(dumps(record) + "\n")  # NaN -> null: "not defined this step" (strict JSON)
         f.flush()
 
 

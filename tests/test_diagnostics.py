@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from castrl import cli
+from castrl.commands.diagnose import build_parser
 from castrl.core import CastConfig, cast_advantages
-from castrl.diagnose_cli import build_parser, main
 from castrl.diagnostics import DiagnoseSettings, run_diagnostics, write_report
 from castrl.diagnostics.analysis import (
     AUC_BAND,
@@ -36,6 +37,11 @@ from castrl.diagnostics.scoring import (
 )
 from castrl.diagnostics.settings import check_context_columns
 from castrl.testing import build_char_tokenizer, build_tiny_model, save_tiny_model
+
+
+def main(argv: list[str]) -> int:
+    """`castrl diagnose ARGV` as the command line runs it (input mistakes: exit 2, message on stderr)."""
+    return cli.main(["diagnose", *argv])
 
 G = 4
 # group 0 all correct, group 1 all wrong, groups 2-3 mixed; the last row's gold is "unparseable"
@@ -489,8 +495,8 @@ def test_analyze_on_handmade_tensors():
 
 def test_report_files(run, tmp_path):
     payload = {
-        "command": "castrl diagnose --n-prompts 4",
-        "argv": ["--n-prompts", "4"],
+        "command": "castrl diagnose --n_prompts 4",
+        "argv": ["--n_prompts", "4"],
         "settings": vars(run.settings),
         "cast_config": {},
         "notes": run.notes,
@@ -532,15 +538,15 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, capsys):
     argv = [
         "--model",
         str(model_dir),
-        "--n-prompts",
+        "--n_prompts",
         "2",
-        "--group-size",
+        "--group_size",
         "2",
-        "--max-new-tokens",
+        "--max_new_tokens",
         "6",
         "--out",
         str(out),
-        "--no-progress",
+        "--no_progress",
         "--threads",
         "0",
         "--style",
@@ -563,8 +569,19 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, capsys):
 
 def test_every_flag_has_help():
     actions = [a for a in build_parser()._actions if a.dest != "help"]
-    assert len(actions) == len(DiagnoseSettings.__dataclass_fields__)
+    assert {a.dest for a in actions} == set(DiagnoseSettings.__dataclass_fields__)
     assert all(a.help and len(a.help) > 10 for a in actions)
+    flags = {flag for a in actions for flag in a.option_strings}
+    assert {"--n_prompts", "--teacher_weights", "--flip_margin", "--no_flip_correct", "--no_progress"} <= flags
+
+
+def test_teachers_space_or_comma_separated():
+    from castrl.commands.diagnose import parse_settings
+
+    spaced = parse_settings(["--teachers", "answer_free", "with_peer_success", "--model", "/nonexistent/model"])
+    commas = parse_settings(["--teachers", "answer_free,with_peer_success", "--model", "/nonexistent/model"])
+    assert spaced.teachers == commas.teachers == ["answer_free", "with_peer_success"]
+    assert parse_settings(["--no_flip_correct", "--model", "/nonexistent/model"]).flip_correct is False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -577,18 +594,18 @@ def test_every_flag_has_help():
         (["--teachers", "answer_free,oracle"], "unknown teacher context(s) ['oracle']"),
         (["--teachers", ""], "--teachers is empty"),
         (["--teachers", "answer_free,answer_free"], "lists a context twice"),
-        (["--teachers", "student", "--teacher-weights", "policy"], "gap g is always 0"),
-        (["--teachers", "student", "--teacher-weights", "refresh:1"], "gap g is always 0"),
+        (["--teachers", "student", "--teacher_weights", "policy"], "gap g is always 0"),
+        (["--teachers", "student", "--teacher_weights", "refresh:1"], "gap g is always 0"),
         (["--teachers", "student"], "its gap is always 0"),  # refresh:10 equals the policy without training
-        (["--teachers", "student", "--teacher-weights", "ema"], "its gap is always 0"),
-        (["--teacher-weights", "sometimes"], "teacher_weights must be"),
-        (["--teacher-weights", "lagged:3"], "teacher_weights must be 'refresh:<K>'"),
-        (["--group-size", "1"], "--group-size must be an integer >= 2"),
-        (["--n-prompts", "0"], "--n-prompts must be an integer >= 1"),
+        (["--teachers", "student", "--teacher_weights", "ema"], "its gap is always 0"),
+        (["--teacher_weights", "sometimes"], "teacher_weights must be"),
+        (["--teacher_weights", "lagged:3"], "teacher_weights must be 'refresh:<K>'"),
+        (["--group_size", "1"], "--group_size must be an integer >= 2"),
+        (["--n_prompts", "0"], "--n_prompts must be an integer >= 1"),
         (["--temperature", "0"], "--temperature must be a finite number > 0"),
-        (["--flip-margin", "-0.1"], "flip_margin must be a finite number >= 0"),
+        (["--flip_margin", "-0.1"], "flip_margin must be a finite number >= 0"),
         (["--style", "poem"], "--style must be one of"),
-        (["--n-prompts", "100000"], "lower --n-prompts"),
+        (["--n_prompts", "100000"], "lower --n_prompts"),
         (["--data", "missing.jsonl"], "no such file"),
         (["--adapter", "/nonexistent/adapter"], "not a PEFT adapter folder"),
     ],
@@ -596,7 +613,7 @@ def test_every_flag_has_help():
 def test_bad_flags_fail_before_the_model_loads(argv, message, capsys):
     assert main(argv + ["--model", "/nonexistent/model"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("castrl diagnose: error:") and message in err
+    assert err.startswith("castrl diagnose: error:") and message in err and "Traceback" not in err
 
 
 def test_teacher_context_needs_its_column(tmp_path, capsys):
@@ -606,7 +623,7 @@ def test_teacher_context_needs_its_column(tmp_path, capsys):
             json.dumps({"id": str(i), "problem": f"What is {i} + 1?", "answer": str(i + 1)}) for i in range(3)
         )
     )
-    assert main(["--data", str(data), "--n-prompts", "2", "--teachers", "answer_free,with_solution"]) == 2
+    assert main(["--data", str(data), "--n_prompts", "2", "--teachers", "answer_free,with_solution"]) == 2
     assert "with_solution reads the 'solution' column" in capsys.readouterr().err
     with pytest.raises(ValueError, match="with_reference reads the 'answer' column.*id 'b'"):
         check_context_columns(
@@ -618,7 +635,7 @@ def test_teacher_context_needs_its_column(tmp_path, capsys):
 
 def test_nan_free_json(run):
     """Every number is finite or null in the JSON (strict JSON has no NaN)."""
-    from castrl.diagnostics.report import jsonable
+    from castrl.formatting import jsonable
 
     text = json.dumps(jsonable(run.results), allow_nan=False)
     assert not any(math.isnan(x) for x in _floats(json.loads(text)))

@@ -353,7 +353,7 @@ def gap_verdict(auc: float, n_pairs: int, band: float = AUC_BAND) -> str:
     if n_pairs <= 0 or not math.isfinite(auc):
         return (
             "no mixed group, so no (correct, wrong) pair to rank: the gap AUC is undefined; sample more "
-            "problems (--n-prompts) or larger groups (--group-size), or use data the model solves only sometimes"
+            "problems (--n_prompts) or larger groups (--group_size), or use data the model solves only sometimes"
         )
     measured = f"(AUC {auc:.2f}, {n_pairs} pairs)"
     if auc < 0.5 - band:

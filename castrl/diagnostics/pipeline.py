@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from castrl.data import build_prompt
-from castrl.models import load_model_and_tokenizer
+from castrl.models import load_checked
 from castrl.teacher import PEER_FALLBACK_CONTEXT, build_teacher_prompt, context_uses, successful_peers
 
 from .analysis import analyze
@@ -59,10 +59,9 @@ class DiagnosticsRun:
     peers: list[str | None] | None = None  # all sampled rows: the with_peer_success peer text, or None
 
 
-def _load(settings: DiagnoseSettings) -> tuple[Any, Any]:
-    model, tokenizer = load_model_and_tokenizer(
-        settings.model, dtype=settings.dtype, cache_dir=settings.cache_dir
-    )
+def load_model(settings: DiagnoseSettings) -> tuple[Any, Any]:
+    """Model (with `--adapter` on it, in eval mode) and tokenizer; ValueError naming --model if it cannot load."""
+    model, tokenizer = load_checked(settings.model, dtype=settings.dtype, cache_dir=settings.cache_dir)
     if settings.adapter:
         from peft import PeftModel
 
@@ -205,7 +204,7 @@ def run_diagnostics(
         torch.set_num_threads(settings.threads)
     start = time.perf_counter()
     if model is None or tokenizer is None:
-        model, tokenizer = _load(settings)
+        model, tokenizer = load_model(settings)
     timings["load_s"] = time.perf_counter() - start
     student_prompts = [build_prompt(p["problem"], settings.style) for p in problems]
     student_ids = chat_prompt_ids(tokenizer, student_prompts)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from castrl.formatting import num, pct, write_json
 
 from .analysis import AUC_BAND, CLASSES, MIN_VERDICT_PAIRS, PAPER_TABLE9, QUANTILES, SIGNS
 from .figures import write_figures
@@ -28,25 +28,6 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     note: str = ""
-
-
-def jsonable(value: Any) -> Any:
-    """`value` with tuples as lists and non-finite floats as None (strict JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def num(x: Any, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
-
-
-def pct(x: Any) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.1f} %"
 
 
 def _run_table(payload: dict[str, Any]) -> Table:
@@ -420,8 +401,7 @@ def write_report(payload: dict[str, Any], out_dir: str) -> dict[str, str]:
         "markdown": os.path.join(out_dir, MD_FILE),
         "html": os.path.join(out_dir, HTML_FILE),
     }
-    with open(paths["json"], "w") as handle:
-        json.dump(jsonable(payload), handle, indent=1, allow_nan=False)
+    write_json(paths["json"], payload)
     with open(paths["markdown"], "w") as handle:
         handle.write(render_markdown(payload, tables, figures))
     with open(paths["html"], "w") as handle:

@@ -27,13 +27,9 @@ from castrl.teacher import (
 DEFAULT_TEACHERS: tuple[str, ...] = ("answer_free", "with_reference")
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 @dataclass(frozen=True)
 class DiagnoseSettings:
-    """What to diagnose and how; every field is a `castrl diagnose` flag (`group_size` -> --group-size)."""
+    """What to diagnose and how; every field is a `castrl diagnose` flag (`group_size` -> --group_size)."""
 
     model: str = field(
         default=DEFAULT_MODEL, metadata={"help": "HF id, local folder, or 'smollm2-135m' (bundled)."}
@@ -42,7 +38,7 @@ class DiagnoseSettings:
         default=None,
         metadata={
             "help": "Optional PEFT/LoRA adapter folder applied on --model (e.g. a castrl train "
-            "'final' folder); with --teacher-weights frozen the teacher is the model "
+            "'final' folder); with --teacher_weights frozen the teacher is the model "
             "with this adapter disabled."
         },
     )
@@ -55,10 +51,10 @@ class DiagnoseSettings:
     )
     style: str = field(default="oneshot", metadata={"help": f"Student prompt style: {', '.join(STYLES)}."})
     group_size: int = field(default=8, metadata={"help": "G: completions sampled per prompt (>= 2)."})
-    teachers: tuple[str, ...] = field(
-        default=DEFAULT_TEACHERS,
+    teachers: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TEACHERS),
         metadata={
-            "help": "Comma-separated teacher contexts to score with: "
+            "help": "Teacher contexts to score with, space- or comma-separated: "
             f"{', '.join(TEACHER_CONTEXTS)} (spec §3). with_peer_success reads another correct "
             "rollout of the same group (rows without one fall back to answer_free)."
         },
@@ -105,6 +101,9 @@ class DiagnoseSettings:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
+        # `--teachers a b` and `--teachers a,b` give the same list (frozen: set through object)
+        names = [t.strip() for item in self.teachers for t in str(item).split(",") if t.strip()]
+        object.__setattr__(self, "teachers", names)
         minimums = {
             "group_size": 2,
             "n_prompts": 1,
@@ -118,7 +117,7 @@ class DiagnoseSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 why = " (a group of one has no group statistics)" if name == "group_size" else ""
-                raise ValueError(f"{_flag(name)} must be an integer >= {low}, got {value!r}{why}")
+                raise ValueError(f"--{name} must be an integer >= {low}, got {value!r}{why}")
         if not (
             isinstance(self.temperature, (int, float))
             and math.isfinite(self.temperature)
@@ -131,7 +130,7 @@ class DiagnoseSettings:
             raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         self._check_teachers()
         self._check_model_paths()
-        self.cast_config()  # validates --flip-margin and --correct-threshold
+        self.cast_config()  # validates --flip_margin and --correct_threshold
 
     def _check_teachers(self) -> None:
         if not self.teachers:
@@ -149,8 +148,8 @@ class DiagnoseSettings:
         if "student" in self.teachers and not (kind == "frozen" and self.adapter):
             # without training, refresh / ema / frozen-without-adapter weights are the policy's
             raise ValueError(
-                f"--teachers student with --teacher-weights {self.teacher_weights} scores with the student's own "
-                "weights in a run without training, so its gap is always 0; use --teacher-weights frozen with "
+                f"--teachers student with --teacher_weights {self.teacher_weights} scores with the student's own "
+                "weights in a run without training, so its gap is always 0; use --teacher_weights frozen with "
                 "--adapter (the base model as teacher), or drop student from --teachers"
             )
 
@@ -177,7 +176,7 @@ class DiagnoseSettings:
                 correct_threshold=self.correct_threshold,
             )
         except (TypeError, ValueError) as err:
-            raise ValueError(f"--flip-margin / --correct-threshold: {err}") from err
+            raise ValueError(f"--flip_margin / --correct_threshold: {err}") from err
 
 
 def select_problems(settings: DiagnoseSettings) -> list[dict[str, Any]]:
@@ -185,8 +184,8 @@ def select_problems(settings: DiagnoseSettings) -> list[dict[str, Any]]:
     problems = load_problems(settings.data, split=settings.split)
     if settings.n_prompts > len(problems):
         raise ValueError(
-            f"--n-prompts {settings.n_prompts} but {settings.data!r} ({settings.split}) holds only "
-            f"{len(problems)} problems; lower --n-prompts"
+            f"--n_prompts {settings.n_prompts} but {settings.data!r} ({settings.split}) holds only "
+            f"{len(problems)} problems; lower --n_prompts"
         )
     chosen = random.Random(settings.seed).sample(problems, settings.n_prompts)
     check_context_columns(chosen, settings.teachers, settings.data)

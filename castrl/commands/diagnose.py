@@ -5,57 +5,45 @@ prompt and after each teacher context, and reports the gap g = u - s per (correc
 (teacher-positive, teacher-negative), the share of tokens whose direction the teacher sets against
 the verifier (the share CAST flips, next to the paper's Table 9), the within-group gap AUC, teacher
 sign agreement, gap vs position and the group-type fractions; it ends with one verdict line per
-teacher. Flags are generated from `DiagnoseSettings`.
+teacher. Flags are generated from `DiagnoseSettings` (TRL-style: `--n_prompts 8`, `--config x.yaml`).
 
-    castrl diagnose --teachers answer_free,with_reference,with_peer_success --out outputs/diagnose
+    castrl diagnose --teachers answer_free with_reference with_peer_success --out outputs/diagnose
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
 import time
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict
+from typing import Any
 
+from castrl.commands import dataclass_parser, parse_dataclasses, user_input
 from castrl.diagnostics.analysis import PAPER_TABLE9
-from castrl.diagnostics.pipeline import run_diagnostics
+from castrl.diagnostics.pipeline import load_model, run_diagnostics
 from castrl.diagnostics.report import verdict_lines, write_report
 from castrl.diagnostics.settings import DiagnoseSettings, select_problems
+from castrl.formatting import pct
+
+PROG = "castrl diagnose"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One flag per DiagnoseSettings field, its help and default taken from the field."""
-    parser = argparse.ArgumentParser(
-        prog="castrl diagnose",
-        description="Teacher-signal diagnostics: sample groups, score them with student and teacher contexts, "
-        "and report the log-prob gap statistics (JSON, markdown, PNGs, self-contained HTML).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for f in fields(DiagnoseSettings):
-        default = f.default if f.default is not MISSING else None
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(
-                "--no-" + f.name.replace("_", "-"),
-                dest=f.name,
-                action="store_false",
-                help=f"Turn off: {f.metadata['help']}",
-            )
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, dest=f.name, default=",".join(default), help=f.metadata["help"])
-        else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f.metadata["help"])
-    return parser
+DESCRIPTION = (
+    "Teacher-signal diagnostics: sample groups, score them with student and teacher contexts, "
+    "and report the log-prob gap statistics (JSON, markdown, PNGs, self-contained HTML)."
+)
+
+
+def build_parser() -> Any:
+    """The `castrl diagnose` parser: one flag per DiagnoseSettings field, its help and default taken from the field."""
+    return dataclass_parser([DiagnoseSettings], prog=PROG, description=DESCRIPTION)
 
 
 def parse_settings(argv: list[str]) -> DiagnoseSettings:
-    """Parse flags into validated settings; ValueError with the flag's name on a bad value."""
-    args = vars(build_parser().parse_args(argv))
-    args["teachers"] = tuple(t.strip() for t in args["teachers"].split(",") if t.strip())
-    return DiagnoseSettings(**args)
+    """Parse flags (and `--config`) into validated settings; ValueError with the flag's name on a bad value."""
+    (settings,) = parse_dataclasses([DiagnoseSettings], argv, prog=PROG, description=DESCRIPTION)
+    return settings
 
 
 def _environment(load_start: tuple[float, float, float]) -> dict[str, object]:
@@ -74,22 +62,23 @@ def _environment(load_start: tuple[float, float, float]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a diagnosis; exit 0, or 2 with one error line when the flags or the data are invalid."""
+    """Run a diagnosis; input mistakes raise `UserInputError` before the model loads (`castrl.cli`: exit 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
-    try:
+    load_start = os.getloadavg()
+    with user_input():
         settings = parse_settings(argv)
         problems = select_problems(settings)  # data and teacher columns are checked before the model loads
-    except (ValueError, FileNotFoundError) as err:
-        print(f"castrl diagnose: error: {err}", file=sys.stderr)
-        return 2
-    load_start = os.getloadavg()
-    run = run_diagnostics(settings, problems=problems)
+        t0 = time.perf_counter()
+        model, tokenizer = load_model(settings)
+        load_s = time.perf_counter() - t0
+    run = run_diagnostics(settings, problems=problems, model=model, tokenizer=tokenizer)
+    run.timings["load_s"] = load_s
     run.timings["total_s"] = time.perf_counter() - start
     payload = {
         "command": "castrl diagnose " + shlex.join(argv),
         "argv": argv,
-        "settings": {**asdict(settings), "teachers": list(settings.teachers)},
+        "settings": asdict(settings),
         "cast_config": asdict(settings.cast_config()),
         "notes": run.notes,
         "timings_s": run.timings,
@@ -107,21 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         f, a, adv = teacher["flips"], teacher["against_verifier"], teacher["advantages"]
         print(
             f"[castrl diagnose] {name}: gap std {teacher['quadrants']['overall']['std']:.3f}; "
-            f"against the verifier {_pct(a['frac'])} of tokens ({_pct(a['frac_correct_negative'])} "
-            f"correct-path negative, {_pct(a['frac_incorrect_positive'])} incorrect-path positive; "
-            f"paper's Table 9: {_pct(PAPER_TABLE9['frac_flipped'])}, "
-            f"{_pct(PAPER_TABLE9['frac_flipped_incorrect_positive'])} positive); CAST flips {_pct(f['frac_flipped'])} "
-            f"(flip_margin {f['margin']:g}) and pushes down {_pct(adv['frac_down'])}"
+            f"against the verifier {pct(a['frac'])} of tokens ({pct(a['frac_correct_negative'])} "
+            f"correct-path negative, {pct(a['frac_incorrect_positive'])} incorrect-path positive; "
+            f"paper's Table 9: {pct(PAPER_TABLE9['frac_flipped'])}, "
+            f"{pct(PAPER_TABLE9['frac_flipped_incorrect_positive'])} positive); CAST flips {pct(f['frac_flipped'])} "
+            f"(flip_margin {f['margin']:g}) and pushes down {pct(adv['frac_down'])}"
         )
     print(f"[castrl diagnose] report: {paths['html']}")
     for line in verdict_lines(run.results):
         print(f"[castrl diagnose] verdict, {line}")
     return 0
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x != x else f"{100 * x:.1f} %"
-
-
-if __name__ == "__main__":
-    sys.exit(main())
