@@ -1,6 +1,6 @@
 """Copy the fields of one config dataclass into another, help text included, so a concept's fields
 are declared once: the core estimator configs and the teacher config are injected into each host's
-flat config (`castrl.trl.CASTConfig`, the verl adapter's, diagnose's) by `with_fields_of`.
+flat config (`castrl.trl.CASTTrainerConfig`, the verl adapter's, diagnose's) by `with_fields_of`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ def same_field(f: Field, hint: Any) -> tuple[Any, Any]:
     return hint, field(default=f.default, metadata=dict(f.metadata))
 
 
-def with_fields_of(*sources: type, prefix: str = "", convert: FieldMap = same_field):
-    """Class decorator, applied *before* `@dataclass`: add each field of `sources` as `prefix + name`,
-    unless the class declares that name itself (a host may override a default or its help)."""
+def with_fields_of(
+    *sources: type, prefix: str = "", convert: FieldMap = same_field, only: tuple[str, ...] | None = None
+):
+    """Class decorator, applied *before* `@dataclass`: add each field of `sources` (or the ones named in
+    `only`) as `prefix + name`, unless the class declares that name itself (a host may override a
+    default or its help)."""
 
     def inject(cls):
         annotations = cls.__dict__.get("__annotations__", {})
@@ -28,7 +31,7 @@ def with_fields_of(*sources: type, prefix: str = "", convert: FieldMap = same_fi
             hints = get_type_hints(source)
             for f in fields(source):
                 name = prefix + f.name
-                if name in annotations:
+                if name in annotations or (only is not None and f.name not in only):
                     continue
                 annotations[name], value = convert(f, hints[f.name])
                 setattr(cls, name, value)

@@ -2,7 +2,7 @@
 one-call estimator, on the whole batch and on any subset of its rows.
 
 This is what lets the trainer compute a micro-batch's token advantages inside the loss, from the
-training forward pass's log-probs (`CASTConfig.fuse_student_pass`): if any token step read group
+training forward pass's log-probs (`CASTTrainerConfig.fuse_student_pass`): if any token step read group
 statistics, the subset check below would fail.
 """
 

@@ -31,11 +31,11 @@ from castrl.diagnostics.scoring import (
     chat_prompt_ids,
     completion_logps,
     completion_mask,
-    left_pad,
     sample_groups,
     teacher_scope,
 )
 from castrl.diagnostics.settings import check_context_columns
+from castrl.teacher import left_pad
 from castrl.testing import build_char_tokenizer, build_tiny_model, save_tiny_model
 
 
@@ -105,7 +105,7 @@ def test_student_scores_equal_the_sampling_distribution(tiny):
         progress=False,
     )
     torch.manual_seed(1)
-    p_ids, p_mask = left_pad(ids, tokenizer.pad_token_id)
+    p_ids, p_mask, _ = left_pad(ids, tokenizer.pad_token_id)
     out = model.generate(
         input_ids=p_ids,
         attention_mask=p_mask,

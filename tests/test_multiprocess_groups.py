@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from castrl.core import compute_advantages
-from castrl.trl import CASTConfig
+from castrl.trl import CASTTrainerConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,7 +90,7 @@ def test_group_straddling_two_processes_is_one_group(tmp_path, estimator, fuse):
     teacher = _pad_cat([r["teacher"] for r in ranks]) if estimator == "cast" else None
     got = _pad_cat([r["advantages"] for r in ranks])
 
-    config = CASTConfig(output_dir=str(tmp_path / "cfg"), use_cpu=True, teacher_weights="ema",
+    config = CASTTrainerConfig(output_dir=str(tmp_path / "cfg"), use_cpu=True, teacher_weights="ema",
                         advantage_estimator=estimator).estimator_config()
     one_group, _ = compute_advantages(estimator, rewards, torch.zeros(4, dtype=torch.long), student, teacher, mask,
                                       config)

@@ -189,9 +189,9 @@ def test_state_dict_round_trip_and_mismatch():
 def test_teacher_fields_are_declared_once_and_injected_into_the_trl_config():
     from dataclasses import fields
 
-    from castrl.trl import CASTConfig
+    from castrl.trl import CASTTrainerConfig
 
-    host = {f.name: f for f in fields(CASTConfig)}
+    host = {f.name: f for f in fields(CASTTrainerConfig)}
     for f in fields(TeacherConfig):
         injected = host[f"teacher_{f.name}"]
         assert injected.default == f.default and injected.metadata["help"] == f.metadata["help"], f.name

@@ -10,7 +10,7 @@ import pytest
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from castrl.trl import CASTConfig, CASTTrainer
+from castrl.trl import CASTTrainer, CASTTrainerConfig
 from castrl.trl.checkpoint import COMPLETE_MARKER, TEACHER_STATE_FILE, last_complete_checkpoint
 
 from .trl_helpers import parity_reward, tiny_config, tiny_model_and_tokenizer, toy_dataset, zero_reward
@@ -137,7 +137,7 @@ def test_zero_gap_config_is_rejected_before_model_load(tmp_path):
 
 def test_trainer_requires_cast_config(tmp_path):
     model, tokenizer = tiny_model_and_tokenizer()
-    with pytest.raises(TypeError, match="CASTConfig"):
+    with pytest.raises(TypeError, match="CASTTrainerConfig"):
         CASTTrainer(model=model, reward_funcs=parity_reward, args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False),
                     train_dataset=toy_dataset(), processing_class=tokenizer)
 
@@ -148,7 +148,7 @@ def test_estimator_config_round_trip(tmp_path):
     cfg = args.estimator_config()
     assert cfg.band_neg == (0.9, 1.3) and cfg.lam == 0.5 and cfg.flip_margin == 0.25
     assert cfg.flip_correct is False and cfg.flip_incorrect is True and cfg.shaping_cutoff_step == 7
-    assert isinstance(args, CASTConfig)
+    assert isinstance(args, CASTTrainerConfig)
 
 
 @pytest.mark.parametrize("estimator", ["grpo", "cast", "rlsd"])
@@ -170,7 +170,7 @@ def test_truncated_completions_are_masked_from_the_loss(tmp_path, estimator):
 
 
 def test_truncation_masking_is_on_by_default(tmp_path):
-    args = CASTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False)
+    args = CASTTrainerConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False)
     assert args.mask_truncated_completions is True
     assert (args.temperature, args.top_p, args.top_k) == (0.7, 0.95, 20)  # spec §4 rollout sampling
     assert (args.teacher_context, args.teacher_weights) == ("answer_free", "refresh:10")
@@ -213,3 +213,9 @@ def test_rlrt_teacher_reads_a_successful_peer(tmp_path):
             assert content.endswith(f"[Successful response]\n{peer}\n\n[Student response]\n")
         else:
             assert "[Successful response]" not in captured[0][i][-1]["content"]
+
+
+def test_trainer_config_keeps_its_earlier_name():
+    from castrl.trl import CASTConfig as earlier
+
+    assert earlier is CASTTrainerConfig

@@ -7,7 +7,7 @@ import zlib
 from datasets import Dataset
 
 from castrl.testing import build_char_tokenizer, build_tiny_model
-from castrl.trl import CASTConfig
+from castrl.trl import CASTTrainerConfig
 
 
 def toy_dataset(n: int = 8) -> Dataset:
@@ -28,7 +28,7 @@ def zero_reward(completions, **kwargs):
     return [0.0 for _ in completions]
 
 
-def tiny_config(tmp_path, **overrides) -> CASTConfig:
+def tiny_config(tmp_path, **overrides) -> CASTTrainerConfig:
     settings = dict(
         output_dir=str(tmp_path / "out"),
         use_cpu=True,
@@ -52,7 +52,7 @@ def tiny_config(tmp_path, **overrides) -> CASTConfig:
         top_k=0,
     )
     settings.update(overrides)
-    return CASTConfig(**settings)
+    return CASTTrainerConfig(**settings)
 
 
 def tiny_model_and_tokenizer(seed: int = 0):

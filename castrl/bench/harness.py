@@ -15,7 +15,6 @@ teachers, how to run one cell on its model, and its notes for the report. Method
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import json
@@ -32,6 +31,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from castrl.bench.methods import Teacher, method_overrides, parse_methods
+from castrl.commands import parse_dataclasses, user_input
+from castrl.formatting import jsonable
 
 # Bump when the meaning of a cached result changes (what is measured, how), so old cells are not reused.
 # 2: the paper's CAST rule (spec v2), methods named estimator[@field=value], teachers from the registry.
@@ -98,8 +99,8 @@ def save_cell(cell: Cell, result: Mapping[str, Any], cache_dir: str | os.PathLik
     record = {"tier": cell.tier, "method": cell.method, "seed": cell.seed, "key": cell.key(),
               "harness_version": HARNESS_VERSION, "rule_version": RULE_VERSION, "config": cell.config, **result}
     tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1, default=_json_default)
+    with open(tmp, "w") as f:  # strict JSON (castrl.formatting): a non-finite float is null
+        json.dump(jsonable(record), f, indent=1, default=_json_default)
     os.replace(tmp, path)
     return path
 
@@ -149,8 +150,7 @@ def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]
     grid goes on; that cell is not cached. With `time_budget_s`, no new cell starts once the budget
     is spent (the rest stays missing for the next invocation).
     """
-    if time_budget_s is not None and not time_budget_s > 0:
-        raise ValueError(f"--time-budget must be a positive number of seconds, got {time_budget_s}")
+    _check_time_budget(time_budget_s)
     outcome = GridOutcome()
     # Cells of one invocation share machine conditions: the report pairs step times only within one.
     invocation = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
@@ -228,7 +228,7 @@ class RLSettings:
         return self.prompts_per_step * self.num_generations, 1
 
     def trainer_kwargs(self) -> dict[str, Any]:
-        """Tier-specific CASTConfig fields (e.g. the EMA decay of a tier whose teacher is an EMA)."""
+        """Tier-specific CASTTrainerConfig fields (e.g. the EMA decay of a tier whose teacher is an EMA)."""
         return {}
 
 
@@ -237,7 +237,7 @@ class Tier:
     """Everything `castrl bench <name>` runs and `castrl bench report` describes for one tier.
 
     `run_cell(cell, settings, scratch, prepared)` trains and evaluates one cell (`trainer_config`
-    builds its CASTConfig) and returns the result to cache; `prepare(settings, cache_dir, progress)`
+    builds its CASTTrainerConfig) and returns the result to cache; `prepare(settings, cache_dir, progress)`
     runs once per invocation before any cell (the tiny tier's SFT) and its return value is
     `prepared`. `notes(settings, cache_dir)` are the report's lines on the model and data.
     """
@@ -269,13 +269,13 @@ class Tier:
 
 
 def cell_config(tier: Tier, settings: RLSettings, method: str) -> dict[str, Any]:
-    """The JSON config of one cell: all tier settings plus the method's CASTConfig overrides."""
+    """The JSON config of one cell: all tier settings plus the method's CASTTrainerConfig overrides."""
     return {"settings": asdict(settings), "overrides": method_overrides(method, tier.teachers)}
 
 
 def trainer_config(settings: RLSettings, overrides: Mapping[str, Any], seed: int, output_dir: str):
-    """CASTConfig of one cell: one generation of rollouts per optimizer step, constant lr, no checkpoints."""
-    from castrl.trl import CASTConfig
+    """CASTTrainerConfig of one cell: one generation of rollouts per optimizer step, constant lr, no checkpoints."""
+    from castrl.trl import CASTTrainerConfig
 
     per_device, accumulation = settings.batch_layout()
     fixed = dict(
@@ -285,28 +285,54 @@ def trainer_config(settings: RLSettings, overrides: Mapping[str, Any], seed: int
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
         gradient_checkpointing=False, seed=seed, data_seed=seed, disable_tqdm=True,
     )  # fmt: skip
-    return CASTConfig(**{**fixed, **CELL_CODE_PATHS, **settings.trainer_kwargs(), **overrides})
+    return CASTTrainerConfig(**{**fixed, **CELL_CODE_PATHS, **settings.trainer_kwargs(), **overrides})
 
 
-def tier_parser(tier: Tier) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"castrl bench {tier.name}", description=tier.about)
-    p.add_argument("--seeds", type=int, default=None,
-                   help=f"seeds 0..N-1, shared by every method (paired); default {tier.seeds} ({tier.quick_seeds} "
-                   "with --quick)")
-    p.add_argument("--methods", default=None, help="comma-separated estimator[@field=value...] (default: the full "
-                   f"grid: {','.join(tier.methods)})")
-    p.add_argument("--steps", type=int, default=None, help="RL steps per cell (default: the tier's)")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="cell cache folder")
-    p.add_argument("--quick", action="store_true", help=f"smoke run: {','.join(tier.quick_methods)}, "
-                   f"{tier.quick_seeds} seed(s), {tier.quick.steps} steps")
-    p.add_argument("--threads", type=int, default=tier.threads, help=tier.threads_help)
-    p.add_argument("--time-budget", type=float, default=None, help="seconds; start no new cell after it")
-    p.add_argument("--list", action="store_true", help="print the cells and whether each is cached, then exit")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+@dataclass
+class TierArguments:
+    """The flags of `castrl bench <tier>` (TRL-style underscores; the tier sets --threads' default)."""
+
+    seeds: int | None = field(default=None, metadata={
+        "help": "Seeds 0..N-1, shared by every method (paired); None: the tier's (fewer with --quick)."})
+    methods: str | None = field(default=None, metadata={
+        "help": "Comma-separated estimator[@field=value...]; None or 'all': the tier's full grid."})
+    steps: int | None = field(default=None, metadata={"help": "RL steps per cell; None: the tier's."})
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Cell cache folder."})
+    quick: bool = field(default=False, metadata={"help": "Smoke run: the tier's quick methods, seeds and steps."})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads (the default is the tier's)."})
+    time_budget: float | None = field(default=None, metadata={
+        "help": "Seconds; no new cell starts after them (the rest is left for the next invocation)."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    list: bool = field(default=False, metadata={
+        "help": "Print the cells and whether each is cached, then exit (trains nothing)."})
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--seeds", self.seeds), ("--steps", self.steps), ("--threads", self.threads)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        _check_time_budget(self.time_budget)
 
 
-def settings_from_args(tier: Tier, args: argparse.Namespace) -> tuple[RLSettings, tuple[str, ...], list[int]]:
+def _check_time_budget(seconds: float | None) -> None:
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"--time_budget must be a positive number of seconds, got {seconds}")
+
+
+def tier_help(tier: Tier) -> str:
+    """The description of `castrl bench <tier> --help`: the tier's grid, its --quick grid and threads."""
+    return (f"{tier.about} Full grid: {len(tier.methods)} methods ({','.join(tier.methods)}), {tier.seeds} seeds, "
+            f"{tier.settings.steps} steps. --quick: {','.join(tier.quick_methods)}, {tier.quick_seeds} seed(s), "
+            f"{tier.quick.steps} steps. --threads: default {tier.threads}, {tier.threads_help}.")
+
+
+def parse_tier_args(tier: Tier, argv: Sequence[str]) -> TierArguments:
+    """`TierArguments` of `castrl bench <tier> argv`; ValueError naming the flag when invalid."""
+    (args,) = parse_dataclasses([TierArguments], argv, prog=f"castrl bench {tier.name}", description=tier_help(tier),
+                                defaults={"threads": tier.threads})
+    return args
+
+
+def settings_from_args(tier: Tier, args: TierArguments) -> tuple[RLSettings, tuple[str, ...], list[int]]:
     """(settings, methods, seeds) of an invocation; --quick changes the defaults, flags still win."""
     settings = tier.quick if args.quick else tier.settings
     if args.steps is not None:
@@ -322,20 +348,24 @@ def settings_from_args(tier: Tier, args: argparse.Namespace) -> tuple[RLSettings
 
 
 def tier_main(tier: Tier, argv: list[str]) -> int:
-    """`castrl bench <tier> [flags]`: fill the missing cells of the grid; prints what ran and what is left."""
+    """`castrl bench <tier> [flags]`: fill the missing cells of the grid; prints what ran and what is left.
+
+    Input mistakes (a flag value, a method) raise `UserInputError` before anything trains (`castrl.cli`
+    prints one line and exits 2)."""
     import torch
 
     warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6", category=FutureWarning)
-    args = tier_parser(tier).parse_args(argv)
-    settings, methods, seeds = settings_from_args(tier, args)
+    with user_input():
+        args = parse_tier_args(tier, argv)
+        settings, methods, seeds = settings_from_args(tier, args)
     torch.set_num_threads(args.threads)
     cells = make_cells(tier.name, methods, seeds, lambda m, s: cell_config(tier, settings, m))
     if args.list:  # before `prepare`: listing must not train anything
         return grid_cli(tier.name, cells, dict, args.cache_dir, list_only=True, progress=False, time_budget_s=None)
-    prepared = tier.prepare(settings, args.cache_dir, not args.no_progress) if tier.prepare else None
+    prepared = tier.prepare(settings, args.cache_dir, args.progress) if tier.prepare else None
     scratch = Path(args.cache_dir) / tier.name / "scratch"
     return grid_cli(tier.name, cells, lambda c: tier.run_cell(c, settings, scratch, prepared), args.cache_dir,
-                    list_only=False, progress=not args.no_progress, time_budget_s=args.time_budget)
+                    list_only=False, progress=args.progress, time_budget_s=args.time_budget)
 
 
 def tier_description(name: str) -> Tier:

@@ -1,4 +1,4 @@
-"""Bench methods: `estimator[@field=value...]` -> the CASTConfig overrides of one cell.
+"""Bench methods: `estimator[@field=value...]` -> the CASTTrainerConfig overrides of one cell.
 
 A method is a registered estimator name (`castrl.core.ADVANTAGE_ESTIMATORS`), optionally followed by
 knobs that change single fields (`cast@flip=false`, `cast@teacher_context=with_reference`), so an
@@ -42,10 +42,10 @@ def tier_teacher(paper_context: str, teachers: Mapping[str, Teacher]) -> Teacher
 
 
 def teacher_fields() -> tuple[str, ...]:
-    """The CASTConfig teacher fields a knob may set (teacher_context, teacher_weights, ...)."""
-    from castrl.trl import CASTConfig
+    """The CASTTrainerConfig teacher fields a knob may set (teacher_context, teacher_weights, ...)."""
+    from castrl.trl import CASTTrainerConfig
 
-    return tuple(f.name for f in fields(CASTConfig) if f.name.startswith("teacher_"))
+    return tuple(f.name for f in fields(CASTTrainerConfig) if f.name.startswith("teacher_"))
 
 
 def estimator_fields(name: str) -> tuple[str, ...]:
@@ -54,7 +54,7 @@ def estimator_fields(name: str) -> tuple[str, ...]:
 
 
 def method_overrides(method: str, teachers: Mapping[str, Teacher] | None = None) -> dict[str, Any]:
-    """CASTConfig overrides of `method` on a tier whose teachers are `teachers` (see `Teacher`).
+    """CASTTrainerConfig overrides of `method` on a tier whose teachers are `teachers` (see `Teacher`).
 
     Knob values are read as JSON where they parse (numbers, true/false, lists, null), else as strings
     (`cast@teacher_weights=refresh:5`). A `teacher_context` knob naming one of the paper's contexts

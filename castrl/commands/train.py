@@ -1,6 +1,6 @@
 """`castrl train`: CAST (or a baseline) on a model and dataset, with held-out before/after accuracy.
 
-Reads one `RunArguments` + one `CASTConfig` (every field is a flag; `--config run.yaml` works as
+Reads one `RunArguments` + one `CASTTrainerConfig` (every field is a flag; `--config run.yaml` works as
 in TRL). Flags, data and model path are checked before the model loads. Held-out accuracy is
 `castrl.evaluate.heldout_accuracy` (greedy; unscorable answers count as wrong), as in `castrl eval`
 and the bench. Outputs in `--output_dir`: checkpoints (`checkpoint-N`, complete ones marked),
@@ -25,13 +25,13 @@ from castrl.formatting import num, write_json
 from castrl.models import LoraSettings, default_lora_for, load_checked, peft_config, resolve_model
 from castrl.rewards import Verifier, make_trl_reward
 from castrl.run_logging import MetricsJsonl, append_metrics, drift_warning, plot_run, read_metrics
-from castrl.trl import CASTConfig, CASTTrainer
+from castrl.trl import CASTTrainer, CASTTrainerConfig
 from castrl.trl.checkpoint import last_complete_checkpoint
 
 
 @dataclass
 class RunArguments:
-    """What to train on; the algorithm and optimisation knobs live in CASTConfig."""
+    """What to train on; the algorithm and optimisation knobs live in CASTTrainerConfig."""
 
     model: str = field(default="smollm2-135m", metadata={"help": "HF id, local path, or 'smollm2-135m' (bundled)."})
     data: str = field(
@@ -85,13 +85,13 @@ DEMO_DEFAULTS = dict(
 )
 
 
-def parse_args(argv: list[str]) -> tuple[RunArguments, CASTConfig]:
-    """`RunArguments` and `CASTConfig` from flags (and `--config`), on the demo defaults; ValueError when invalid."""
+def parse_args(argv: list[str]) -> tuple[RunArguments, CASTTrainerConfig]:
+    """`RunArguments` and `CASTTrainerConfig` from flags (and `--config`), on the demo defaults; ValueError when invalid."""
     defaults = dict(DEMO_DEFAULTS)
     if not torch.cuda.is_available():
         defaults["use_cpu"] = True
     run, config = parse_dataclasses(
-        (RunArguments, CASTConfig), argv, prog="castrl train", defaults=defaults,
+        (RunArguments, CASTTrainerConfig), argv, prog="castrl train", defaults=defaults,
         description="Train with CAST (or a baseline) on a model and dataset; held-out accuracy before and after.",
     )
     return run, config
@@ -103,7 +103,7 @@ def _lora(run: RunArguments) -> LoraSettings | None:
     return LoraSettings(r=run.lora_r, alpha=run.lora_alpha)
 
 
-def load_data(run: RunArguments, config: CASTConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def load_data(run: RunArguments, config: CASTTrainerConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train and held-out records; every row is validated here, before the model loads."""
     train = load_problems(run.data, split="train", **({"n_per_level": run.n_per_level} if run.n_per_level else {}))
     held_out = []
@@ -136,7 +136,7 @@ def _heldout(model, tokenizer, records, verifier, run, label: str) -> dict[str, 
     return result
 
 
-def make_trainer(run: RunArguments, config: CASTConfig, model, tokenizer, verifier: Verifier, records) -> CASTTrainer:
+def make_trainer(run: RunArguments, config: CASTTrainerConfig, model, tokenizer, verifier: Verifier, records) -> CASTTrainer:
     """The CASTTrainer of a run: verifier reward, TRL dataset in the run's prompt style, optional LoRA."""
     lora = _lora(run)
     return CASTTrainer(
@@ -149,7 +149,7 @@ def make_trainer(run: RunArguments, config: CASTConfig, model, tokenizer, verifi
     )
 
 
-def train(run: RunArguments, config: CASTConfig) -> dict:
+def train(run: RunArguments, config: CASTTrainerConfig) -> dict:
     """The whole run; returns the summary written to `summary.json`.
 
     Input mistakes (data rows, model path, a model that cannot load) raise `UserInputError`.

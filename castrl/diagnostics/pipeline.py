@@ -9,13 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
 from castrl.data import build_prompt
 from castrl.models import load_checked
-from castrl.teacher import PEER_FALLBACK_CONTEXT, build_teacher_prompt, context_uses, successful_peers
+from castrl.teacher import PEER_FALLBACK_CONTEXT, context_uses, successful_peers, teacher_prompt_ids
 
 from .analysis import analyze
 from .scoring import (
@@ -134,16 +135,20 @@ def _teacher_prompt_ids(
     context: str,
     rows: list[int],
     peers: Sequence[str | None],
-) -> list[list[int]]:
-    """The teacher prompt ids of every row: one prompt per problem, or per row for contexts that read
-    a peer rollout (`build_teacher_prompt` falls back to PEER_FALLBACK_CONTEXT without a peer)."""
-    if not context_uses(context, "peer"):
-        ids = chat_prompt_ids(tokenizer, [build_teacher_prompt(e, context) for e in examples])
-        return [ids[i] for i in rows]
-    prompts = [
-        build_teacher_prompt(examples[i], context, peer=peer) for i, peer in zip(rows, peers, strict=True)
-    ]
-    return chat_prompt_ids(tokenizer, prompts)
+    max_length: int,
+) -> tuple[list[list[int]], int]:
+    """The teacher prompt ids of every row (`castrl.teacher.teacher_prompt_ids`, tokenised as the
+    student's prompts are), cut from the left to `max_length`, and how many were cut. One prompt per
+    problem, or per row for contexts that read a peer rollout (without a peer they fall back to
+    PEER_FALLBACK_CONTEXT)."""
+    tokenize = partial(chat_prompt_ids, tokenizer)
+    if context_uses(context, "peer"):
+        ids = teacher_prompt_ids([examples[i] for i in rows], context, tokenize, peers)
+    else:
+        per_problem = teacher_prompt_ids(examples, context, tokenize)
+        ids = [per_problem[i] for i in rows]
+    n_cut = sum(len(r) > max_length for r in ids)
+    return [r[len(r) - min(len(r), max_length) :] for r in ids], n_cut
 
 
 def _score_all(
@@ -156,8 +161,10 @@ def _score_all(
     rollouts: Rollouts,
     peers: Sequence[str | None],
     timings: dict[str, float],
+    prompts_cut: dict[str, int],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(student (B, T), {context: teacher (B, T)}) log-probs of every sampled token."""
+    """(student (B, T), {context: teacher (B, T)}) log-probs of every sampled token; `prompts_cut`
+    gets, per context, how many teacher prompts were longer than teacher_max_prompt_length."""
     rows = rollouts.group_ids.tolist()
     score = dict(
         temperature=settings.temperature,
@@ -173,7 +180,10 @@ def _score_all(
     examples = [{**p, "prompt": prompt} for p, prompt in zip(problems, student_prompts, strict=True)]
     teachers = {}
     for context in settings.teachers:
-        ids = _teacher_prompt_ids(tokenizer, examples, context, rows, peers)
+        ids, n_cut = _teacher_prompt_ids(
+            tokenizer, examples, context, rows, peers, settings.teacher_max_prompt_length
+        )
+        prompts_cut[context] = n_cut
         start = time.perf_counter()
         with teacher_scope(settings.teacher_weights, model):
             teachers[context] = completion_logps(
@@ -223,8 +233,9 @@ def run_diagnostics(
         settings.correct_threshold,
         rollouts.truncated.tolist(),
     )
+    prompts_cut: dict[str, int] = {}
     student, teachers = _score_all(
-        settings, model, tokenizer, problems, student_prompts, student_ids, rollouts, peers, timings
+        settings, model, tokenizer, problems, student_prompts, student_ids, rollouts, peers, timings, prompts_cut
     )
     start = time.perf_counter()
     reward_t = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
@@ -239,6 +250,13 @@ def run_diagnostics(
     _describe_extremes(results, rollouts, kept, tokenizer, problems)
     timings["analysis_s"] = time.perf_counter() - start
     notes = {"teacher_weights": teacher_weights_note(settings.teacher_weights, model)}
+    for context, n_cut in prompts_cut.items():
+        results["teachers"][context]["teacher_prompts_cut"] = float(n_cut)
+        if n_cut:
+            notes[f"{context} prompts"] = (
+                f"{n_cut} teacher prompts were longer than --teacher_max_prompt_length "
+                f"{settings.teacher_max_prompt_length} and were cut from the left"
+            )
     for context in settings.teachers:
         if context_uses(context, "peer"):
             fallback = sum(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from castrl.teacher import TeacherWeights, WeightsSpec
+from castrl.teacher import TeacherWeights, WeightsSpec, has_adapter, left_pad
 
 
 @dataclass(frozen=True)
@@ -43,18 +43,6 @@ def chat_prompt_ids(tokenizer: Any, prompts: Sequence[Any]) -> list[list[int]]:
         )
         out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return out
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), both (N, max_len) long, rows flush right: decoder-only models continue on the right."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-    return ids, mask
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -95,7 +83,7 @@ def sample_groups(
     bar = tqdm(total=len(prompt_ids) * group_size, desc="sampling", unit="rollout", disable=not progress)
     try:
         for start in range(0, len(prompt_ids), per_call):
-            ids, attn = left_pad(prompt_ids[start : start + per_call], pad_id)
+            ids, attn, _ = left_pad(prompt_ids[start : start + per_call], pad_id)
             out = model.generate(
                 input_ids=ids.to(model.device),
                 attention_mask=attn.to(model.device),
@@ -127,7 +115,7 @@ def _chunk_logps(
     model: Any, prompt_rows, completion_ids, mask, temperature: float, pad_id: int
 ) -> torch.Tensor:
     """(b, T) fp32 log-probs of `completion_ids` after the left-padded `prompt_rows`; 0 on padding."""
-    p_ids, p_mask = left_pad(prompt_rows, pad_id)
+    p_ids, p_mask, _ = left_pad(prompt_rows, pad_id)
     input_ids = torch.cat([p_ids, completion_ids], dim=1).to(model.device)
     attn = torch.cat([p_mask, mask.long()], dim=1).to(model.device)
     positions = (attn.cumsum(dim=1) - 1).masked_fill(attn == 0, 0)  # as generate() builds them
@@ -186,11 +174,6 @@ def completion_logps(
     finally:
         bar.close()
     return torch.cat(parts, dim=0)
-
-
-def has_adapter(model: Any) -> bool:
-    """Whether `model` is a PEFT model whose adapter can be switched off (the `frozen` teacher)."""
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
 def teacher_weights_note(spec: str, model: Any) -> str:

@@ -11,16 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from castrl.config_fields import with_fields_of
 from castrl.core import CastConfig
 from castrl.data import STYLES, load_problems
 from castrl.models import DEFAULT_MODEL
-from castrl.teacher import (
-    DEFAULT_TEACHER_WEIGHTS,
-    TEACHER_CONTEXTS,
-    WeightsSpec,
-    check_teacher_config,
-    context_uses,
-)
+from castrl.teacher import TEACHER_CONTEXTS, TeacherConfig, WeightsSpec, context_uses
 
 # The contexts a default diagnosis scores with: the paper's answer-free teacher (CAST's default, spec §3)
 # and its ablation with the ground-truth answer (Table 7).
@@ -28,8 +23,12 @@ DEFAULT_TEACHERS: tuple[str, ...] = ("answer_free", "with_reference")
 
 
 @dataclass(frozen=True)
+@with_fields_of(TeacherConfig, prefix="teacher_", only=("weights", "max_prompt_length"))
 class DiagnoseSettings:
-    """What to diagnose and how; every field is a `castrl diagnose` flag (`group_size` -> --group_size)."""
+    """What to diagnose and how; every field is a `castrl diagnose` flag (`group_size` -> --group_size).
+
+    `teacher_weights` and `teacher_max_prompt_length` are `castrl.teacher.TeacherConfig`'s; `teachers`
+    lists several contexts, each checked as a `TeacherConfig` with those weights."""
 
     model: str = field(
         default=DEFAULT_MODEL, metadata={"help": "HF id, local folder, or 'smollm2-135m' (bundled)."}
@@ -57,13 +56,6 @@ class DiagnoseSettings:
             "help": "Teacher contexts to score with, space- or comma-separated: "
             f"{', '.join(TEACHER_CONTEXTS)} (spec §3). with_peer_success reads another correct "
             "rollout of the same group (rows without one fall back to answer_free)."
-        },
-    )
-    teacher_weights: str = field(
-        default=DEFAULT_TEACHER_WEIGHTS,
-        metadata={
-            "help": "Teacher weights: refresh:K (the paper's refresh:10), policy, ema or frozen. Without "
-            "training, refresh:K and ema equal the policy; frozen differs only with --adapter."
         },
     )
     n_prompts: int = field(default=16, metadata={"help": "Problems drawn (seeded) from the data."})
@@ -143,7 +135,7 @@ class DiagnoseSettings:
         if len(set(self.teachers)) != len(self.teachers):
             raise ValueError(f"--teachers lists a context twice: {list(self.teachers)}")
         for context in self.teachers:
-            check_teacher_config(context, self.teacher_weights)
+            self.teacher_config(context).check_host("diagnose")
         kind = WeightsSpec.parse(self.teacher_weights).kind
         if "student" in self.teachers and not (kind == "frozen" and self.adapter):
             # without training, refresh / ema / frozen-without-adapter weights are the policy's
@@ -152,6 +144,12 @@ class DiagnoseSettings:
                 "weights in a run without training, so its gap is always 0; use --teacher_weights frozen with "
                 "--adapter (the base model as teacher), or drop student from --teachers"
             )
+
+    def teacher_config(self, context: str) -> TeacherConfig:
+        """The validated settings of the teacher reading `context` (without training, refresh:K and
+        ema weights equal the policy; frozen differs only with --adapter)."""
+        return TeacherConfig(context=context, weights=self.teacher_weights,
+                             max_prompt_length=self.teacher_max_prompt_length)  # fmt: skip
 
     def _check_model_paths(self) -> None:
         if os.path.isfile(os.path.join(os.path.expanduser(self.model), "adapter_config.json")):

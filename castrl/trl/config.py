@@ -1,4 +1,7 @@
-"""`CASTConfig`: TRL's `GRPOConfig` plus the advantage-estimator and self-teacher knobs.
+"""`CASTTrainerConfig`: TRL's `GRPOConfig` plus the advantage-estimator and self-teacher knobs.
+
+Named for the trainer it configures, so it does not collide with the core's `CastConfig` (the CAST
+rule's own fields); `CASTConfig` stays importable as an alias of it for existing code.
 
 No field is written twice: the estimator fields are injected from the core dataclasses
 (`CastConfig`, `RLSDConfig`, ...) and the teacher fields (`teacher_context`, `teacher_weights`,
@@ -29,7 +32,7 @@ def _cli_field(f: Field, hint: Any) -> tuple[Any, Any]:
 @dataclass
 @with_fields_of(TeacherConfig, prefix="teacher_")
 @with_fields_of(CastConfig, RLSDConfig, RLRTConfig, GRPOOPSDConfig, convert=_cli_field)
-class CASTConfig(GRPOConfig):
+class CASTTrainerConfig(GRPOConfig):
     """GRPOConfig for CAST and its baselines; see `castrl.core.config` for the estimator fields and
     `castrl.teacher.TeacherConfig` for the teacher fields."""
 
@@ -90,3 +93,6 @@ class CASTConfig(GRPOConfig):
                 value = tuple(value)
             kwargs[f.name] = value
         return config_cls(**kwargs)
+
+
+CASTConfig = CASTTrainerConfig  # the earlier name, kept for existing code (it differs from core's CastConfig by case)

@@ -22,7 +22,7 @@ from trl.models.utils import disable_gradient_checkpointing
 
 from castrl.teacher import successful_peers
 
-from .config import CASTConfig
+from .config import CASTTrainerConfig
 from .prompt_cache import completion_logps_shared_prompts
 
 logger = logging.get_logger(__name__)
@@ -35,7 +35,7 @@ FullPass = Callable[..., tuple[Any, ...]]
 @torch.no_grad()
 def completion_logps(
     model: torch.nn.Module,
-    args: CASTConfig,
+    args: CASTTrainerConfig,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     output: dict,

@@ -28,7 +28,7 @@ from castrl.rows import run_on_rows
 from castrl.teacher import TeacherWeights, context_uses, teacher_prompt_batch
 
 from .checkpoint import commit_staged_checkpoint, load_teacher_state, remove_stale_staging, staging_root
-from .config import CASTConfig
+from .config import CASTTrainerConfig
 from .fused import FusedStudentPass, can_fuse_student_pass
 from .nonfinite import guard_nonfinite_steps
 from .scoring import completion_logps, peer_texts, tokenize_prompts
@@ -65,8 +65,8 @@ class CASTTrainer(GRPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         config = kwargs.get("args")
-        if not isinstance(config, CASTConfig):
-            raise TypeError(f"CASTTrainer needs args=CASTConfig(...), got {type(config).__name__}")
+        if not isinstance(config, CASTTrainerConfig):
+            raise TypeError(f"CASTTrainer needs args=CASTTrainerConfig(...), got {type(config).__name__}")
         super().__init__(*args, **kwargs)
         self.estimator = get_estimator(self.args.advantage_estimator)
         self.estimator_config = self.args.estimator_config()
