@@ -75,7 +75,7 @@ def test_run_grid_time_budget_stops_before_the_next_cell(tmp_path):
     outcome = run_grid(cells, lambda c: time.sleep(0.2) or {}, tmp_path, progress=False, time_budget_s=0.1)
     assert outcome.ran == cells[:1]
     assert [c.path(tmp_path).exists() for c in cells] == [True, False, False]
-    with pytest.raises(ValueError, match="--time-budget must be a positive number"):
+    with pytest.raises(ValueError, match="--time_budget must be a positive number"):
         run_grid(cells, lambda c: {}, tmp_path, progress=False, time_budget_s=-1.0)
 
 
@@ -201,12 +201,12 @@ def test_a_tier_must_contain_its_baseline_and_headline():
 def test_tiny_list_prints_cells_without_training(tmp_path, capsys):
     from castrl.bench import main as bench_main
 
-    assert bench_main(["tiny", "--list", "--seeds", "2", "--methods", "grpo,cast", "--cache-dir", str(tmp_path)]) == 0
+    assert bench_main(["tiny", "--list", "--seeds", "2", "--methods", "grpo,cast", "--cache_dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all("missing" in line for line in lines)
     assert not (tmp_path / "tiny_sft").exists()
     with pytest.raises(ValueError, match="--seeds must be >= 1"):
-        bench_main(["tiny", "--list", "--seeds", "0", "--cache-dir", str(tmp_path)])
+        bench_main(["tiny", "--list", "--seeds", "0", "--cache_dir", str(tmp_path)])
 
 
 def test_tiny_cells_run_one_step_and_record_the_rule(tmp_path):
@@ -379,7 +379,7 @@ def _report(tmp_path) -> str:
     from castrl.bench import report as report_mod
 
     out = tmp_path / "docs" / "results.md"
-    rc = report_mod.main(["--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+    rc = report_mod.main(["--cache_dir", str(tmp_path / "cache"), "--out", str(out),
                           "--figures", str(tmp_path / "docs" / "figures" / "bench"), "--quick"])
     assert rc == 0
     return out.read_text()
@@ -427,7 +427,7 @@ def test_bench_tiny_quick_end_to_end(tmp_path):
     from castrl.bench import main as bench_main
 
     cache = tmp_path / "cache"
-    assert bench_main(["tiny", "--quick", "--cache-dir", str(cache), "--no-progress"]) == 0
+    assert bench_main(["tiny", "--quick", "--cache_dir", str(cache), "--no_progress"]) == 0
     cells = sorted((cache / "tiny" / "cells").glob("*.json"))
     assert len(cells) == 4
     rec = json.loads(cells[0].read_text())
@@ -435,9 +435,9 @@ def test_bench_tiny_quick_end_to_end(tmp_path):
     assert steps[0] == 0 and steps[-1] == rec["config"]["settings"]["steps"]
     assert rec["timing"]["step_s"] > 0 and len(rec["steps"]) == rec["config"]["settings"]["steps"]
     mtimes = {p: p.stat().st_mtime for p in cells}
-    assert bench_main(["tiny", "--quick", "--cache-dir", str(cache), "--no-progress"]) == 0
+    assert bench_main(["tiny", "--quick", "--cache_dir", str(cache), "--no_progress"]) == 0
     assert {p: p.stat().st_mtime for p in cells} == mtimes
     out = tmp_path / "results.md"
-    assert bench_main(["report", "--quick", "--cache-dir", str(cache), "--out", str(out),
+    assert bench_main(["report", "--quick", "--cache_dir", str(cache), "--out", str(out),
                        "--figures", str(tmp_path / "fig")]) == 0
     assert "| cast |" in out.read_text()

@@ -21,7 +21,7 @@ TIMING_KEYS = ("time", "runtime", "per_second", "step_time")
 
 def _cmd(model_dir: str, out: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "castrl.cli", "train", "--model", model_dir, "--output_dir", out,
+        sys.executable, "-m", "castrl", "train", "--model", model_dir, "--output_dir", out,
         "--data", "arithmetic:add1", "--n_per_level", "8", "--skip_eval", "true", "--lora", "off",
         "--max_steps", "4", "--save_steps", "1", "--save_total_limit", "2", "--lr_scheduler_type", "constant",
         "--learning_rate", "0.01", "--max_completion_length", "6", "--per_device_train_batch_size", "8",

@@ -1,22 +1,34 @@
 """`castrl bench <suite>`: benchmarks. Suites: `core` (CAST vs GRPO advantage micro-benchmark),
 `steptime` (seconds per training step split by phase, several estimators on one config), one per
-tier of the cached CAST-vs-baselines grid (`tiny`, `smollm2`: `TIERS`), and `report` (docs/results.md)."""
+tier of the cached CAST-vs-baselines grid (`tiny`, `smollm2`: `TIERS`), and `report` (docs/results.md).
+
+Each suite reads its flags as every castrl command does: one dataclass is the command line
+(TRL-style underscores, `--cache_dir`, `--no_progress`; the hyphen spelling is accepted too), and a
+user's mistake (an unknown suite, a bad method, a non-positive `--time_budget`) raises
+`UserInputError` before anything runs, which `castrl.cli` prints as one `castrl bench: error: ...`
+line with exit code 2 (`--debug`: the traceback).
+"""
 
 from __future__ import annotations
 
 import sys
 
 from castrl.bench.harness import TIERS
+from castrl.commands import user_input
 
 SUITES = ("core", "steptime", *TIERS, "report")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Dispatch `argv[0]` to a benchmark suite; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: castrl bench {{{','.join(SUITES)}}} [flags]   (each suite has --help)")
         return 0
     suite, rest = argv[0], argv[1:]
+    with user_input():
+        if suite not in SUITES:
+            raise ValueError(f"unknown suite {suite!r}; expected one of {', '.join(SUITES)}")
     if suite in TIERS:  # an RL grid: castrl/bench/harness.py runs the tier module's description
         from castrl.bench.harness import tier_description, tier_main
 
@@ -29,9 +41,6 @@ def main(argv: list[str]) -> int:
         from castrl.bench.report import main as report_main
 
         return report_main(rest)
-    if suite == "core":
-        from castrl.bench.core import main as core_main
+    from castrl.bench.core import main as core_main
 
-        return core_main(rest)
-    print(f"castrl bench: unknown suite {suite!r}; expected one of {', '.join(SUITES)}", file=sys.stderr)
-    return 2
+    return core_main(rest)

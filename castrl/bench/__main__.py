@@ -1,7 +1,8 @@
-"""`python -m castrl.bench <suite> [flags]`."""
+"""`python -m castrl.bench <suite> [flags]`: the same as `castrl bench <suite> [flags]` (errors and `--debug` included)."""
 
 import sys
 
-from castrl.bench import main
+from castrl.cli import pop_debug, run_command
 
-sys.exit(main(sys.argv[1:]))
+argv, debug = pop_debug(sys.argv[1:])
+sys.exit(run_command("bench", argv, debug))

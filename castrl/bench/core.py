@@ -5,7 +5,7 @@ broadcast; the budget is CAST <= 3x GRPO time at B=512, T=2048 (the paper's rule
 through their public entry points with their stats dicts, exactly as a trainer calls them; GRPO gets
 no teacher log-probs (it needs none). Timings interleave the two so machine noise hits both alike.
 
-    python -m castrl.bench core --B 512 --T 2048 --repeats 20 --threads 1 --json bench_core.json
+    castrl bench core --B 512 --T 2048 --group_size 8 --repeats 20 --threads 1 --json bench_core.json
 
 Tokens/s counts all B*T positions (padding included), the work the tensors actually do. The
 verdict uses median wall time; the median process-CPU-time ratio is printed too, because on a busy
@@ -14,17 +14,17 @@ machine it is the steadier of the two.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
+from castrl.commands import parse_dataclasses, user_input
 from castrl.core import CastConfig, cast_advantages, compute_advantages
+from castrl.formatting import num, write_json
 
 TARGET_RATIO = 3.0  # cast must take <= 3x the grpo estimator's time
 
@@ -92,38 +92,50 @@ def run_core_bench(
     return result
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="castrl bench core", description=__doc__.splitlines()[0])
-    p.add_argument("--B", type=int, default=512, help="rollouts per batch")
-    p.add_argument("--T", type=int, default=2048, help="completion tokens per rollout (padded length)")
-    p.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (G)")
-    p.add_argument("--repeats", type=int, default=20, help="timed calls per estimator (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per estimator first")
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = torch's default")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this path")
-    return p
+@dataclass
+class CoreArguments:
+    """The flags of `castrl bench core` (TRL-style underscores, as every castrl command)."""
+
+    B: int = field(default=512, metadata={"help": "Rollouts per batch."})
+    T: int = field(default=2048, metadata={"help": "Completion tokens per rollout (padded length)."})
+    group_size: int = field(default=8, metadata={"help": "Rollouts per prompt (G)."})
+    repeats: int = field(default=20, metadata={"help": "Timed calls per estimator (median reported)."})
+    warmup: int = field(default=3, metadata={"help": "Untimed calls per estimator first."})
+    threads: int = field(default=0, metadata={"help": "torch.set_num_threads; 0 = torch's default."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random batch."})
+    json: str | None = field(default=None, metadata={"help": "Also write the result as JSON to this path."})
+
+    def __post_init__(self) -> None:
+        for name in ("B", "T", "group_size", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    for name in ("B", "T", "group_size", "repeats"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0 or args.threads < 0:
-        raise ValueError(f"--warmup and --threads must be >= 0, got {args.warmup} and {args.threads}")
+def parse_args(argv: list[str]) -> CoreArguments:
+    """`CoreArguments` from flags (and `--config`); ValueError naming the flag when invalid."""
+    (args,) = parse_dataclasses([CoreArguments], argv, prog="castrl bench core", description=__doc__.splitlines()[0])
+    return args
+
+
+def reproduce_command(args: CoreArguments, threads: int) -> str:
+    """The `castrl bench core` line that reruns this measurement (with the thread count it ran with)."""
+    return (f"castrl bench core --B {args.B} --T {args.T} --group_size {args.group_size} --repeats {args.repeats} "
+            f"--warmup {args.warmup} --threads {threads} --seed {args.seed}")
 
 
 def main(argv: list[str]) -> int:
-    """`castrl bench core [flags]`: run, print a summary (and the command that reproduces it)."""
-    args = _parser().parse_args(argv)
-    _check_args(args)
+    """`castrl bench core [flags]`: run, print a summary (and the command that reproduces it).
+
+    Input mistakes raise `UserInputError` (`castrl.cli` prints one line and exits 2)."""
+    with user_input():
+        args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run_core_bench(args.B, args.T, args.repeats, args.warmup, args.group_size, args.seed)
-    command = (
-        f"python -m castrl.bench core --B {args.B} --T {args.T} --group-size {args.group_size} "
-        f"--repeats {args.repeats} --warmup {args.warmup} --threads {result['threads']} --seed {args.seed}"
-    )
+    command = reproduce_command(args, result["threads"])
     verdict = "OK" if result["ratio_cast_over_grpo"] <= TARGET_RATIO else "ABOVE TARGET"
     print(
         f"castrl core bench: B={args.B} T={args.T} (real tokens {result['real_token_frac']:.0%}), "
@@ -135,10 +147,10 @@ def main(argv: list[str]) -> int:
             f"{result[f'{name}_tokens_per_s'] / 1e6:8.2f} M tokens/s"
         )
     print(
-        f"  cast/grpo time ratio: {result['ratio_cast_over_grpo']:.2f} (target <= {TARGET_RATIO:g}: {verdict}); "
-        f"CPU-time ratio {result['ratio_cpu_cast_over_grpo']:.2f}"
+        f"  cast/grpo time ratio: {num(result['ratio_cast_over_grpo'], 2)} (target <= {TARGET_RATIO:g}: {verdict}); "
+        f"CPU-time ratio {num(result['ratio_cpu_cast_over_grpo'], 2)}"
     )
     print(f"  reproduce: {command}")
     if args.json is not None:
-        args.json.write_text(json.dumps({**result, "command": command}, indent=2) + "\n")
+        write_json(args.json, {**result, "command": command}, indent=2)
     return 0

@@ -9,9 +9,9 @@ starting model). Sections whose cells were measured with spec v1's rule say so (
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier, tier_descriptions
@@ -19,6 +19,8 @@ from castrl.bench.report_cells import TierView, acc_at, final_step, step_mean, s
 from castrl.bench.report_figures import write_figures
 from castrl.bench.report_tiers import tier_view
 from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
+from castrl.commands import parse_dataclasses, user_input
+from castrl.formatting import num
 
 # Written above the tables when some section shows cells of spec v1's rule (cells without `rule_version`).
 V1_BANNER = (
@@ -116,10 +118,10 @@ def reach_table(view: TierView) -> list[str]:
     for m in view.methods:
         hits, n = reach(view, m, target)
         mean = sum(hits) / len(hits) if hits else None
-        rows.append([m, "not reached" if mean is None else f"{mean:.1f}", f"{len(hits)}/{n}",
-                     "-" if mean is None else f"{mean / budget:.2f}"])
+        rows.append([m, "not reached" if mean is None else num(mean, 1), f"{len(hits)}/{n}",
+                     "-" if mean is None or not budget else num(mean / budget, 2)])
     head = [f"### Steps to reach {baseline}'s final accuracy", "",
-            f"Target: {target:.3f}, the mean over seeds of {baseline}'s held-out accuracy at step {budget}. A seed "
+            f"Target: {num(target)}, the mean over seeds of {baseline}'s held-out accuracy at step {budget}. A seed "
             "reaches it at its first evaluation at or above the target (evaluations are spaced, so a step count "
             "is an upper bound); the mean is over the seeds that reach it.", ""]
     return head + _table(["method", "steps (mean)", "seeds reached", f"÷ {baseline} budget"], rows)
@@ -157,7 +159,7 @@ def timing_table(view: TierView) -> tuple[list[str], dict[str, Interval]]:
         ratios[m] = mean_ci([p for p in pairs if p is not None])
         ratio = fmt_ci(ratios[m], digits=2) + f" (n={ratios[m].n})" if ratios[m].n else "-"
         wall = mean_ci([r.get("wall_s", math.nan) for r in recs.values()])
-        rows.append([m] + parts + [ratio, f"{wall.mean:.0f}"])
+        rows.append([m] + parts + [ratio, num(wall.mean, 0)])
     head = ["### Seconds per step (mean ± 95% CI over seeds; first step excluded)", "",
             "rollout = TRL generation + reward; student/teacher = castrl's no-grad log-prob passes; train = TRL "
             f"`step_time` minus the rest. `÷ {baseline}` pairs each seed with the {baseline} cell of the same "
@@ -226,18 +228,26 @@ def render_tier(view: TierView, figures: dict[str, str]) -> list[str]:
     return lines + body + [f"![{name}]({path})" for name, path in figures.items()] + [""]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="castrl bench report", description=__doc__.splitlines()[0])
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
-    p.add_argument("--out", default="docs/results.md")
-    p.add_argument("--figures", default="docs/figures/bench", help="folder of the PNGs (written beside --out)")
-    p.add_argument("--quick", action="store_true", help="report the --quick grids instead of the full ones")
-    return p
+@dataclass
+class ReportArguments:
+    """The flags of `castrl bench report` (TRL-style underscores)."""
+
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Cell cache folder."})
+    out: str = field(default="docs/results.md", metadata={"help": "The markdown report."})
+    figures: str = field(default="docs/figures/bench", metadata={"help": "Folder of the PNGs (linked from --out)."})
+    quick: bool = field(default=False, metadata={"help": "Report the --quick grids instead of the full ones."})
+
+
+def parse_args(argv: list[str]) -> ReportArguments:
+    (args,) = parse_dataclasses([ReportArguments], argv, prog="castrl bench report",
+                                description=__doc__.splitlines()[0])
+    return args
 
 
 def main(argv: list[str]) -> int:
     """Write the markdown report and its figures; prints the path."""
-    args = _parser().parse_args(argv)
+    with user_input():
+        args = parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     views = [tier_view(tier, args.cache_dir, quick=args.quick, loader=load_tier) for tier in tier_descriptions()]

@@ -64,8 +64,8 @@ def select_cells(records: Sequence[dict[str, Any]], settings: dict[str, Any]) ->
 
 
 def acc_at(rec: dict[str, Any]) -> dict[int, float]:
-    """step -> held-out greedy accuracy of one cell."""
-    return {int(e["step"]): float(e["accuracy"]) for e in rec.get("evals", [])}
+    """step -> held-out greedy accuracy of one cell (NaN where the cell stored null: no held-out problems)."""
+    return {int(e["step"]): math.nan if e["accuracy"] is None else float(e["accuracy"]) for e in rec.get("evals", [])}
 
 
 def final_step(rec: dict[str, Any]) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from castrl.bench.harness import CELL_CODE_PATHS, RLSettings, Tier
 from castrl.bench.report_cells import TierView, select_cells
+from castrl.formatting import num
 
 Cells = dict[str, dict[int, dict[str, Any]]]
 
@@ -115,7 +116,7 @@ def tier_view(tier: Tier, cache_dir: str, quick: bool, loader: Callable) -> Tier
     notes += _teacher_note(cells) + _sampling_note(cells) + [_code_paths_note()] + _start_note(cells)
     walls = [r.get("wall_s", math.nan) for m in cells.values() for r in m.values()]
     if walls:
-        notes.append(f"Cells cached: {len(walls)}; mean wall time per cell {sum(walls) / len(walls):.0f} s.")
+        notes.append(f"Cells cached: {len(walls)}; mean wall time per cell {num(sum(walls) / len(walls), 0)} s.")
     view = TierView(tier.name, tier.title, command, cells, notes, tier.baseline, tier.headline)
     if view.superseded:
         view.notes.append(f"These cells were measured with spec v1's rule and v1's method names; the command above "

@@ -1,5 +1,8 @@
 """One benchmark cell: an RL run with CASTTrainer, held-out greedy accuracy every `eval_every` steps.
 
+Held-out accuracy is `castrl.evaluate.heldout_accuracy`, the one definition `castrl train` and
+`castrl eval` use (greedy; an answer the verifier cannot score counts as wrong, as `n_unscorable`).
+
 Shared by both tiers; a tier supplies the model, tokenizer, prompts and settings. Why a callback and
 not `castrl train`: the bench needs accuracy at fixed step budgets *during* training (step 0, every
 `eval_every`, the last step) and the per-step metrics in memory, without checkpoints on disk.
@@ -19,6 +22,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from castrl.evaluate import heldout_accuracy
 from castrl.rewards import Verifier
 
 TIME_KEYS = ("cast/time_rollout_s", "cast/time_student_s", "cast/time_teacher_s", "cast/time_advantage_s")
@@ -30,45 +34,15 @@ RECORDED_TRAINER_FIELDS = ("temperature", "top_p", "top_k", "mask_truncated_comp
 
 @dataclass
 class HeldOut:
-    """Held-out problems as ready prompt strings (chat template already applied) and their golds."""
+    """Held-out problems as ready prompt strings (chat template already applied) and their golds.
+
+    Strings rather than chat messages so the tiny tier's plain "Q: ...\\nA:" prompts and the chat tier
+    share one path: `heldout_accuracy` tokenizes them without special tokens, as the trainer sees them.
+    """
 
     prompts: list[str]
     answers: list[str]
     levels: list[str]
-
-
-@torch.no_grad()
-def greedy_eval(model: Any, tokenizer: Any, held_out: HeldOut, verifier: Verifier, *,
-                max_new_tokens: int, batch_size: int = 64) -> dict[str, Any]:
-    """Greedy accuracy over `held_out` (overall and per level); prompts are pre-rendered strings.
-
-    Strings rather than chat messages so the tiny tier's plain "Q: ...\\nA:" prompts and the chat
-    tier share one path; tokens are added without special tokens, exactly as the trainer sees them.
-    """
-    was_training = model.training
-    model.eval()
-    tokenizer.padding_side = "left"
-    texts: list[str] = []
-    try:
-        for i in range(0, len(held_out.prompts), batch_size):
-            chunk = held_out.prompts[i : i + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-            texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        model.train(was_training)
-    scores = verifier.score_batch(texts, held_out.answers)
-    correct = [float(s or 0.0) for s in scores]
-    per_level: dict[str, list[float]] = {}
-    for level, c in zip(held_out.levels, correct, strict=True):
-        per_level.setdefault(level, []).append(c)
-    return {
-        "accuracy": sum(correct) / max(len(correct), 1),
-        "per_level": {k: sum(v) / len(v) for k, v in per_level.items()},
-        "n": len(correct),
-        "example": texts[0] if texts else "",
-    }
 
 
 class BenchRecorder(TrainerCallback):
@@ -146,7 +120,9 @@ def run_rl_cell(*, model: Any, tokenizer: Any, config: Any, train_dataset: Any, 
     trainer.remove_callback(PrinterCallback)  # one dict per step on stdout would drown the progress bar
 
     def evaluate() -> dict[str, Any]:
-        result = greedy_eval(trainer.model, tokenizer, held_out, verifier, max_new_tokens=eval_max_new_tokens)
+        result = heldout_accuracy(trainer.model, tokenizer, held_out.prompts, held_out.answers, verifier,
+                                  levels=held_out.levels, max_new_tokens=eval_max_new_tokens, batch_size=64,
+                                  progress=False)
         verifier.pop_stats()  # held-out checks must not show up in the training reward counters
         return result
 

@@ -7,7 +7,7 @@ CAST ablations (Tables 4, 7). Every method gets the same step budget. Sized so o
 ~25 minutes on 2 busy cores (about 2 min per step of 32 rollouts x 64 tokens, plus three held-out
 evaluations).
 
-    castrl bench smollm2 [--seeds 2] [--methods all] [--cache-dir bench_cache] [--quick]
+    castrl bench smollm2 [--seeds 2] [--methods all] [--cache_dir bench_cache] [--quick]
 """
 
 from __future__ import annotations

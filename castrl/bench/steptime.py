@@ -9,37 +9,56 @@ the command that reproduces it. Each estimator's teacher reads the context the p
 
 from __future__ import annotations
 
-import argparse
-import json
 import shlex
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainerCallback
 
+from castrl.commands import dataclass_parser, user_input
 from castrl.core import get_estimator
+from castrl.formatting import num, write_json
 
 PARTS = ("rollout", "student", "teacher", "advantage")
 
 
-def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="castrl bench steptime", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--methods", default="grpo,cast",
-        help="Comma-separated advantage estimators, each optionally with train flags as name@flag=value[@...], "
-        "e.g. cast@fuse_student_pass=false.",
-    )  # fmt: skip
-    parser.add_argument("--steps", type=int, default=3, help="Optimizer steps per method.")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
-    parser.add_argument("--json", default=None, help="Also write the measurements to this JSON file.")
-    args, train_flags = parser.parse_known_args(argv)
-    if args.steps < 1:
-        parser.error("--steps must be >= 1")
-    return args, train_flags
+@dataclass
+class SteptimeArguments:
+    """The flags of `castrl bench steptime` itself (TRL-style underscores); every other flag is
+    `castrl train`'s and applies to every method."""
+
+    methods: str = field(default="grpo,cast", metadata={
+        "help": "Comma-separated advantage estimators, each optionally with train flags as "
+        "name@flag=value[@...], e.g. cast@fuse_student_pass=false."})
+    steps: int = field(default=3, metadata={"help": "Optimizer steps per method."})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads."})
+    json: str | None = field(default=None, metadata={"help": "Also write the measurements to this JSON file."})
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--steps", self.steps), ("--threads", self.threads)):
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        if not self.method_list():
+            raise ValueError("--methods is empty; pass e.g. --methods grpo,cast")
+
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+
+def parse_args(argv: list[str]) -> tuple[SteptimeArguments, list[str]]:
+    """The bench's own flags and the rest (`castrl train` flags, shared by every method).
+
+    `--config run.yaml` is left to `castrl train`'s parser, which reads it with the types of its fields."""
+    parser = dataclass_parser([SteptimeArguments], prog="castrl bench steptime",
+                              description=__doc__.splitlines()[0] + " Any other flag (--config included) is "
+                              "castrl train's and applies to every method.")
+    args, train_flags = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
+    return args, list(train_flags)
 
 
 def method_flags(method: str, train_flags: Sequence[str] = ()) -> list[str]:
@@ -78,23 +97,32 @@ class _CPUSeconds(TrainerCallback):
         self.per_step[state.global_step] = time.process_time() - self._start
 
 
-def _measure(method: str, steps: int, train_flags: list[str]) -> list[dict[str, float]]:
+def prepare_method(method: str, steps: int, train_flags: Sequence[str], output_dir: str):
+    """(run arguments, trainer config, training records, model path) of one method; ValueError (or
+    TypeError, FileNotFoundError) on a bad method, flag, data file or model path."""
+    from castrl.commands.train import parse_args as parse_train_args
     from castrl.data import load_problems
-    from castrl.models import load_model_and_tokenizer
-    from castrl.rewards import Verifier
-    from castrl.train import make_trainer, parse_args
+    from castrl.models import resolve_model
 
-    with tempfile.TemporaryDirectory() as out:
-        flags = [*train_flags, *method_flags(method, train_flags), "--max_steps", str(steps), "--output_dir", out,
-                 "--save_strategy", "no", "--skip_eval", "true"]
-        run, config = parse_args(flags)
-        records = load_problems(run.data, split="train", **({"n_per_level": run.n_per_level} if run.n_per_level else {}))
-        model, tokenizer = load_model_and_tokenizer(run.model, dtype=run.dtype, cache_dir=run.cache_dir)
-        with Verifier(timeout_s=run.verifier_timeout_s, num_workers=run.verifier_workers) as verifier:
-            trainer = make_trainer(run, config, model, tokenizer, verifier, records)
-            cpu = _CPUSeconds()
-            trainer.add_callback(cpu)
-            trainer.train()
+    flags = [*train_flags, *method_flags(method, train_flags), "--max_steps", str(steps), "--output_dir", output_dir,
+             "--save_strategy", "no", "--skip_eval", "true"]
+    run, config = parse_train_args(flags)
+    records = load_problems(run.data, split="train", **({"n_per_level": run.n_per_level} if run.n_per_level else {}))
+    return run, config, records, resolve_model(run.model, run.cache_dir)
+
+
+def _measure(run, config, records, model_path: str) -> list[dict[str, float]]:
+    from castrl.commands.train import make_trainer
+    from castrl.models import load_checked
+    from castrl.rewards import Verifier
+
+    with user_input():  # a model that cannot load (no weights in the folder) is the user's to fix
+        model, tokenizer = load_checked(model_path, dtype=run.dtype)
+    with Verifier(timeout_s=run.verifier_timeout_s, num_workers=run.verifier_workers) as verifier:
+        trainer = make_trainer(run, config, model, tokenizer, verifier, records)
+        cpu = _CPUSeconds()
+        trainer.add_callback(cpu)
+        trainer.train()
     rows = []
     for log in trainer.state.log_history:
         if "step_time" not in log:
@@ -108,6 +136,10 @@ def _measure(method: str, steps: int, train_flags: list[str]) -> list[dict[str, 
     return rows
 
 
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
 def _table(results: dict[str, list[dict[str, float]]]) -> str:
     first = next(iter(results))
     base = results[first]
@@ -115,29 +147,39 @@ def _table(results: dict[str, list[dict[str, float]]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, rows in results.items():
         for row, base_row in zip(rows, base, strict=True):
-            cells = [f"{row[k]:.1f}" for k in ("total", *PARTS, "train", "cpu")]
+            cells = [num(row[k], 1) for k in ("total", *PARTS, "train", "cpu", "mean_length")]
             lines.append(f"| {method} | {row['step']} | " + " | ".join(cells)
-                         + f" | {row['mean_length']:.1f} | {row['total'] / base_row['total']:.2f} |")
+                         + f" | {num(_ratio(row['total'], base_row['total']), 2)} |")
     lines.append("")
     ref, cpu_ref = (statistics.fmean(r[k] for r in base) for k in ("total", "cpu"))
     for method, rows in results.items():
         mean, cpu = (statistics.fmean(r[k] for r in rows) for k in ("total", "cpu"))
-        lines.append(f"{method}: mean step {mean:.1f} s, ratio to {first} {mean / ref:.2f}; "
-                     f"CPU {cpu:.1f} s/step, ratio {cpu / cpu_ref:.2f}")
+        lines.append(f"{method}: mean step {num(mean, 1)} s, ratio to {first} {num(_ratio(mean, ref), 2)}; "
+                     f"CPU {num(cpu, 1)} s/step, ratio {num(_ratio(cpu, cpu_ref), 2)}")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
-    args, train_flags = _parse(argv)
-    torch.set_num_threads(args.threads)
-    results = {}
-    for method in args.methods.split(","):
-        start = time.perf_counter()
-        results[method] = _measure(method, args.steps, train_flags)
-        print(f"[bench steptime] {method}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    """`castrl bench steptime [flags] [castrl train flags]`: measure every method, print the table.
+
+    Every method's flags and data are checked before any model loads; input mistakes raise
+    `UserInputError` (`castrl.cli` prints one line and exits 2)."""
+    with tempfile.TemporaryDirectory() as out:
+        with user_input():
+            args, train_flags = parse_args(argv)
+            methods = args.method_list()
+            for method in methods:  # every method's name and settings first: cheap, nothing loaded yet
+                method_flags(method, train_flags)
+            prepared = {method: prepare_method(method, args.steps, train_flags, f"{out}/{i}")
+                        for i, method in enumerate(methods)}
+        torch.set_num_threads(args.threads)
+        results = {}
+        for method, setup in prepared.items():
+            start = time.perf_counter()
+            results[method] = _measure(*setup)
+            print(f"[bench steptime] {method}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     print(_table(results))
     print(f"\nreproduce: castrl bench steptime {shlex.join(argv)}  (torch threads {torch.get_num_threads()})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"argv": argv, "results": results}, f, indent=2)
+        write_json(args.json, {"argv": argv, "results": results}, indent=2)
     return 0

@@ -10,12 +10,11 @@ question again (`PEER_TEMPLATE`, a context the SFT never showed). Prompts are pl
 5 seeds) fits in about an hour on 2 quiet cores; the three knob-study methods (`cast@lam=0`,
 `cast@lam=0.5`, `cast@flip_margin=0.223`) add about 20 minutes.
 
-    castrl bench tiny [--seeds 5] [--methods all] [--cache-dir bench_cache] [--quick]
+    castrl bench tiny [--seeds 5] [--methods all] [--cache_dir bench_cache] [--quick]
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from castrl.bench.tiny_sft import (
     sft_checkpoint,
     sft_info,
 )
+from castrl.formatting import num
 
 # RLRT's teacher here: the problem, a successful rollout of the same group, then the problem again
 # (an in-context example to copy). [R] The SFT never showed the model this context, and a row without
@@ -82,8 +82,9 @@ def prepare_sft(settings: TinySettings, cache_dir: str, progress: bool) -> Path:
     """The cached SFT checkpoint of the settings (trained first when missing); prints how it was made."""
     sft_dir = sft_checkpoint(settings.sft, cache_dir, settings.train_seed, progress=progress)
     info = sft_info(sft_dir)
+    last = info["history"][-1] if info.get("history") else {}
     print(f"[bench] tiny SFT model: {info['params']:,} params, {info['steps']} steps, monitor accuracy "
-          f"{info['history'][-1]['monitor_accuracy']:.3f}")
+          f"{num(last.get('monitor_accuracy'))}")
     return sft_dir
 
 
@@ -121,7 +122,7 @@ def report_notes(settings: TinySettings, cache_dir: str) -> list[str]:
         info = sft_info(folder)
         last = info["history"][-1] if info.get("history") else {}
         notes.append(f"SFT: {info['steps']} steps (stopped by {info['stopped']}), greedy accuracy "
-                     f"{last.get('monitor_accuracy', math.nan):.3f} on {sft.monitor_n_per_level} RL training "
+                     f"{num(last.get('monitor_accuracy'))} on {sft.monitor_n_per_level} RL training "
                      f"problems per level (target {sft.target_accuracy}), {info['seconds']:.0f} s.")
     return notes
 

@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from castrl.bench.rl_cell import HeldOut, greedy_eval
+from castrl.bench.rl_cell import HeldOut
 from castrl.data import make_arithmetic
+from castrl.evaluate import heldout_accuracy
+from castrl.formatting import num, write_json
 from castrl.rewards import Verifier
 
 # Plain-text formats (no chat: a model trained from scratch follows no instructions).
@@ -134,10 +136,12 @@ def train_sft(settings: SFTSettings, monitor: HeldOut, progress: bool = True) ->
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % settings.eval_every == 0 or step == settings.max_steps:
-            acc = greedy_eval(model, tokenizer, monitor, verifier, max_new_tokens=32)["accuracy"]
+            acc = heldout_accuracy(model, tokenizer, monitor.prompts, monitor.answers, verifier,
+                                   levels=monitor.levels, max_new_tokens=32, batch_size=64,
+                                   progress=False)["accuracy"]
             history.append({"step": step, "loss": float(loss.detach()), "monitor_accuracy": acc,
                             "seconds": time.perf_counter() - start})
-            print(f"[bench] tiny SFT step {step}: loss {history[-1]['loss']:.3f}, monitor accuracy {acc:.3f} "
+            print(f"[bench] tiny SFT step {step}: loss {num(history[-1]['loss'])}, monitor accuracy {num(acc)} "
                   f"({history[-1]['seconds']:.0f} s)", flush=True)
             if acc >= settings.target_accuracy:
                 info["stopped"] = "target_accuracy"
@@ -164,14 +168,13 @@ def sft_checkpoint(settings: SFTSettings, cache_dir: str | os.PathLike[str], rl_
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    with open(tmp / SFT_INFO_FILE, "w") as f:
-        json.dump({"settings": asdict(settings), **info}, f, indent=1)
+    write_json(tmp / SFT_INFO_FILE, {"settings": asdict(settings), **info}, indent=1)
     if folder.exists():  # another invocation finished first: keep its copy
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         os.replace(tmp, folder)
     last = info["history"][-1] if info["history"] else {}
-    print(f"[bench] tiny SFT: {info['steps']} steps, monitor accuracy {last.get('monitor_accuracy', float('nan')):.3f}"
+    print(f"[bench] tiny SFT: {info['steps']} steps, monitor accuracy {num(last.get('monitor_accuracy'))}"
           f" ({info['stopped']}), {info['seconds']:.0f} s -> {folder}")
     return folder
 
