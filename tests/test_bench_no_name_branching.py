@@ -28,11 +28,7 @@ EXEMPT = ("core",)  # the registry's own package
 # Files outside castrl/bench that still branch on estimator names, to be fixed by their owners (path
 # relative to the package -> why it is listed). Empty it as they are fixed; an entry whose file no
 # longer violates fails the test, so the list only shrinks.
-ALLOWED: dict[str, str] = {
-    # `castrl_name`: `if name == ALIAS` with ALIAS = "cast", verl's `algorithm.adv_estimator=cast`
-    # mapped to the registry name by comparing against the literal (owner: the verl integration)
-    "integrations/verl/config.py": "verl alias 'cast' compared by name",
-}
+ALLOWED: dict[str, str] = {}  # files allowed to branch on estimator names; keep it empty
 LOOKUP_METHODS = {"get", "pop", "setdefault"}
 AFFIX_METHODS = {"startswith", "endswith"}
 

@@ -69,8 +69,11 @@ class RunArguments:
 DEMO_DEFAULTS = dict(
     output_dir="outputs/castrl-train",
     max_steps=8,
-    per_device_train_batch_size=16,
-    gradient_accumulation_steps=2,  # 32 rollouts per step = 4 prompts x 8
+    # 32 rollouts per step = 4 prompts x 8, trained in micro-batches of 8 with gradient checkpointing:
+    # peak RSS of a step 4.6 GB instead of 11.8 GB (micro-batches of 16, no checkpointing), at about the
+    # same step time on 2 CPU cores (81 s vs 76-85 s, CAST, smollm2 + LoRA)
+    per_device_train_batch_size=8,
+    gradient_accumulation_steps=4,
     num_generations=8,
     max_completion_length=64,
     learning_rate=5e-5,
@@ -79,7 +82,7 @@ DEMO_DEFAULTS = dict(
     save_strategy="steps",
     save_steps=5,
     save_total_limit=2,
-    gradient_checkpointing=False,
+    gradient_checkpointing=True,
     bf16=False,
     report_to="none",
 )

@@ -28,7 +28,9 @@ from castrl.teacher import TeacherConfig, WeightsSpec, context_uses
 
 SECTION = "castrl"
 PREFIX = "castrl_"
-ALIAS = "cast"  # `algorithm.adv_estimator=cast` is CAST; every estimator is also `castrl_<name>`
+# Short verl names for castrl estimators (`algorithm.adv_estimator=cast` is CAST); every estimator is also
+# `castrl_<name>`. A table of names, so no code compares against an estimator's name.
+VERL_ALIASES: dict[str, str] = {"cast": "cast"}
 REWARD_KEYS = ("token_level_rewards", "token_level_scores")
 VERL_DEFAULT_TEACHER_WEIGHTS = "policy"  # castrl's default is the paper's refresh:10, which verl cannot do
 
@@ -88,19 +90,19 @@ class CastrlVerlConfig:
         return WeightsSpec.parse(self.teacher_weights).kind == "frozen"
 
 
+def _verl_to_castrl() -> dict[str, str]:
+    """Every `algorithm.adv_estimator` value castrl registers in verl -> its castrl registry name."""
+    return {**VERL_ALIASES, **{PREFIX + name: name for name in ADVANTAGE_ESTIMATORS.names()}}
+
+
 def castrl_name(adv_estimator: str) -> str | None:
     """castrl registry name for a verl `algorithm.adv_estimator`, or None if it is not castrl's."""
-    name = str(adv_estimator)
-    if name == ALIAS:
-        return "cast"
-    if name.startswith(PREFIX) and name[len(PREFIX) :] in ADVANTAGE_ESTIMATORS:
-        return name[len(PREFIX) :]
-    return None
+    return _verl_to_castrl().get(str(adv_estimator))
 
 
 def verl_names() -> list[str]:
     """Every `algorithm.adv_estimator` value castrl registers in verl."""
-    return [ALIAS] + [PREFIX + name for name in ADVANTAGE_ESTIMATORS.names()]
+    return list(_verl_to_castrl())
 
 
 def _plain(section: Any, where: str) -> dict[str, Any]:
