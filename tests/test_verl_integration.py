@@ -626,6 +626,7 @@ def test_defaults_match_the_core_defaults():
             r"'refresh:10' is not supported on verl.*every 10 optimizer steps.*'policy'.*'frozen'.*TRL",
         ),
         ({"teacher_weights": "refresh:2"}, "cast", ValueError, "not supported on verl"),
+        ({"teacher_model": "big/teacher"}, "cast", ValueError, r"teacher_model='big/teacher' is not supported on verl"),
         ({"teacher_weights": "lagged:5"}, "cast", ValueError, r"castrl: teacher_weights must be 'refresh:<K>'"),
         ({"teacher_weights": "refresh:1", "teacher_context": "student"}, "cast", ValueError, "identical"),
         ({"teacher_context": "student"}, "cast", ValueError, r"castrl: teacher_context='student'"),

@@ -16,7 +16,13 @@ import torch
 
 from castrl.data import build_prompt
 from castrl.models import load_checked
-from castrl.teacher import PEER_FALLBACK_CONTEXT, context_uses, successful_peers, teacher_prompt_ids
+from castrl.teacher import (
+    PEER_FALLBACK_CONTEXT,
+    context_uses,
+    load_external_teacher,
+    successful_peers,
+    teacher_prompt_ids,
+)
 
 from .analysis import analyze
 from .scoring import (
@@ -178,6 +184,7 @@ def _score_all(
     )
     timings["score_student_s"] = time.perf_counter() - start
     examples = [{**p, "prompt": prompt} for p, prompt in zip(problems, student_prompts, strict=True)]
+    external = None if settings.teacher_model is None else load_external_teacher(settings.teacher_model, tokenizer, model)
     teachers = {}
     for context in settings.teachers:
         ids, n_cut = _teacher_prompt_ids(
@@ -185,9 +192,9 @@ def _score_all(
         )
         prompts_cut[context] = n_cut
         start = time.perf_counter()
-        with teacher_scope(settings.teacher_weights, model):
+        with teacher_scope(settings.teacher_weights, model) if external is None else external.scoring(model):
             teachers[context] = completion_logps(
-                model,
+                model if external is None else external.model,
                 ids,
                 rollouts.completion_ids,
                 rollouts.mask,
@@ -250,6 +257,8 @@ def run_diagnostics(
     _describe_extremes(results, rollouts, kept, tokenizer, problems)
     timings["analysis_s"] = time.perf_counter() - start
     notes = {"teacher_weights": teacher_weights_note(settings.teacher_weights, model)}
+    if settings.teacher_model is not None:
+        notes["teacher_weights"] = f"external teacher model {settings.teacher_model!r} (teacher_weights does not apply)"
     for context, n_cut in prompts_cut.items():
         results["teachers"][context]["teacher_prompts_cut"] = float(n_cut)
         if n_cut:

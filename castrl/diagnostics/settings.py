@@ -23,12 +23,12 @@ DEFAULT_TEACHERS: tuple[str, ...] = ("answer_free", "with_reference")
 
 
 @dataclass(frozen=True)
-@with_fields_of(TeacherConfig, prefix="teacher_", only=("weights", "max_prompt_length"))
+@with_fields_of(TeacherConfig, prefix="teacher_", only=("weights", "max_prompt_length", "model"))
 class DiagnoseSettings:
     """What to diagnose and how; every field is a `castrl diagnose` flag (`group_size` -> --group_size).
 
-    `teacher_weights` and `teacher_max_prompt_length` are `castrl.teacher.TeacherConfig`'s; `teachers`
-    lists several contexts, each checked as a `TeacherConfig` with those weights."""
+    `teacher_weights`, `teacher_max_prompt_length` and `teacher_model` are `castrl.teacher.TeacherConfig`'s;
+    `teachers` lists several contexts, each checked as a `TeacherConfig` with those settings."""
 
     model: str = field(
         default=DEFAULT_MODEL, metadata={"help": "HF id, local folder, or 'smollm2-135m' (bundled)."}
@@ -137,7 +137,7 @@ class DiagnoseSettings:
         for context in self.teachers:
             self.teacher_config(context).check_host("diagnose")
         kind = WeightsSpec.parse(self.teacher_weights).kind
-        if "student" in self.teachers and not (kind == "frozen" and self.adapter):
+        if "student" in self.teachers and not (kind == "frozen" and self.adapter) and self.teacher_model is None:
             # without training, refresh / ema / frozen-without-adapter weights are the policy's
             raise ValueError(
                 f"--teachers student with --teacher_weights {self.teacher_weights} scores with the student's own "
@@ -149,7 +149,7 @@ class DiagnoseSettings:
         """The validated settings of the teacher reading `context` (without training, refresh:K and
         ema weights equal the policy; frozen differs only with --adapter)."""
         return TeacherConfig(context=context, weights=self.teacher_weights,
-                             max_prompt_length=self.teacher_max_prompt_length)  # fmt: skip
+                             max_prompt_length=self.teacher_max_prompt_length, model=self.teacher_model)  # fmt: skip
 
     def _check_model_paths(self) -> None:
         if os.path.isfile(os.path.join(os.path.expanduser(self.model), "adapter_config.json")):

@@ -1,5 +1,6 @@
 """The self-teacher (spec §3): what it reads (`contexts`), which weights it scores with (`weights`),
-its settings declared once for every host (`config`), and its prompt ids (`prompts`).
+its settings declared once for every host (`config`), its prompt ids (`prompts`), and an optional
+external teacher model that replaces the self-teacher's weights (`external`).
 
 The teacher is the model itself, run without gradient on the student's sampled tokens; the gap
 g = u - s is zero unless its context or its weights differ from the student's.
@@ -18,6 +19,7 @@ from .contexts import (
     successful_peers,
     validate_teacher_context,
 )
+from .external import ExternalTeacher, build_teacher, check_same_tokenizer, load_external_teacher
 from .prompts import left_pad, teacher_prompt_batch, teacher_prompt_ids
 from .weights import DEFAULT_TEACHER_WEIGHTS, TeacherWeights, WeightsSpec, has_adapter
 
@@ -25,6 +27,7 @@ __all__ = [
     "BOXED_FORMAT",
     "DEFAULT_TEACHER_CONTEXT",
     "DEFAULT_TEACHER_WEIGHTS",
+    "ExternalTeacher",
     "HOST_WEIGHTS",
     "PEER_FALLBACK_CONTEXT",
     "PRIVILEGED_CONTEXTS",
@@ -33,11 +36,14 @@ __all__ = [
     "TeacherConfig",
     "TeacherWeights",
     "WeightsSpec",
+    "build_teacher",
     "build_teacher_prompt",
+    "check_same_tokenizer",
     "check_teacher_config",
     "context_uses",
     "has_adapter",
     "left_pad",
+    "load_external_teacher",
     "successful_peers",
     "teacher_prompt_batch",
     "teacher_prompt_ids",

@@ -19,6 +19,15 @@ HOST_WEIGHTS: dict[str, tuple[str, ...]] = {
     "diagnose": ("refresh", "policy", "ema", "frozen"),  # without training, refresh / ema are the policy
     "verl": ("policy", "frozen"),  # refresh:1 is the policy
 }
+# Hosts that can score with an external teacher model (`teacher_model`), and why the others cannot.
+HOST_EXTERNAL: dict[str, bool] = {"trl": True, "diagnose": True, "verl": False}
+EXTERNAL_WHY: dict[str, str] = {
+    "verl": (
+        "verl 0.9's workers hold the actor and its reference model only; a third model would need a worker "
+        "group of its own, sharded and scheduled beside them. Use castrl's TRL trainer (castrl.trl) for an "
+        "external teacher."
+    ),
+}
 UNSUPPORTED_WHY: dict[str, str] = {
     "verl": (
         "verl 0.9 holds only the actor's current (FSDP/Megatron-sharded) weights and a reference model that "
@@ -58,6 +67,14 @@ class TeacherConfig:
         default=1024,
         metadata={"help": "Teacher prompts longer than this many tokens are cut from the left (and counted). [R]"},
     )
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "An external teacher (OPD-style): another frozen model, HF id or folder, that shares the "
+            "student's tokenizer, read under teacher_context; teacher_weights then does not apply. None = the "
+            "paper's self-teacher. [R]"
+        },
+    )
 
     def __post_init__(self) -> None:
         validate_teacher_context(self.context)
@@ -68,7 +85,9 @@ class TeacherConfig:
             self.max_prompt_length <= 0
         ):
             raise ValueError(f"teacher_max_prompt_length must be an integer > 0, got {self.max_prompt_length!r}")
-        if self.context == "student" and spec.always_policy():
+        if self.model is not None and not (isinstance(self.model, str) and self.model.strip()):
+            raise ValueError(f"teacher_model must be a model name or folder, got {self.model!r}")
+        if self.context == "student" and spec.always_policy() and self.model is None:
             raise ValueError(
                 f"teacher_context='student' with teacher_weights={self.weights!r} makes the teacher identical to "
                 "the student at every step, so the gap g is always 0. Change teacher_context (e.g. 'answer_free', "
@@ -80,7 +99,11 @@ class TeacherConfig:
         return WeightsSpec.parse(self.weights)
 
     def check_host(self, host: str) -> None:
-        """Raise ValueError, saying why, when `host` cannot score with these weights."""
+        """Raise ValueError, saying why, when `host` cannot score with this teacher."""
+        if self.model is not None:
+            if not HOST_EXTERNAL[host]:
+                raise ValueError(f"teacher_model={self.model!r} is not supported on {host}: {EXTERNAL_WHY[host]}")
+            return  # an external teacher has no weights of the policy's to keep
         spec = self.weights_spec
         kind = "policy" if spec.always_policy() else spec.kind
         if kind not in HOST_WEIGHTS[host]:

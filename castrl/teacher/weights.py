@@ -78,7 +78,8 @@ class TeacherWeights:
 
     @contextmanager
     def scoring(self, model: torch.nn.Module) -> Iterator[None]:
-        """Context in which `model` computes with the teacher's weights."""
+        """Context in which `model` computes with the teacher's weights (yields None: score with the
+        policy's module itself; an external teacher yields its own model instead)."""
         if self.use_adapter_off:
             with model.disable_adapter():
                 yield

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import add_fused_lm_head
 
 from castrl.teacher import successful_peers
 
@@ -108,3 +109,9 @@ def peer_texts(
         None if j is None else decode(completion_ids[j][completion_mask[j] > 0].tolist(), skip_special_tokens=True)
         for j in peers[rows]
     ]
+
+
+def fused_lm_head_for(args: CASTTrainerConfig, temperature: float) -> Callable[[Any], None]:
+    """Give an external teacher model TRL's fused LM head, as TRL gives its own reference model, so
+    the same scoring forward (`_get_per_token_logps_and_entropies`) runs on it."""
+    return lambda model: add_fused_lm_head(model, temperature=temperature, cast_lm_head_to_fp32=args.cast_lm_head_to_fp32)

@@ -9,8 +9,7 @@ entropy options and PEFT keep working:
 - `_compute_loss` / `_get_per_token_logps_and_entropies` (on-policy, `fuse_student_pass`): the
   student pass is skipped; the estimator's base step runs after the rollout and its row-local token
   step inside the loss, on the log-probs of the training forward pass (`castrl.trl.fused`);
-- `_save_checkpoint` / `_load_optimizer_and_scheduler`: persist the teacher's snapshot/EMA weights and
-  commit each checkpoint atomically (staging folder + rename, `castrl.trl.checkpoint`).
+- `_save_checkpoint` / `_load_optimizer_and_scheduler`: teacher state, atomic commits (`castrl.trl.checkpoint`).
 Advantages are computed on the batch gathered from all processes, since a group can straddle them.
 """
 
@@ -25,13 +24,13 @@ from trl import GRPOTrainer
 
 from castrl.core import get_estimator
 from castrl.rows import run_on_rows
-from castrl.teacher import TeacherWeights, context_uses, teacher_prompt_batch
+from castrl.teacher import ExternalTeacher, TeacherWeights, build_teacher, context_uses, teacher_prompt_batch
 
 from .checkpoint import commit_staged_checkpoint, load_teacher_state, remove_stale_staging, staging_root
 from .config import CASTTrainerConfig
 from .fused import FusedStudentPass, can_fuse_student_pass
 from .nonfinite import guard_nonfinite_steps
-from .scoring import completion_logps, peer_texts, tokenize_prompts
+from .scoring import completion_logps, fused_lm_head_for, peer_texts, tokenize_prompts
 
 
 class _TeacherUpdate(TrainerCallback):
@@ -70,10 +69,10 @@ class CASTTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.estimator = get_estimator(self.args.advantage_estimator)
         self.estimator_config = self.args.estimator_config()
-        self.teacher_weights: TeacherWeights | None = None
-        if self.estimator.needs_teacher:
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            self.teacher_weights = TeacherWeights(self.args.teacher_weights, unwrapped, self.args.teacher_ema_decay)
+        self.teacher_weights: TeacherWeights | ExternalTeacher | None = None
+        if self.estimator.needs_teacher:  # an external teacher model gets the policy's fused LM head
+            self.teacher_weights = build_teacher(self.args.teacher_config(), self.accelerator.unwrap_model(self.model),
+                                                 self.processing_class, fused_lm_head_for(self.args, self.temperature))
         self.add_callback(_TeacherUpdate(self))
         self._rewards_per_func: torch.Tensor | None = None
         self._fused = FusedStudentPass(self.estimator, self.estimator_config)
@@ -177,10 +176,11 @@ class CASTTrainer(GRPOTrainer):
         for name, value in metrics.items():
             self._metrics[mode][name].append(value)
 
-    def _completion_logps(self, prompt_ids, prompt_mask, output) -> torch.Tensor:
-        """(B, T) fp32 no-grad log-probs of the completion tokens after `prompt_ids`, at TRL's temperature."""
+    def _completion_logps(self, prompt_ids, prompt_mask, output, model=None) -> torch.Tensor:
+        """(B, T) fp32 no-grad log-probs of the completion tokens after `prompt_ids`, at TRL's temperature,
+        under `model` (default: the policy)."""
         logps, self._share_prompt_cache = completion_logps(
-            self.model, self.args, prompt_ids, prompt_mask, output, self._get_per_token_logps_and_entropies,
+            self.model if model is None else model, self.args, prompt_ids, prompt_mask, output, self._get_per_token_logps_and_entropies,
             self.accelerator.autocast, self._share_prompt_cache,
         )  # fmt: skip
         return logps
@@ -197,8 +197,8 @@ class CASTTrainer(GRPOTrainer):
             self._tokenizer.pad_token_id, peers,
         )  # fmt: skip
         self._log({"cast/teacher_truncated_count": float(n_truncated)}, self._mode)
-        with self.teacher_weights.scoring(self.accelerator.unwrap_model(self.model)):
-            return self._completion_logps(prompt_ids.to(device), prompt_mask.to(device), output)
+        with self.teacher_weights.scoring(self.accelerator.unwrap_model(self.model)) as external:
+            return self._completion_logps(prompt_ids.to(device), prompt_mask.to(device), output, external)
 
     def _peer_texts(self, output: dict) -> list[str | None]:
         """For each local row, the text of another correct rollout of its group, or None (`scoring.peer_texts`)."""
