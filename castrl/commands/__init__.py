@@ -5,7 +5,7 @@ user's mistake ends the command with one line on stderr and exit code 2 (`castrl
 - `train`: CAST (or a baseline) with held-out before/after accuracy (`castrl.commands.train`);
 - `eval`: avg@k, pass@k, maj@k, greedy accuracy and the token-budget sweep (`castrl.commands.eval`);
 - `diagnose`: the teacher-signal analysis, without training (`castrl.commands.diagnose`);
-- `bench`: benchmarks (`castrl.bench`, which parses its own suites).
+- `bench`: benchmarks (`castrl.bench`; its suites are dataclasses parsed the same way).
 """
 
 from __future__ import annotations
