@@ -426,8 +426,10 @@ def test_bench_tiny_quick_end_to_end(tmp_path):
     it reads every cell from the cache."""
     from castrl.bench import main as bench_main
 
-    cache = tmp_path / "cache"
-    assert bench_main(["tiny", "--quick", "--cache_dir", str(cache), "--no_progress"]) == 0
+    cache, scratch = tmp_path / "cache", str(tmp_path / "scratch")
+    assert bench_main(["tiny", "--quick", "--cache_dir", str(cache), "--scratch_dir", scratch, "--no_progress"]) == 0
+    assert (tmp_path / "scratch" / "tiny_sft").is_dir() and not (cache / "tiny_sft").exists()  # weights: scratch
+    assert len(list((cache / "tiny" / "sft").glob("*.json"))) == 1  # the SFT record: the cell cache
     cells = sorted((cache / "tiny" / "cells").glob("*.json"))
     assert len(cells) == 4
     rec = json.loads(cells[0].read_text())
@@ -435,7 +437,7 @@ def test_bench_tiny_quick_end_to_end(tmp_path):
     assert steps[0] == 0 and steps[-1] == rec["config"]["settings"]["steps"]
     assert rec["timing"]["step_s"] > 0 and len(rec["steps"]) == rec["config"]["settings"]["steps"]
     mtimes = {p: p.stat().st_mtime for p in cells}
-    assert bench_main(["tiny", "--quick", "--cache_dir", str(cache), "--no_progress"]) == 0
+    assert bench_main(["tiny", "--quick", "--cache_dir", str(cache), "--scratch_dir", scratch, "--no_progress"]) == 0
     assert {p: p.stat().st_mtime for p in cells} == mtimes
     out = tmp_path / "results.md"
     assert bench_main(["report", "--quick", "--cache_dir", str(cache), "--out", str(out),

@@ -1,6 +1,11 @@
 """The benchmark grid: (tier, method, seed) cells, each cached on disk as one JSON file, and the one
 description of a tier (`Tier`) that `castrl bench <tier>` runs (`tier_main`).
 
+Where: cells live in `bench/cells/` (`DEFAULT_CACHE_DIR`), a folder tracked by git, so finished cells
+can be committed and survive a fresh checkout; a cell is JSON only (a few kB). Whatever a run writes
+besides (trainer output folders, the tiny tier's SFT checkpoint: weights) goes to `--scratch_dir`
+(`DEFAULT_SCRATCH_DIR`, ignored by git).
+
 Why a cache: a full grid takes about an hour (tiny tier) to days (smollm2 tier) on 2 CPU cores, so it
 must be completable over several invocations. A cell's file name carries a hash of its *full*
 config (tier settings, method overrides, seed, harness version), so changing any knob makes a new
@@ -36,11 +41,13 @@ from castrl.formatting import jsonable
 
 # Bump when the meaning of a cached result changes (what is measured, how), so old cells are not reused.
 # 2: the paper's CAST rule (spec v2), methods named estimator[@field=value], teachers from the registry.
-HARNESS_VERSION = 2
+# 3: smollm2 tier v2 (final Avg@k / Pass@k evaluation, truncation masking, spec §4 rollout sampling).
+HARNESS_VERSION = 3
 # The CAST rule the cells measure: castrl.core implements spec v2 (the paper's Eq. 6-15). Saved in every
 # cell; a cell without it was measured with spec v1's reconstruction (the report marks it superseded).
 RULE_VERSION = "v2"
-DEFAULT_CACHE_DIR = "bench_cache"
+DEFAULT_CACHE_DIR = "bench/cells"  # tracked: JSON cells only
+DEFAULT_SCRATCH_DIR = "bench_cache"  # ignored: trainer output folders, model weights
 # Trainer code paths every cell runs: the separate student pass and full (unshared) scoring passes, the
 # paths the v1 grids were measured with, so step times stay comparable (a cell's key does not cover them).
 # `castrl bench steptime --methods grpo,cast,cast@fuse_student_pass=false@share_prompt_cache=false`
@@ -78,9 +85,11 @@ class Cell:
 
 
 def make_cells(tier: str, methods: Sequence[str], seeds: Sequence[int],
-               config_of: Callable[[str, int], Mapping[str, Any]]) -> list[Cell]:
-    """Seed-major cells: all methods for seeds[0], then seeds[1], ... (a partial grid stays paired)."""
-    return [Cell(tier, m, s, config_of(m, s)) for s in seeds for m in methods]
+               config_of: Callable[[str, int], Mapping[str, Any]],
+               seeds_of: Callable[[str], int] | None = None) -> list[Cell]:
+    """Seed-major cells: all methods for seeds[0], then seeds[1], ... (a partial grid stays paired).
+    With `seeds_of`, method m gets only the seeds below `seeds_of(m)`."""
+    return [Cell(tier, m, s, config_of(m, s)) for s in seeds for m in methods if seeds_of is None or s < seeds_of(m)]
 
 
 def load_cell(cell: Cell, cache_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -237,9 +246,11 @@ class Tier:
     """Everything `castrl bench <name>` runs and `castrl bench report` describes for one tier.
 
     `run_cell(cell, settings, scratch, prepared)` trains and evaluates one cell (`trainer_config`
-    builds its CASTTrainerConfig) and returns the result to cache; `prepare(settings, cache_dir, progress)`
-    runs once per invocation before any cell (the tiny tier's SFT) and its return value is
-    `prepared`. `notes(settings, cache_dir)` are the report's lines on the model and data.
+    builds its CASTTrainerConfig) and returns the result to cache; `prepare(settings, cache_dir,
+    scratch_dir, progress)` runs once per invocation before any cell (the tiny tier's SFT, the smollm2
+    tier's base-model evaluation) and its return value is `prepared`. `notes(settings, cache_dir)` are
+    the report's lines on the model and data. `base_cell(settings)`, for a tier whose cells end with a
+    final evaluation, is the cell of the untrained model's (the report pairs every cell with it).
     """
 
     name: str
@@ -249,14 +260,16 @@ class Tier:
     quick: RLSettings  # `--quick`'s smoke run
     methods: tuple[str, ...]  # the full grid, `estimator[@field=value...]`
     quick_methods: tuple[str, ...]
-    seeds: int
+    seeds: int  # per method, unless `method_seeds` names it
     quick_seeds: int
     baseline: str  # the method every other one is paired with in the report
     headline: str  # the method the report's headline measures against the baseline
     run_cell: Callable[[Cell, Any, Path, Any], Mapping[str, Any]]
     teachers: Mapping[str, Teacher] = field(default_factory=dict)  # paper context -> this tier's teacher
-    prepare: Callable[[Any, str, bool], Any] | None = None
+    prepare: Callable[[Any, str, str, bool], Any] | None = None
     notes: Callable[[Any, str], list[str]] | None = None
+    base_cell: Callable[[Any], Cell] | None = None
+    method_seeds: Mapping[str, int] = field(default_factory=dict)  # methods that get more (or fewer) seeds
     threads: int = 2
     threads_help: str = "torch CPU threads"
 
@@ -293,11 +306,17 @@ class TierArguments:
     """The flags of `castrl bench <tier>` (TRL-style underscores; the tier sets --threads' default)."""
 
     seeds: int | None = field(default=None, metadata={
-        "help": "Seeds 0..N-1, shared by every method (paired); None: the tier's (fewer with --quick)."})
+        "help": "Seeds 0..N-1 for every method (paired); None: the tier's, per method (fewer with --quick)."})
     methods: str | None = field(default=None, metadata={
         "help": "Comma-separated estimator[@field=value...]; None or 'all': the tier's full grid."})
-    steps: int | None = field(default=None, metadata={"help": "RL steps per cell; None: the tier's."})
-    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Cell cache folder."})
+    steps: int | None = field(default=None, metadata={
+        "help": "RL steps per cell; None: the tier's. Part of the cells' key (tuning runs: --methods grpo)."})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "Learning rate of every cell; None: the tier's. Part of the cells' key (tuning runs)."})
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={
+        "help": "Cell cache folder (JSON only; the default is tracked by git so finished cells can be committed)."})
+    scratch_dir: str = field(default=DEFAULT_SCRATCH_DIR, metadata={
+        "help": "Folder for what is not a result: trainer output folders, the tiny tier's SFT weights (ignored)."})
     quick: bool = field(default=False, metadata={"help": "Smoke run: the tier's quick methods, seeds and steps."})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (the default is the tier's)."})
     time_budget: float | None = field(default=None, metadata={
@@ -310,6 +329,8 @@ class TierArguments:
         for flag, value in (("--seeds", self.seeds), ("--steps", self.steps), ("--threads", self.threads)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise ValueError(f"--learning_rate must be in (0, 1), got {self.learning_rate}")
         _check_time_budget(self.time_budget)
 
 
@@ -320,8 +341,9 @@ def _check_time_budget(seconds: float | None) -> None:
 
 def tier_help(tier: Tier) -> str:
     """The description of `castrl bench <tier> --help`: the tier's grid, its --quick grid and threads."""
-    return (f"{tier.about} Full grid: {len(tier.methods)} methods ({','.join(tier.methods)}), {tier.seeds} seeds, "
-            f"{tier.settings.steps} steps. --quick: {','.join(tier.quick_methods)}, {tier.quick_seeds} seed(s), "
+    more = "".join(f" ({m}: {n})" for m, n in tier.method_seeds.items())
+    return (f"{tier.about} Full grid: {len(tier.methods)} methods ({','.join(tier.methods)}), {tier.seeds} seeds"
+            f"{more}, {tier.settings.steps} steps. --quick: {','.join(tier.quick_methods)}, {tier.quick_seeds} seed(s), "
             f"{tier.quick.steps} steps. --threads: default {tier.threads}, {tier.threads_help}.")
 
 
@@ -332,18 +354,30 @@ def parse_tier_args(tier: Tier, argv: Sequence[str]) -> TierArguments:
     return args
 
 
+def seeds_of(tier: Tier, args: TierArguments) -> Callable[[str], int]:
+    """Seed count of each method: --seeds for every method when given, else the tier's (per method)."""
+    if args.seeds is not None:
+        return lambda method: args.seeds
+    if args.quick:
+        return lambda method: tier.quick_seeds
+    return lambda method: tier.method_seeds.get(method, tier.seeds)
+
+
 def settings_from_args(tier: Tier, args: TierArguments) -> tuple[RLSettings, tuple[str, ...], list[int]]:
-    """(settings, methods, seeds) of an invocation; --quick changes the defaults, flags still win."""
+    """(settings, methods, seeds) of an invocation; --quick changes the defaults, flags still win. The
+    seeds are those of the method with the most (`seeds_of` says how many each method gets)."""
     settings = tier.quick if args.quick else tier.settings
     if args.steps is not None:
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         settings = replace(settings, steps=args.steps)
-    seeds = args.seeds if args.seeds is not None else tier.quick_seeds if args.quick else tier.seeds
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if args.learning_rate is not None:
+        settings = replace(settings, learning_rate=args.learning_rate)
     grid = tier.quick_methods if args.quick else tier.methods
     methods = parse_methods(args.methods, grid, tier.teachers)
+    seeds = max(seeds_of(tier, args)(m) for m in methods)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
     return settings, methods, list(range(seeds))
 
 
@@ -359,11 +393,11 @@ def tier_main(tier: Tier, argv: list[str]) -> int:
         args = parse_tier_args(tier, argv)
         settings, methods, seeds = settings_from_args(tier, args)
     torch.set_num_threads(args.threads)
-    cells = make_cells(tier.name, methods, seeds, lambda m, s: cell_config(tier, settings, m))
+    cells = make_cells(tier.name, methods, seeds, lambda m, s: cell_config(tier, settings, m), seeds_of(tier, args))
     if args.list:  # before `prepare`: listing must not train anything
         return grid_cli(tier.name, cells, dict, args.cache_dir, list_only=True, progress=False, time_budget_s=None)
-    prepared = tier.prepare(settings, args.cache_dir, args.progress) if tier.prepare else None
-    scratch = Path(args.cache_dir) / tier.name / "scratch"
+    prepared = tier.prepare(settings, args.cache_dir, args.scratch_dir, args.progress) if tier.prepare else None
+    scratch = Path(args.scratch_dir) / tier.name
     return grid_cli(tier.name, cells, lambda c: tier.run_cell(c, settings, scratch, prepared), args.cache_dir,
                     list_only=False, progress=args.progress, time_budget_s=args.time_budget)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier, tier_descriptions
 from castrl.bench.report_cells import TierView, acc_at, final_step, step_mean, steps_to_reach
 from castrl.bench.report_figures import write_figures
+from castrl.bench.report_final import final_sections
 from castrl.bench.report_tiers import tier_view
 from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
 from castrl.commands import parse_dataclasses, user_input
@@ -218,9 +219,9 @@ def render_tier(view: TierView, figures: dict[str, str]) -> list[str]:
     lines = [f"## {title}", "", f"Reproduce: `{view.command}`", ""]
     lines += [f"- {note}" for note in view.notes] + [""]
     if not view.cells:
-        return lines + ["No cells of this configuration are cached yet.", ""]
+        return lines + ["No cells of this configuration are cached yet.", ""] + final_sections(view)
     timing, ratios = timing_table(view)
-    body = ["### Headline", ""] + headline(view, ratios) + [""] + verdict(view) + [""]
+    body = ["### Headline", ""] + headline(view, ratios) + [""] + verdict(view) + [""] + final_sections(view)
     for block in (accuracy_tables(view), level_table(view), reach_table(view), signal_table(view), timing):
         body += block + [""]
     if view.superseded:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from castrl.bench.harness import RULE_VERSION
@@ -26,7 +26,9 @@ def rule_version(rec: dict[str, Any]) -> str:
 @dataclass
 class TierView:
     """The cells of one tier and configuration, indexed by method then seed, and the two methods the
-    report is built around: `baseline` (every other method is paired with it) and `headline`."""
+    report is built around: `baseline` (every other method is paired with it) and `headline`. A tier
+    with final evaluations also has the base model's (`base`) and the baseline's tuning runs (`tuning`:
+    its cells whose settings differ from the grid's in lr or steps only, the grid's own included)."""
 
     tier: str
     title: str
@@ -35,6 +37,8 @@ class TierView:
     notes: list[str]
     baseline: str
     headline: str
+    base: dict[str, Any] | None = None
+    tuning: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def methods(self) -> list[str]:

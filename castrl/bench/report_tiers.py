@@ -8,13 +8,15 @@ themselves, so the notes stay true of old cells too.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from castrl.bench.harness import CELL_CODE_PATHS, RLSettings, Tier
 from castrl.bench.report_cells import TierView, select_cells
+from castrl.bench.report_final import TUNED_FIELDS
 from castrl.formatting import num
 
 Cells = dict[str, dict[int, dict[str, Any]]]
@@ -96,28 +98,60 @@ def _start_note(cells: Cells) -> list[str]:
 def _grid_notes(tier: Tier, cells: Cells, grid: tuple[str, ...], seeds: int, quick: bool) -> list[str]:
     """Cells outside the grid, and (full grids) which grid cells are still missing."""
     notes = _outside_grid_note(tier.name, cells, grid)
-    missing = [f"{m} s{s}" for s in range(seeds) for m in grid if s not in cells.get(m, {})]
+
+    def wanted(method: str) -> int:  # the tier's per-method seed count (or the seeds cached, when more)
+        if quick or not tier.method_seeds:
+            return seeds
+        return max(len(cells.get(method, {})), tier.method_seeds.get(method, tier.seeds))
+
+    most = max((wanted(m) for m in grid), default=0)
+    missing = [f"{m} s{s}" for s in range(most) for m in grid if s < wanted(m) and s not in cells.get(m, {})]
     if missing and cells and not quick:
-        total = len(grid) * seeds
+        total = sum(wanted(m) for m in grid)
         notes.append(f"**Partial grid**: {total - len(missing)} of {total} cells; not yet run: {', '.join(missing)}. "
                      "The same command fills in only the missing cells.")
     return notes
 
 
+def base_record(tier: Tier, settings: RLSettings, records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The cached final evaluation of the untrained model for `settings` (None: the tier has none, or not yet)."""
+    if tier.base_cell is None:
+        return None
+    key = tier.base_cell(settings).key()
+    return next((r for r in records if r.get("key") == key), None)
+
+
+def tuning_runs(tier: Tier, settings: RLSettings, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The baseline's cells whose settings equal `settings` except in `TUNED_FIELDS` (lr, steps)."""
+    if tier.base_cell is None:
+        return []
+
+    def rest(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if k not in TUNED_FIELDS}
+
+    wanted = rest(json.loads(json.dumps(asdict(settings))))
+    return [r for r in records if r.get("method") == tier.baseline
+            and rest(r.get("config", {}).get("settings", {})) == wanted]
+
+
 def tier_view(tier: Tier, cache_dir: str, quick: bool, loader: Callable) -> TierView:
     """The report section of `tier`: its default (or `--quick`) grid's cells, title, command and notes."""
     settings = tier.quick if quick else tier.settings
-    cells = select_cells(loader(cache_dir, tier.name), asdict(settings))
+    records = loader(cache_dir, tier.name)
+    cells = select_cells(records, asdict(settings))
     grid = tier.quick_methods if quick else tier.methods
     seeds = max(_seed_count(cells), tier.quick_seeds if quick else tier.seeds)
     flag = " --quick" if quick else ""
-    command = f"castrl bench {tier.name} --seeds {seeds}{flag} && castrl bench report{flag}"
+    per_method = not quick and tier.method_seeds and seeds <= max(tier.method_seeds.values())
+    seeds_flag = "" if per_method else f" --seeds {seeds}"  # per-method seed counts: the tier's defaults
+    command = f"castrl bench {tier.name}{seeds_flag}{flag} && castrl bench report{flag}"
     notes = (tier.notes(settings, cache_dir) if tier.notes else []) + [_rl_note(settings)]
     notes += _teacher_note(cells) + _sampling_note(cells) + [_code_paths_note()] + _start_note(cells)
     walls = [r.get("wall_s", math.nan) for m in cells.values() for r in m.values()]
     if walls:
         notes.append(f"Cells cached: {len(walls)}; mean wall time per cell {num(sum(walls) / len(walls), 0)} s.")
-    view = TierView(tier.name, tier.title, command, cells, notes, tier.baseline, tier.headline)
+    view = TierView(tier.name, tier.title, command, cells, notes, tier.baseline, tier.headline,
+                    base=base_record(tier, settings, records), tuning=tuning_runs(tier, settings, records))
     if view.superseded:
         view.notes.append(f"These cells were measured with spec v1's rule and v1's method names; the command above "
                           f"runs the current grid ({', '.join(grid)}), whose cells will replace them.")

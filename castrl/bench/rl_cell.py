@@ -7,7 +7,8 @@ Shared by both tiers; a tier supplies the model, tokenizer, prompts and settings
 not `castrl train`: the bench needs accuracy at fixed step budgets *during* training (step 0, every
 `eval_every`, the last step) and the per-step metrics in memory, without checkpoints on disk.
 Per-step seconds split as rollout (TRL generation + reward), student and teacher passes, advantage,
-and train = TRL's `step_time` minus those (the optimizer's forward/backward/step).
+and train = TRL's `step_time` minus those (the optimizer's forward/backward/step). A tier may add a
+final evaluation of the trained model (`final_eval`, the smollm2 tier's Avg@k / Pass@k at spec §7).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from castrl.data import make_arithmetic
 from castrl.evaluate import heldout_accuracy
 from castrl.rewards import Verifier
 
@@ -29,7 +31,23 @@ TIME_KEYS = ("cast/time_rollout_s", "cast/time_student_s", "cast/time_teacher_s"
 # Trainer settings a cell records beside its config: what the trainer's defaults were when it ran
 # (the cell's key covers only the tier settings and the method's overrides).
 RECORDED_TRAINER_FIELDS = ("temperature", "top_p", "top_k", "mask_truncated_completions", "loss_type", "beta",
-                           "epsilon", "epsilon_high")
+                           "epsilon", "epsilon_high", "max_completion_length", "per_device_train_batch_size",
+                           "gradient_accumulation_steps", "gradient_checkpointing")
+# Distinct problems per level and split of the arithmetic suite where a tier asks for more than exist
+# (castrl.data.arithmetic raises instead of repeating problems).
+POOL_SIZES = {"add1": {"train": 63, "test": 16}, "mul21": {"train": 580, "test": 132}}
+
+
+def arithmetic_records(split: str, levels: Sequence[str], n_per_level: int, seed: int) -> list[dict[str, Any]]:
+    """`n_per_level` problems per level, capped at the level's pool (add1: 63 train / 16 test problems).
+
+    Each level's draw is a prefix of a longer one, so a smaller set is a subset of a larger one.
+    """
+    out: list[dict[str, Any]] = []
+    for level in levels:
+        n = min(n_per_level, POOL_SIZES.get(level, {}).get(split, n_per_level))
+        out += make_arithmetic(split, [level], n_per_level=n, seed=seed)
+    return out
 
 
 @dataclass
@@ -106,9 +124,13 @@ def split_step_seconds(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def run_rl_cell(*, model: Any, tokenizer: Any, config: Any, train_dataset: Any, held_out: HeldOut,
-                verifier: Verifier, eval_every: int, eval_max_new_tokens: int,
-                peft_config: Any = None) -> dict[str, Any]:
-    """Train `model` with `CASTTrainer(config)` and return evals, per-step metrics, timings and wall time."""
+                verifier: Verifier, eval_every: int, eval_max_new_tokens: int, peft_config: Any = None,
+                final_eval: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train `model` with `CASTTrainer(config)` and return evals, per-step metrics, timings and wall time.
+
+    `final_eval(trained_model)`, when given, runs once after training; its result is stored as `final`
+    and its seconds as `final_eval_s` (in `wall_s`, not in `train_wall_s`).
+    """
     from castrl.rewards import make_trl_reward
     from castrl.trl import CASTTrainer
 
@@ -129,14 +151,21 @@ def run_rl_cell(*, model: Any, tokenizer: Any, config: Any, train_dataset: Any, 
     recorder = BenchRecorder(evaluate, eval_every, config.max_steps)
     trainer.add_callback(recorder)
     trainer.train()
+    out: dict[str, Any] = {}
+    final_s = 0.0
+    if final_eval is not None:
+        final_start = time.perf_counter()
+        out["final"] = final_eval(trainer.model)
+        final_s = out["final_eval_s"] = time.perf_counter() - final_start
     wall = time.perf_counter() - start
     return {
         "evals": recorder.evals,
         "steps": recorder.steps,
         "timing": split_step_seconds(recorder.steps),
         "eval_seconds": recorder.eval_seconds,
+        **out,
         "wall_s": wall,
-        "train_wall_s": wall - recorder.eval_seconds,
+        "train_wall_s": wall - recorder.eval_seconds - final_s,
         "model_params": n_params,
         "trainer": {name: getattr(config, name) for name in RECORDED_TRAINER_FIELDS},
         "versions": _versions(),

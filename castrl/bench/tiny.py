@@ -10,11 +10,12 @@ question again (`PEER_TEMPLATE`, a context the SFT never showed). Prompts are pl
 5 seeds) fits in about an hour on 2 quiet cores; the three knob-study methods (`cast@lam=0`,
 `cast@lam=0.5`, `cast@flip_margin=0.223`) add about 20 minutes.
 
-    castrl bench tiny [--seeds 5] [--methods all] [--cache_dir bench_cache] [--quick]
+    castrl bench tiny [--seeds 5] [--methods all] [--cache_dir bench/cells] [--scratch_dir bench_cache] [--quick]
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,19 @@ METHODS = (
 )  # fmt: skip
 
 
-def prepare_sft(settings: TinySettings, cache_dir: str, progress: bool) -> Path:
-    """The cached SFT checkpoint of the settings (trained first when missing); prints how it was made."""
-    sft_dir = sft_checkpoint(settings.sft, cache_dir, settings.train_seed, progress=progress)
+def sft_record_path(settings: TinySettings, cache_dir: str) -> Path:
+    """Where the cell cache keeps how the SFT model was made (its weights stay in the scratch folder)."""
+    return Path(cache_dir) / "tiny" / "sft" / f"{settings.sft.key()}.json"
+
+
+def prepare_sft(settings: TinySettings, cache_dir: str, scratch_dir: str, progress: bool) -> Path:
+    """The SFT checkpoint of the settings in `scratch_dir` (trained first when missing), its record
+    (`sft.json`, no weights) copied into the cell cache; prints how it was made."""
+    sft_dir = sft_checkpoint(settings.sft, scratch_dir, settings.train_seed, progress=progress)
     info = sft_info(sft_dir)
+    record = sft_record_path(settings, cache_dir)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text((sft_dir / SFT_INFO_FILE).read_text())
     last = info["history"][-1] if info.get("history") else {}
     print(f"[bench] tiny SFT model: {info['params']:,} params, {info['steps']} steps, monitor accuracy "
           f"{num(last.get('monitor_accuracy'))}")
@@ -115,11 +125,12 @@ def report_notes(settings: TinySettings, cache_dir: str) -> list[str]:
     """The model and how the cached SFT model was made (steps, stop reason, monitor accuracy)."""
     sft = settings.sft
     notes = [f"Model: Llama with hidden {sft.hidden}, {sft.layers} layers, char tokenizer, trained from scratch by "
-             f"SFT on {', '.join(sft.levels)} (cached in `bench_cache/tiny_sft/`); a share {sft.hint_fraction} of "
+             f"SFT on {', '.join(sft.levels)} (weights in `bench_cache/tiny_sft/`, its record in the cell cache); "
+             f"a share {sft.hint_fraction} of "
              "SFT prompts carry the answer (the reference-answer teacher's prompt)."]
-    folder = Path(cache_dir) / "tiny_sft" / sft.key()
-    if (folder / SFT_INFO_FILE).exists():
-        info = sft_info(folder)
+    record = sft_record_path(settings, cache_dir)
+    if record.exists():
+        info = json.loads(record.read_text())
         last = info["history"][-1] if info.get("history") else {}
         notes.append(f"SFT: {info['steps']} steps (stopped by {info['stopped']}), greedy accuracy "
                      f"{num(last.get('monitor_accuracy'))} on {sft.monitor_n_per_level} RL training "

@@ -3,8 +3,9 @@
 Why SFT to a *middling* accuracy: RL needs groups with reward variance, so the model must already
 answer in the right format and get some problems right, but not all. SFT runs until greedy accuracy
 on a monitor set of RL training problems reaches `target_accuracy` (checked every `eval_every`
-steps) or `max_steps` is spent, whichever comes first. The checkpoint is cached under
-`<cache>/tiny_sft/<hash of the settings>/`, written to a temporary folder and renamed when complete.
+steps) or `max_steps` is spent, whichever comes first. The checkpoint (weights) is kept under the
+bench's scratch folder, `<scratch>/tiny_sft/<hash of the settings>/`, written to a temporary folder and
+renamed when complete.
 
 A share `hint_fraction` of SFT prompts carry the answer (the privileged teacher's template), so the
 reference-answer teachers (rlsd, grpo_opsd, `cast@teacher_context=with_reference`) read a context the
@@ -28,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from castrl.bench.rl_cell import HeldOut
-from castrl.data import make_arithmetic
+from castrl.bench.rl_cell import arithmetic_records as records
 from castrl.evaluate import heldout_accuracy
 from castrl.formatting import num, write_json
 from castrl.rewards import Verifier
@@ -37,8 +38,6 @@ from castrl.rewards import Verifier
 PROMPT_TEMPLATE = "Q: {problem}\nA:"
 ANSWER_TEMPLATE = "Q: {problem} (answer: {answer})\nA:"
 SFT_INFO_FILE = "sft.json"
-# Distinct problems per level and split in the arithmetic suite (castrl.data.arithmetic docstring).
-POOL_SIZES = {"add1": {"train": 63, "test": 16}, "mul21": {"train": 579, "test": 132}}
 
 
 @dataclass(frozen=True)
@@ -76,15 +75,6 @@ def target_text(record: dict[str, Any]) -> str:
     """The SFT completion: ' 12 + 7 = 19. \\boxed{19}' (the worked equation, then the boxed answer)."""
     equation = record["solution"].split(". The final answer")[0] if record.get("solution") else record["answer"]
     return f" {equation}. \\boxed{{{record['answer']}}}"
-
-
-def records(split: str, levels: Sequence[str], n_per_level: int, seed: int) -> list[dict[str, Any]]:
-    """`n_per_level` problems per level, capped at the level's pool size (add1 has 63 train / 16 test)."""
-    out: list[dict[str, Any]] = []
-    for level in levels:
-        n = min(n_per_level, POOL_SIZES.get(level, {}).get(split, n_per_level))
-        out += make_arithmetic(split, [level], n_per_level=n, seed=seed)
-    return out
 
 
 def held_out_of(recs: Sequence[dict[str, Any]]) -> HeldOut:
@@ -152,14 +142,14 @@ def train_sft(settings: SFTSettings, monitor: HeldOut, progress: bool = True) ->
     return model.eval(), tokenizer, info
 
 
-def sft_checkpoint(settings: SFTSettings, cache_dir: str | os.PathLike[str], rl_seed_data: int = 0,
+def sft_checkpoint(settings: SFTSettings, scratch_dir: str | os.PathLike[str], rl_seed_data: int = 0,
                    progress: bool = True) -> Path:
     """Path of the cached SFT checkpoint for `settings`, training it first when it is missing.
 
     The monitor set is the first `monitor_n_per_level` RL training problems per level (data seed
     `rl_seed_data`): "middling" is measured where RL will train.
     """
-    folder = Path(cache_dir) / "tiny_sft" / settings.key()
+    folder = Path(scratch_dir) / "tiny_sft" / settings.key()
     if (folder / SFT_INFO_FILE).exists():
         return folder
     monitor = held_out_of(records("train", settings.levels, settings.monitor_n_per_level, rl_seed_data))

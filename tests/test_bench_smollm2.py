@@ -1,0 +1,193 @@
+"""smollm2 tier v2: settings -> trainer config, the final evaluation, the shared base-model cell, tuning runs,
+per-method seeds, the tracked cell folder, and the report's final-evaluation sections (tiny model, fast)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+
+from castrl.bench import harness, smollm2
+from castrl.bench.final_eval import BASE_METHOD, FinalEvalSettings, paired_by_problem
+from castrl.bench.harness import cell_config, make_cells, run_grid, trainer_config
+from castrl.bench.methods import method_overrides
+from castrl.bench.report_cells import TierView
+from castrl.bench.report_final import final_sections, tuning_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+
+def test_v2_settings_give_the_trainer_config_of_the_issue(tmp_path):
+    """Budget 128, truncation masking and spec §4 sampling (trainer defaults no cell overrides), 32 rollouts
+    per step in micro-batches of 8 with gradient checkpointing, for every method of the grid."""
+    s = smollm2.SETTINGS
+    for method in smollm2.TIER.methods:
+        cfg = trainer_config(s, method_overrides(method, smollm2.TIER.teachers), 0, str(tmp_path))
+        assert cfg.max_completion_length == 128 and cfg.mask_truncated_completions is True, method
+        assert (cfg.temperature, cfg.top_p, cfg.top_k) == (0.7, 0.95, 20), method
+        assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (8, 4), method
+        assert cfg.gradient_checkpointing is True and cfg.num_generations == 8, method
+        assert (cfg.max_steps, cfg.learning_rate) == (s.steps, s.learning_rate), method
+
+
+def test_v2_final_evaluation_settings():
+    s = smollm2.SETTINGS
+    assert s.final.max_new_tokens >= 2 * s.max_completion_length and s.final.k == 4
+    assert tuple(s.final.budgets) == (32, 64, 128, 256)
+    assert len(smollm2.held_out_records(s, s.final.n_per_level)) >= 192
+    subset = smollm2.held_out_records(s, s.eval_n_per_level)  # the greedy checkpoints' problems
+    assert {r["id"] for r in subset} <= {r["id"] for r in smollm2.held_out_records(s, s.final.n_per_level)}
+    with pytest.raises(ValueError, match="largest budget must equal max_new_tokens"):
+        FinalEvalSettings(max_new_tokens=256, budgets=(32, 128))
+
+
+def test_base_cell_is_shared_by_methods_seeds_and_tuning_settings():
+    s = smollm2.SETTINGS
+    key = s.base_cell().key()
+    assert replace(s, learning_rate=1e-3, steps=3, eval_every=1).base_cell().key() == key
+    assert replace(s, final=replace(s.final, n_per_level=8)).base_cell().key() != key
+    assert s.base_cell().method == BASE_METHOD and s.base_cell().tier == "smollm2"
+
+
+def test_learning_rate_and_steps_flags_make_tuning_cells():
+    args = harness.parse_tier_args(smollm2.TIER, ["--methods", "grpo", "--learning_rate", "1e-4", "--steps", "7"])
+    settings, methods, seeds = harness.settings_from_args(smollm2.TIER, args)
+    assert (settings.learning_rate, settings.steps, methods, seeds) == (1e-4, 7, ("grpo",), [0, 1, 2])
+    tuned = cell_config(smollm2.TIER, settings, "grpo")
+    assert tuned["settings"]["learning_rate"] == 1e-4 and tuned != cell_config(smollm2.TIER, smollm2.SETTINGS, "grpo")
+    # a tuning run with the grid's values is the grid's cell (same key): nothing is run twice
+    same = replace(smollm2.SETTINGS, learning_rate=float(str(smollm2.SETTINGS.learning_rate)))
+    assert cell_config(smollm2.TIER, same, "grpo") == cell_config(smollm2.TIER, smollm2.SETTINGS, "grpo")
+    with pytest.raises(ValueError, match="--learning_rate must be in"):
+        harness.parse_tier_args(smollm2.TIER, ["--learning_rate", "0"])
+
+
+def test_per_method_seeds():
+    args = harness.parse_tier_args(smollm2.TIER, [])
+    _, methods, seeds = harness.settings_from_args(smollm2.TIER, args)
+    cells = make_cells("smollm2", methods, seeds, lambda m, s: {}, harness.seeds_of(smollm2.TIER, args))
+    count = {m: sum(c.method == m for c in cells) for m in methods}
+    assert count["grpo"] == count["cast"] == count["cast@flip=false"] == 3 and count["rlsd"] == 2
+    assert len(cells) == 3 * 3 + 7 * 2
+    assert [c.seed for c in cells[:10]] == [0] * 10  # seed-major: every method's seed 0 first
+    flagged = harness.parse_tier_args(smollm2.TIER, ["--seeds", "1"])
+    assert {harness.seeds_of(smollm2.TIER, flagged)(m) for m in methods} == {1}
+
+
+# --- the cell cache is tracked, weights are not ----------------------------------------------------------
+
+
+def _ignored(path: str) -> bool:
+    return subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0
+
+
+def test_default_cache_is_the_tracked_folder():
+    assert harness.DEFAULT_CACHE_DIR == "bench/cells" and harness.TierArguments().cache_dir == "bench/cells"
+    assert (REPO / "bench" / "cells").is_dir()
+    assert not _ignored("bench/cells/smollm2/cells/grpo-s0-0123456789abcdef.json")
+    assert _ignored(f"{harness.DEFAULT_SCRATCH_DIR}/smollm2/grpo-s0/adapter_model.safetensors")
+    assert _ignored(f"{harness.DEFAULT_SCRATCH_DIR}/tiny_sft/abc/model.safetensors")
+
+
+# --- the real path on a tiny model ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The base-model cell and one 1-step grpo cell of the tier's code path, on a random tiny chat model."""
+    import torch
+
+    from castrl.testing import save_tiny_model
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("smol")
+    model = save_tiny_model(tmp / "model", max_positions=128)
+    settings = replace(smollm2.QUICK, model=str(model), steps=1, prompts_per_step=2, num_generations=2,
+                       micro_batch=2, max_completion_length=8, eval_max_new_tokens=8, eval_n_per_level=1,
+                       final=FinalEvalSettings(n_per_level=2, max_new_tokens=16, budgets=(8, 16)))
+    cache = tmp / "cells"
+    base = smollm2.evaluate_base(settings, str(cache), str(tmp / "scratch"), False)
+    cells = make_cells("smollm2", ["grpo"], [0], lambda m, s: cell_config(smollm2.TIER, settings, m))
+    outcome = run_grid(cells, lambda c: smollm2.run_smol_cell(c, settings, tmp / "scratch", base), cache,
+                       progress=False)
+    assert not outcome.failed, outcome.failed
+    return settings, cache, base, json.loads(cells[0].path(cache).read_text()), tmp
+
+
+def test_final_evaluation_has_avg_pass_greedy_and_budgets(tiny_run):
+    settings, _, base, rec, _ = tiny_run
+    for final in (rec["final"], base["final"]):
+        summary = final["summary"]
+        assert {"avg_at_k", "pass_at_k", "maj_at_k", "greedy_accuracy", "mean_tokens"} <= set(summary)
+        assert summary["n_problems"] == 2 * len(settings.levels) and final["k"] == 4
+        assert [b["budget"] for b in final["budgets"]] == [8, 16] and "avg_at_k" in final["budgets"][0]
+        assert final["sampling"] == {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "seed": 0}
+        assert all(len(p["tokens"]) == 4 and "text" not in p for p in final["problems"])
+    assert rec["final_eval_s"] > 0 and rec["base_key"] == settings.base_cell().key()
+    assert [e["step"] for e in rec["evals"]] == [0, 1] and rec["trainer"]["gradient_checkpointing"] is True
+    assert paired_by_problem(rec["final"], base["final"]).n == 2 * len(settings.levels)
+
+
+def test_base_cell_is_computed_once_and_holds_no_weights(tiny_run, monkeypatch):
+    import castrl.models
+
+    settings, cache, base, _, tmp = tiny_run
+    assert base["method"] == BASE_METHOD and settings.base_cell().path(cache).exists()
+    monkeypatch.setattr(castrl.models, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("re-evaluated"))
+    assert smollm2.evaluate_base(settings, str(cache), str(tmp / "scratch"), False)["key"] == base["key"]
+    assert {p.suffix for p in cache.rglob("*") if p.is_file()} == {".json"}
+    assert sum(p.stat().st_size for p in cache.rglob("*.json")) < 200_000
+
+
+# --- report ----------------------------------------------------------------------------------------------
+
+
+def _final(avgs: list[float], greedy: float = 0.5) -> dict:
+    problems = [{"id": f"p{i}", "level": "add1", "n_correct": round(a * 4), "greedy": greedy, "tokens": [10] * 4}
+                for i, a in enumerate(avgs)]
+    mean = sum(round(a * 4) / 4 for a in avgs) / len(avgs)
+    summary = {"avg_at_k": mean, "pass_at_k": min(1.0, 2 * mean), "maj_at_k": mean, "greedy_accuracy": greedy,
+               "mean_tokens": 10.0}
+    return {"k": 4, "summary": summary, "truncated_rate": 0.0, "problems": problems,
+            "budgets": [{"budget": b, "avg_at_k": mean} for b in (32, 256)]}
+
+
+def _rec(method: str, seed: int, avgs: list[float], lr: float = 2e-4, steps: int = 12) -> dict:
+    return {"method": method, "seed": seed, "final": _final(avgs), "wall_s": 600.0,
+            "config": {"settings": {"learning_rate": lr, "steps": steps, "x": 1}}}
+
+
+def test_report_final_sections_and_tuning_table():
+    base = {"final": _final([0.25] * 8)}
+    cells = {"grpo": {s: _rec("grpo", s, [0.5] * 8) for s in range(3)},
+             "cast": {s: _rec("cast", s, [0.75] * 8) for s in range(3)}}
+    tuning = [_rec("grpo", 0, [0.25, 0.5] * 4, lr=1e-4), _rec("grpo", 0, [0.5] * 8, lr=2e-4)]
+    view = TierView("smollm2", "smollm2", "cmd", cells, [], "grpo", "cast", base=base, tuning=tuning)
+    text = "\n".join(final_sections(view))
+    assert "| base model | - | 0.250 |" in text and "| grpo | 3 | 0.500 ± 0.000 |" in text
+    assert "| cast | +0.250 [+0.250, +0.250] |" in text  # paired vs grpo over seeds
+    assert "+0.500 [+0.500, +0.500]" in text  # cast vs base, by problem
+    assert "| ≤ 32 | ≤ 256 |" in text and "Avg@4" in text
+    table = "\n".join(tuning_table(view))
+    assert "| 0.0001 | 12 | 0 | 0.375 |" in table and "| 0.0002 | 12 | 0 | 0.500 | +0.250 [+0.250, +0.250] | yes |" in table
+    assert "--learning_rate LR --steps N" in table
+
+
+def test_report_finds_the_base_cell_and_tuning_runs(tmp_path):
+    from castrl.bench.report_tiers import tier_view
+
+    s = smollm2.SETTINGS
+    records = [{**smollm2.SETTINGS.base_cell().__dict__, "key": s.base_cell().key(), "final": _final([0.5])},
+               {"method": "grpo", "seed": 0, "key": "a", "config": {"settings": asdict(replace(s, learning_rate=1e-3))}},
+               {"method": "grpo", "seed": 0, "key": "b", "config": {"settings": asdict(replace(s, levels=("add1",)))}},
+               {"method": "cast", "seed": 0, "key": "c", "config": {"settings": asdict(replace(s, steps=3))}}]
+    records = json.loads(json.dumps(records, default=str))
+    view = tier_view(smollm2.TIER, str(tmp_path), quick=False, loader=lambda cache, tier: records)
+    assert view.base is not None and view.base["key"] == s.base_cell().key()
+    assert [r["key"] for r in view.tuning] == ["a"] and not view.cells
