@@ -34,6 +34,12 @@ def test_v2_settings_give_the_trainer_config_of_the_issue(tmp_path):
         assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (8, 4), method
         assert cfg.gradient_checkpointing is True and cfg.num_generations == 8, method
         assert (cfg.max_steps, cfg.learning_rate) == (s.steps, s.learning_rate), method
+        # the trainer's default scoring paths (speed only: same advantages up to rounding, not in the key)
+        assert cfg.fuse_student_pass is True and cfg.share_prompt_cache is True, method
+    from castrl.bench import tiny
+
+    tiny_cfg = trainer_config(tiny.QUICK, method_overrides("cast", tiny.TEACHERS), 0, str(tmp_path))
+    assert (tiny_cfg.fuse_student_pass, tiny_cfg.share_prompt_cache) == (False, False)  # the v1 grids' paths
 
 
 def test_v2_final_evaluation_settings():
@@ -131,6 +137,7 @@ def test_final_evaluation_has_avg_pass_greedy_and_budgets(tiny_run):
         assert all(len(p["tokens"]) == 4 and "text" not in p for p in final["problems"])
     assert rec["final_eval_s"] > 0 and rec["base_key"] == settings.base_cell().key()
     assert [e["step"] for e in rec["evals"]] == [0, 1] and rec["trainer"]["gradient_checkpointing"] is True
+    assert rec["trainer"]["fuse_student_pass"] is True and rec["trainer"]["mask_truncated_completions"] is True
     assert paired_by_problem(rec["final"], base["final"]).n == 2 * len(settings.levels)
 
 
@@ -143,6 +150,23 @@ def test_base_cell_is_computed_once_and_holds_no_weights(tiny_run, monkeypatch):
     assert smollm2.evaluate_base(settings, str(cache), str(tmp / "scratch"), False)["key"] == base["key"]
     assert {p.suffix for p in cache.rglob("*") if p.is_file()} == {".json"}
     assert sum(p.stat().st_size for p in cache.rglob("*.json")) < 200_000
+
+
+def test_final_evaluation_in_bfloat16(tiny_run):
+    """The faster evaluation option: the same scoring path on a bf16 copy of the weights."""
+    from castrl.bench.final_eval import eval_arguments, evaluate_final
+    from castrl.models import load_model_and_tokenizer
+    from castrl.rewards import Verifier
+
+    settings = tiny_run[0]
+    final = replace(settings.final, dtype="bfloat16")
+    model, tokenizer = load_model_and_tokenizer(settings.model)
+    with Verifier(use_pool=False) as verifier:
+        out = evaluate_final(model, tokenizer, smollm2.held_out_records(settings, 1), eval_arguments(final, "oneshot", 0),
+                             verifier)
+    assert str(next(model.parameters()).dtype) == "torch.bfloat16" and out["summary"]["n_problems"] == len(settings.levels)
+    with pytest.raises(ValueError, match="dtype must be float32 or bfloat16"):
+        FinalEvalSettings(dtype="float16")
 
 
 # --- report ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from castrl.bench.harness import Cell
 from castrl.bench.stats import Interval, mean_ci
@@ -32,13 +32,15 @@ class FinalEvalSettings:
     max_new_tokens: int = 256  # the largest budget; >= 2x the training budget (issue: smollm2 tier v2)
     budgets: tuple[int, ...] = (32, 64, 128, 256)  # re-scored cuts of the same generations (spec §7)
     batch_size: int = 32  # sequences per generate call (greedy and sampled)
-    dtype: str = "float32"  # weights dtype of the evaluated copy ("bfloat16": faster on AMX CPUs)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # weights of the evaluated model (bf16: faster on AMX CPUs)
     data_seed: int = 0  # which test problems (the checkpoints' greedy subset is a prefix of each level)
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_per_level < 1 or self.batch_size < 1:
             raise ValueError(f"final eval: k, n_per_level and batch_size must be >= 1, got {self.k}, "
                              f"{self.n_per_level}, {self.batch_size}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"final eval: dtype must be float32 or bfloat16, got {self.dtype!r}")
         if not self.budgets or max(self.budgets) != self.max_new_tokens:
             raise ValueError(f"final eval: the largest budget must equal max_new_tokens ({self.max_new_tokens}): "
                              f"the sweep re-scores one generation at that limit, got budgets {self.budgets}")
@@ -57,18 +59,17 @@ def evaluate_final(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]]
                    verifier: Any) -> dict[str, Any]:
     """`castrl eval`'s evaluation of `model` on `records` (a LoRA model is merged first), compacted.
 
-    With `args.dtype` other than float32 a copy of the weights in that dtype is evaluated.
+    With `args.dtype` other than float32 the model is cast to that dtype first. Both change `model` in
+    place: call this last (the bench does, once training is over).
     """
-    import copy
-
     import torch
 
     from castrl.commands.eval import evaluate_model
 
     if hasattr(model, "merge_and_unload"):  # generation without per-layer adapter matmuls; training is over
         model = model.merge_and_unload()
-    if args.dtype != "float32":
-        model = copy.deepcopy(model).to(getattr(torch, args.dtype))
+    if args.dtype != "float32":  # bf16 decoding: ~1.45x faster sampled, ~1.7x greedy on this 2-core CPU (AMX)
+        model = model.to(getattr(torch, args.dtype))
     result = evaluate_model(args, list(records), model, tokenizer, verifier)
     verifier.pop_stats()  # evaluation checks must not count as training rewards
     return compact(result, args)

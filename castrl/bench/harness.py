@@ -1,21 +1,14 @@
-"""The benchmark grid: (tier, method, seed) cells, each cached on disk as one JSON file, and the one
-description of a tier (`Tier`) that `castrl bench <tier>` runs (`tier_main`).
+"""The benchmark grid: (tier, method, seed) cells, each cached as one JSON file, and the one description
+of a tier (`Tier`) that `castrl bench <tier>` runs (`tier_main`).
 
-Where: cells live in `bench/cells/` (`DEFAULT_CACHE_DIR`), a folder tracked by git, so finished cells
-can be committed and survive a fresh checkout; a cell is JSON only (a few kB). Whatever a run writes
-besides (trainer output folders, the tiny tier's SFT checkpoint: weights) goes to `--scratch_dir`
-(`DEFAULT_SCRATCH_DIR`, ignored by git).
-
-Why a cache: a full grid takes about an hour (tiny tier) to days (smollm2 tier) on 2 CPU cores, so it
-must be completable over several invocations. A cell's file name carries a hash of its *full*
-config (tier settings, method overrides, seed, harness version), so changing any knob makes a new
-cell instead of silently reusing a stale one. A cell that raises is reported and not cached, so the
-next invocation retries it. Cells run seed-major (every method of seed 0, then seed 1, ...) so a
-partial grid still holds complete, paired seeds.
-
-A tier module (`tiny`, `smollm2`) supplies only what is its own: its settings, method grid,
-teachers, how to run one cell on its model, and its notes for the report. Methods are
-`estimator[@field=value...]` (`castrl.bench.methods`).
+Why a cache: a grid takes an hour (tiny) to days (smollm2) on 2 CPU cores, so it fills over several
+invocations. A cell's file name carries a hash of its *full* config (tier settings, method overrides,
+seed, harness version): a changed knob makes a new cell, never a stale reuse. A cell that raises is
+not cached (the next invocation retries it); cells run seed-major so a partial grid stays paired.
+Cells live in `bench/cells/`, tracked by git so finished cells can be committed (JSON only); what is
+not a result (trainer folders, the tiny tier's SFT weights) goes to `--scratch_dir` (ignored). A tier
+module (`tiny`, `smollm2`) supplies its settings, methods (`castrl.bench.methods`), teachers, how to
+run one cell and its report notes.
 """
 
 from __future__ import annotations
@@ -48,10 +41,9 @@ HARNESS_VERSION = 3
 RULE_VERSION = "v2"
 DEFAULT_CACHE_DIR = "bench/cells"  # tracked: JSON cells only
 DEFAULT_SCRATCH_DIR = "bench_cache"  # ignored: trainer output folders, model weights
-# Trainer code paths every cell runs: the separate student pass and full (unshared) scoring passes, the
-# paths the v1 grids were measured with, so step times stay comparable (a cell's key does not cover them).
-# `castrl bench steptime --methods grpo,cast,cast@fuse_student_pass=false@share_prompt_cache=false`
-# measures what the trainer's defaults save.
+# Default trainer code paths of cells (`RLSettings.code_paths`): the v1 grids' separate student pass and
+# unshared scoring; the same advantages as the trainer's defaults up to float rounding (not in the key).
+# `castrl bench steptime --methods grpo,cast,cast@fuse_student_pass=false@share_prompt_cache=false` compares.
 CELL_CODE_PATHS: dict[str, Any] = {"fuse_student_pass": False, "share_prompt_cache": False}
 
 
@@ -146,8 +138,7 @@ class GridOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        parts = [f"{len(self.cached)} cached", f"{len(self.ran)} run", f"{len(self.failed)} failed"]
-        return ", ".join(parts)
+        return f"{len(self.cached)} cached, {len(self.ran)} run, {len(self.failed)} failed"
 
 
 def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]],
@@ -232,25 +223,27 @@ class RLSettings:
     train_seed: int = 0
 
     def batch_layout(self) -> tuple[int, int]:
-        """(per-device micro-batch, gradient accumulation steps) of one optimizer step, which is one
-        generation of prompts_per_step x num_generations rollouts; default: all in one micro-batch."""
+        """(micro-batch, accumulation steps) of one optimizer step = one generation; default: one micro-batch."""
         return self.prompts_per_step * self.num_generations, 1
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """Tier-specific CASTTrainerConfig fields (e.g. the EMA decay of a tier whose teacher is an EMA)."""
         return {}
 
+    def code_paths(self) -> dict[str, Any]:
+        """Trainer code-path fields of the cells (speed only, not in the key; recorded in each cell)."""
+        return dict(CELL_CODE_PATHS)
+
 
 @dataclass(frozen=True)
 class Tier:
     """Everything `castrl bench <name>` runs and `castrl bench report` describes for one tier.
 
-    `run_cell(cell, settings, scratch, prepared)` trains and evaluates one cell (`trainer_config`
-    builds its CASTTrainerConfig) and returns the result to cache; `prepare(settings, cache_dir,
-    scratch_dir, progress)` runs once per invocation before any cell (the tiny tier's SFT, the smollm2
-    tier's base-model evaluation) and its return value is `prepared`. `notes(settings, cache_dir)` are
-    the report's lines on the model and data. `base_cell(settings)`, for a tier whose cells end with a
-    final evaluation, is the cell of the untrained model's (the report pairs every cell with it).
+    `run_cell(cell, settings, scratch, prepared)` trains and evaluates one cell and returns the result
+    to cache; `prepare(settings, cache_dir, scratch_dir, progress)` runs once per invocation first (the
+    tiny SFT, the smollm2 base-model evaluation) and returns `prepared`; `notes(settings, cache_dir)`
+    are the report's lines on model and data; `base_cell(settings)` (tiers with a final evaluation) is
+    the untrained model's evaluation cell, which the report pairs every cell with.
     """
 
     name: str
@@ -298,7 +291,7 @@ def trainer_config(settings: RLSettings, overrides: Mapping[str, Any], seed: int
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
         gradient_checkpointing=False, seed=seed, data_seed=seed, disable_tqdm=True,
     )  # fmt: skip
-    return CASTTrainerConfig(**{**fixed, **CELL_CODE_PATHS, **settings.trainer_kwargs(), **overrides})
+    return CASTTrainerConfig(**{**fixed, **settings.code_paths(), **settings.trainer_kwargs(), **overrides})
 
 
 @dataclass
@@ -356,23 +349,16 @@ def parse_tier_args(tier: Tier, argv: Sequence[str]) -> TierArguments:
 
 def seeds_of(tier: Tier, args: TierArguments) -> Callable[[str], int]:
     """Seed count of each method: --seeds for every method when given, else the tier's (per method)."""
-    if args.seeds is not None:
-        return lambda method: args.seeds
-    if args.quick:
-        return lambda method: tier.quick_seeds
-    return lambda method: tier.method_seeds.get(method, tier.seeds)
+    fixed = args.seeds if args.seeds is not None else tier.quick_seeds if args.quick else None
+    return lambda method: fixed if fixed is not None else tier.method_seeds.get(method, tier.seeds)
 
 
 def settings_from_args(tier: Tier, args: TierArguments) -> tuple[RLSettings, tuple[str, ...], list[int]]:
     """(settings, methods, seeds) of an invocation; --quick changes the defaults, flags still win. The
     seeds are those of the method with the most (`seeds_of` says how many each method gets)."""
     settings = tier.quick if args.quick else tier.settings
-    if args.steps is not None:
-        if args.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        settings = replace(settings, steps=args.steps)
-    if args.learning_rate is not None:
-        settings = replace(settings, learning_rate=args.learning_rate)
+    flags = {"steps": args.steps, "learning_rate": args.learning_rate}  # checked by TierArguments
+    settings = replace(settings, **{name: value for name, value in flags.items() if value is not None})
     grid = tier.quick_methods if args.quick else tier.methods
     methods = parse_methods(args.methods, grid, tier.teachers)
     seeds = max(seeds_of(tier, args)(m) for m in methods)

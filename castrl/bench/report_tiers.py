@@ -22,8 +22,18 @@ from castrl.formatting import num
 Cells = dict[str, dict[int, dict[str, Any]]]
 
 
-def _code_paths_note() -> str:
-    flags = ", ".join(f"`{k}={v}`" for k, v in CELL_CODE_PATHS.items())
+def _code_paths_note(cells: Cells, settings: RLSettings) -> str:
+    """Which scoring code paths the cells ran (recorded in each cell; older cells ran `CELL_CODE_PATHS`)."""
+    names = tuple(CELL_CODE_PATHS)
+    seen = {tuple(r.get("trainer", {}).get(k, CELL_CODE_PATHS[k]) for k in names)
+            for m in cells.values() for r in m.values()} or {tuple(settings.code_paths().get(k, True) for k in names)}
+    if len(seen) > 1:
+        return "Cells ran different scoring code paths (each cell's `trainer` says which): compare step times within one."
+    flags = ", ".join(f"`{k}={v}`" for k, v in zip(names, next(iter(seen)), strict=True))
+    if all(next(iter(seen))):
+        return (f"Cells run the trainer's default code paths ({flags}): the student log-probs of the teacher gap come "
+                "from the update's forward pass (the `student` column is 0) and each distinct teacher prompt is scored "
+                "once per group; the same advantages as separate passes up to float rounding.")
     return (f"Cells run the trainer with {flags}: a separate student log-prob pass and every rollout's prompt scored "
             "in full (the trainer's defaults fuse the student pass into the update's forward pass, saving the "
             "`student` column below, and run each distinct teacher prompt once per group): `castrl bench steptime "
@@ -146,7 +156,7 @@ def tier_view(tier: Tier, cache_dir: str, quick: bool, loader: Callable) -> Tier
     seeds_flag = "" if per_method else f" --seeds {seeds}"  # per-method seed counts: the tier's defaults
     command = f"castrl bench {tier.name}{seeds_flag}{flag} && castrl bench report{flag}"
     notes = (tier.notes(settings, cache_dir) if tier.notes else []) + [_rl_note(settings)]
-    notes += _teacher_note(cells) + _sampling_note(cells) + [_code_paths_note()] + _start_note(cells)
+    notes += _teacher_note(cells) + _sampling_note(cells) + [_code_paths_note(cells, settings)] + _start_note(cells)
     walls = [r.get("wall_s", math.nan) for m in cells.values() for r in m.values()]
     if walls:
         notes.append(f"Cells cached: {len(walls)}; mean wall time per cell {num(sum(walls) / len(walls), 0)} s.")
