@@ -184,6 +184,7 @@ def _final(avgs: list[float], greedy: float = 0.5) -> dict:
 
 def _rec(method: str, seed: int, avgs: list[float], lr: float = 2e-4, steps: int = 12) -> dict:
     return {"method": method, "seed": seed, "final": _final(avgs), "wall_s": 600.0,
+            "evals": [{"step": 0, "accuracy": 0.3}, {"step": steps, "accuracy": 0.4}],
             "config": {"settings": {"learning_rate": lr, "steps": steps, "x": 1}}}
 
 
@@ -198,6 +199,10 @@ def test_report_final_sections_and_tuning_table():
     assert "| cast | +0.250 [+0.250, +0.250] |" in text  # paired vs grpo over seeds
     assert "+0.500 [+0.500, +0.500]" in text  # cast vs base, by problem
     assert "| ≤ 32 | ≤ 256 |" in text and "Avg@4" in text
+    from castrl.bench.report import headline, verdict
+
+    assert "held-out Avg@4 (final evaluation), cast − grpo" in "\n".join(headline(view, {}))
+    assert "`cast` is better than `grpo` on held-out Avg@4 (final evaluation)" in "\n".join(verdict(view))
     table = "\n".join(tuning_table(view))
     assert "| 0.0001 | 12 | 0 | 0.375 |" in table and "| 0.0002 | 12 | 0 | 0.500 | +0.250 [+0.250, +0.250] | yes |" in table
     assert "--learning_rate LR --steps N" in table

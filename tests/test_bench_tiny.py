@@ -301,7 +301,7 @@ def test_report_tables_on_synthetic_cells():
     assert ratios["cast"].n == 3 and ratios["cast"].mean == pytest.approx(1.2)
     head = "\n".join(headline(view, ratios))
     lines = "\n".join(verdict(view))
-    assert "`cast` is better than `grpo` at step 6" in lines and "`cast@flip=false` is worse than `grpo`" in lines
+    assert "`cast` is better than `grpo` on held-out accuracy at step 6" in lines and "`cast@flip=false` is worse than `grpo`" in lines
     assert "+0.100" in head and "0.50× the budget (4/4 seeds reach it)" in head
     assert "| 100% | 1.000 ± 0.000 |" in head and "| ≤ 1.10 | 1.20 ± 0.00 |" in head
 

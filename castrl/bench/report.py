@@ -10,14 +10,14 @@ starting model). Sections whose cells were measured with spec v1's rule say so (
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier, tier_descriptions
 from castrl.bench.report_cells import TierView, acc_at, final_step, step_mean, steps_to_reach
 from castrl.bench.report_figures import write_figures
-from castrl.bench.report_final import final_sections
+from castrl.bench.report_final import final_measure, final_sections
 from castrl.bench.report_tiers import tier_view
 from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
 from castrl.commands import parse_dataclasses, user_input
@@ -176,15 +176,15 @@ def headline(view: TierView, ratios: dict[str, Interval]) -> list[str]:
         return [f"({head} or {baseline} cells missing: no headline.)"]
     final = budgets(view)[-1]
     cells = view.cells[head]
-    delta = paired_diff({s: acc_at(r).get(final, math.nan) for s, r in cells.items()},
-                        {s: acc_at(r).get(final, math.nan) for s, r in view.cells[baseline].items()})
+    label, value = main_measure(view)
+    delta = paired_diff({s: value(r) for s, r in cells.items()}, {s: value(r) for s, r in view.cells[baseline].items()})
     reached, n_seeds = reach(view, head, baseline_target(view))
     nonzero = mean_ci([step_mean(r, "cast/frac_nonzero_adv") for r in cells.values()])
     steps_text = (f"{sum(reached) / len(reached) / final:.2f}× the budget ({len(reached)}/{n_seeds} seeds reach it)"
                   if reached else f"not reached (0/{n_seeds} seeds)")
     ratio = ratios.get(head, Interval(math.nan, math.nan, 0))
     rows = [
-        [f"held-out accuracy at step {final}, {head} − {baseline}", f"> 0 ({head} beats {baseline})",
+        [f"{label}, {head} − {baseline}", f"> 0 ({head} beats {baseline})",
          fmt_ci(delta, signed=True)],
         [f"steps to reach {baseline}'s final accuracy", f"≤ 0.6× {baseline}'s", steps_text],
         [f"rollouts with a non-zero advantage ({head})", "100%", fmt_ci(nonzero)],
@@ -199,18 +199,27 @@ def verdict(view: TierView) -> list[str]:
     base = view.cells.get(baseline, {})
     if not steps or not base:
         return []
-    final, lines = steps[-1], []
+    (label, value), lines = main_measure(view), []
     for m in view.methods:
         if m == baseline:
             continue
-        iv = paired_diff({s: acc_at(r).get(final, math.nan) for s, r in view.cells[m].items()},
-                         {s: acc_at(r).get(final, math.nan) for s, r in base.items()})
+        iv = paired_diff({s: value(r) for s, r in view.cells[m].items()}, {s: value(r) for s, r in base.items()})
         if iv.n < 2:
             continue
         word = "better than" if iv.lo > 0 else "worse than" if iv.hi < 0 else "not distinguishable from"
-        lines.append(f"- `{m}` is {word} `{baseline}` at step {final} (paired Δ {fmt_ci(iv, signed=True)}, "
+        lines.append(f"- `{m}` is {word} `{baseline}` on {label} (paired Δ {fmt_ci(iv, signed=True)}, "
                      f"{iv.n} seeds, 95% t-interval).")
     return lines
+
+
+def main_measure(view: TierView) -> tuple[str, Callable[[dict], float]]:
+    """(label, value of a cell) the headline and verdicts compare: final Avg@k where cells have a final
+    evaluation, else held-out greedy accuracy at the last evaluated step."""
+    found = final_measure(view)
+    if found is not None:
+        return found
+    final = budgets(view)[-1] if budgets(view) else 0
+    return f"held-out accuracy at step {final}", lambda rec: acc_at(rec).get(final, math.nan)
 
 
 def render_tier(view: TierView, figures: dict[str, str]) -> list[str]:

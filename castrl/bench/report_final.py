@@ -10,7 +10,7 @@ method has several, so one tuning run already gets an interval).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from castrl.bench.final_eval import per_problem_avg
@@ -44,6 +44,13 @@ def vs_base(recs: Sequence[dict[str, Any]], base: dict[str, Any] | None) -> Inte
     base_avg = per_problem_avg(base.get("final", {}))
     common = set(base_avg).intersection(*per_seed)
     return mean_ci([sum(p[i] for p in per_seed) / len(per_seed) - base_avg[i] for i in sorted(common)])
+
+
+def final_measure(view: TierView) -> tuple[str, Callable[[dict[str, Any]], float]] | None:
+    """(label, value of a cell) of the measure a tier with final evaluations is judged by: final Avg@k."""
+    if not _has_final(view):
+        return None
+    return f"held-out Avg@{_k(view)} (final evaluation)", lambda rec: summary_value(rec, "avg_at_k")
 
 
 def _has_final(view: TierView) -> bool:

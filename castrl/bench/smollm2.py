@@ -1,17 +1,13 @@
 """`castrl bench smollm2`: every method on the bundled SmolLM2-135M-Instruct with LoRA, on CPU (tier v2).
 
-This tier's model reads instructions, so every teacher is the paper's: the context the paper pairs
-each estimator with (CAST answer-free, RLSD / GRPO+OPSD the reference answer, RLRT a successful
-peer rollout) and a policy snapshot refreshed every 10 steps. The grid is the paper's methods and
-CAST ablations (Tables 4, 7); every method gets the same settings. Rollouts use spec §4's sampling
-and truncation masking (the trainer's defaults; no cell overrides them). Training budget 128 tokens,
-about 4x the base model's mean sampled completion (32.9 tokens; p95 84, 1 % over 128: `castrl eval`
-on 24 test problems x 4 samples at spec §7 sampling, 256-token cap). Each cell ends with a final
-evaluation (`castrl.bench.final_eval`): Avg@4, Pass@4, maj@4 and greedy at 256 tokens, and the
-budget sweep 32/64/128/256 from the same generations; the base model's is one shared cell.
+Every teacher is the paper's (the model reads instructions): the context the paper pairs each estimator
+with and a policy snapshot refreshed every 10 steps; the grid is the paper's methods and CAST ablations
+(Tables 4, 7, 8), all with the same settings. Rollouts use spec §4's sampling and truncation masking
+(the trainer's defaults; no cell overrides them). Each cell ends with a final evaluation
+(`castrl.bench.final_eval`: Avg@4, Pass@4, maj@4, greedy, budget sweep); the base model's is one shared cell.
 
-    castrl bench smollm2 [--seeds 3] [--methods all] [--cache_dir bench/cells] [--quick]
-    castrl bench smollm2 --methods grpo --seeds 1 --learning_rate 2e-4 --steps 12   # a tuning run
+    castrl bench smollm2 [--methods all] [--seeds N] [--cache_dir bench/cells] [--quick]
+    castrl bench smollm2 --methods grpo --seeds 1 --learning_rate 1e-4 --steps 10   # a tuning run
 """
 
 from __future__ import annotations
@@ -76,10 +72,15 @@ class SmolSettings(RLSettings):
 
 
 TIER_NAME = "smollm2"
-# lr and steps: provisional until the GRPO tuning runs (docs/results.md, "Tuning runs") pick them; the
-# grid then runs with the chosen values written here (a tuning cell with the same values is reused).
+# Training budget 128 tokens: ~4x the base model's mean sampled completion (32.9 tokens, p95 84, 1 % over
+# 128: `castrl eval`, 24 test problems x 4 samples at spec §7 sampling, 256-token cap); the final
+# evaluation's 256 is 2x that. Steps: the 30-minute cell budget on 2 cores. Measured (2026-11-29): a step
+# takes ~80 s (grpo) / ~100 s (cast, the trainer's default code paths); a greedy checkpoint 15 s; the final
+# evaluation 456 s (a 2-step grpo model) to 988 s (the base model, longer completions) in float32; so 10
+# steps keep a cast cell under ~30 min. lr: provisional until the GRPO tuning runs (the report's "Tuning
+# runs") pick it; write the chosen lr / steps here (the tuning cell with those values becomes the grid's).
 SETTINGS = SmolSettings(
-    steps=12, prompts_per_step=4, num_generations=8, max_completion_length=128, learning_rate=2e-4,
+    steps=10, prompts_per_step=4, num_generations=8, max_completion_length=128, learning_rate=2e-4,
     train_n_per_level=48, eval_n_per_level=8, eval_every=4, eval_max_new_tokens=128,
     final=FinalEvalSettings(n_per_level=88),  # add1 has 16 test problems: 16 + 88 + 88 = 192 held out
 )  # fmt: skip
