@@ -145,6 +145,8 @@ def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]
              cache_dir: str | os.PathLike[str], progress: bool = True,
              time_budget_s: float | None = None) -> GridOutcome:
     """Run the cells missing from the cache, in order; a progress bar (with ETA) counts only those.
+    A cell another invocation cached meanwhile is skipped (two invocations with different `--methods`
+    orders can share one grid, e.g. one per core for a single-threaded tier).
 
     `run_cell` returns the result dict that is cached. An exception in one cell is printed and the
     grid goes on; that cell is not cached. With `time_budget_s`, no new cell starts once the budget
@@ -164,6 +166,9 @@ def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]
             print(f"[bench] time budget of {time_budget_s:.0f} s spent; {len(todo) - len(outcome.ran)} "
                   "cell(s) left for a later invocation")
             break
+        if cell.path(cache_dir).exists():  # another invocation sharing the cache finished it meanwhile
+            outcome.cached.append(cell)
+            continue
         bar.set_postfix_str(f"{cell.method} s{cell.seed}")
         cell_start = time.perf_counter()
         try:
@@ -203,7 +208,7 @@ def grid_cli(tier: str, cells: Sequence[Cell], run_cell: Callable[[Cell], Mappin
 
 # Tier name -> the module whose `TIER` describes it, in the report's order (imported on demand: a tier
 # module imports its model's stack).
-TIERS = {"tiny": "castrl.bench.tiny", "smollm2": "castrl.bench.smollm2"}
+TIERS = {"tiny": "castrl.bench.tiny", "smollm2": "castrl.bench.smollm2", "control": "castrl.bench.control"}
 
 
 @dataclass(frozen=True)
@@ -263,6 +268,9 @@ class Tier:
     notes: Callable[[Any, str], list[str]] | None = None
     base_cell: Callable[[Any], Cell] | None = None
     method_seeds: Mapping[str, int] = field(default_factory=dict)  # methods that get more (or fewer) seeds
+    # (view, figures folder, markdown folder) -> the tier's own report sections (e.g. the positive control's
+    # gain-vs-teacher-AUC table and figure), placed after the headline
+    report_sections: Callable[[Any, Path, Path], list[str]] | None = None
     threads: int = 2
     threads_help: str = "torch CPU threads"
 

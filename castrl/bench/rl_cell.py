@@ -33,7 +33,7 @@ TIME_KEYS = ("cast/time_rollout_s", "cast/time_student_s", "cast/time_teacher_s"
 RECORDED_TRAINER_FIELDS = ("temperature", "top_p", "top_k", "mask_truncated_completions", "loss_type", "beta",
                            "epsilon", "epsilon_high", "max_completion_length", "per_device_train_batch_size",
                            "gradient_accumulation_steps", "gradient_checkpointing", "fuse_student_pass",
-                           "share_prompt_cache")
+                           "share_prompt_cache", "teacher_model")
 # Distinct problems per level and split of the arithmetic suite where a tier asks for more than exist
 # (castrl.data.arithmetic raises instead of repeating problems).
 POOL_SIZES = {"add1": {"train": 63, "test": 16}, "mul21": {"train": 580, "test": 132}}

@@ -82,7 +82,9 @@ TIER_NAME = "smollm2"
 SETTINGS = SmolSettings(
     steps=10, prompts_per_step=4, num_generations=8, max_completion_length=128, learning_rate=2e-4,
     train_n_per_level=48, eval_n_per_level=8, eval_every=4, eval_max_new_tokens=128,
-    final=FinalEvalSettings(n_per_level=88),  # add1 has 16 test problems: 16 + 88 + 88 = 192 held out
+    # add1 has 16 test problems: 16 + 88 + 88 = 192 held out. bf16 evaluation: 1.5-1.6x faster than fp32 on
+    # this CPU (AMX), which keeps a cast cell near 30 min; every cell and the base model use the same dtype.
+    final=FinalEvalSettings(n_per_level=88, dtype="bfloat16"),
 )  # fmt: skip
 QUICK = replace(SETTINGS, steps=2, eval_every=1, eval_n_per_level=2, train_n_per_level=8, max_completion_length=32,
                 eval_max_new_tokens=32, final=FinalEvalSettings(n_per_level=4, max_new_tokens=64, budgets=(32, 64)))

@@ -98,8 +98,10 @@ def prepare_sft(settings: TinySettings, cache_dir: str, scratch_dir: str, progre
     return sft_dir
 
 
-def run_tiny_cell(cell: Cell, settings: TinySettings, scratch: Path, sft_dir: Path) -> dict[str, Any]:
-    """Load the SFT checkpoint, RL-train it with the cell's method and seed, return the measured result."""
+def run_tiny_cell(cell: Cell, settings: TinySettings, scratch: Path, sft_dir: Path,
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load the SFT checkpoint, RL-train it with the cell's method and seed, return the measured result.
+    `overrides`: the cell's trainer overrides as resolved by the caller (default: the cell's own)."""
     from datasets import Dataset
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -113,7 +115,8 @@ def run_tiny_cell(cell: Cell, settings: TinySettings, scratch: Path, sft_dir: Pa
     dataset = Dataset.from_list([{"prompt": prompt_text(r["problem"]), "problem": r["problem"],
                                   "answer": r["answer"], "level": r["level"]} for r in train])
     held_out = held_out_of(records("test", settings.sft.levels, settings.eval_n_per_level, 0))
-    config = trainer_config(settings, dict(cell.config["overrides"]), cell.seed,
+    overrides = dict(cell.config["overrides"]) if overrides is None else overrides
+    config = trainer_config(settings, overrides, cell.seed,
                             str(scratch / cell.slug()))
     with Verifier(use_pool=False) as verifier:  # integer answers: no sympy stall risk, no worker IPC
         return run_rl_cell(model=model, tokenizer=tokenizer, config=config, train_dataset=dataset,

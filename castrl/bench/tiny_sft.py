@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -107,17 +107,39 @@ def train_sft(settings: SFTSettings, monitor: HeldOut, progress: bool = True) ->
     model = build_tiny_model(tokenizer, hidden=settings.hidden, layers=settings.layers, heads=settings.heads,
                              kv_heads=settings.kv_heads, intermediate=settings.intermediate,
                              max_positions=128, seed=settings.seed)
-    rng = random.Random(settings.seed)
+    info: dict[str, Any] = {"stopped": "max_steps"}
+
+    def reached_target(step: int, accuracy: float) -> bool:
+        if accuracy >= settings.target_accuracy:
+            info["stopped"] = "target_accuracy"
+        return accuracy >= settings.target_accuracy
+
+    start = time.perf_counter()
+    history = sft_loop(model, tokenizer, settings, monitor, max_steps=settings.max_steps, eval_every=settings.eval_every,
+                       learning_rate=settings.learning_rate, seed=settings.seed, on_eval=reached_target,
+                       progress=progress)
+    info.update(history=history, steps=history[-1]["step"] if history else 0,
+                params=sum(p.numel() for p in model.parameters()), seconds=time.perf_counter() - start)
+    return model.eval(), tokenizer, info
+
+
+def sft_loop(model: Any, tokenizer: Any, settings: SFTSettings, monitor: HeldOut, *, max_steps: int, eval_every: int,
+             learning_rate: float, seed: int, on_eval: Callable[[int, float], bool], progress: bool = True,
+             desc: str = "tiny SFT") -> list[dict[str, float]]:
+    """SFT `model` in place on the settings' data for up to `max_steps` steps (fresh AdamW, batches drawn
+    with `seed`); every `eval_every` steps and at the last, greedy accuracy on `monitor`, then
+    `on_eval(step, accuracy)`, which stops the loop by returning True. Returns the accuracy history.
+    Shared by the student's SFT (stop at the target accuracy) and the teacher ladder (checkpoints)."""
+    rng = random.Random(seed)
     data = records("train", settings.levels, settings.n_per_level, settings.data_seed)
     encoded = [_encode(tokenizer, r, hint=False) for r in data] + [_encode(tokenizer, r, hint=True) for r in data]
     n_plain = len(data)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
     verifier = Verifier(use_pool=False)
     history: list[dict[str, float]] = []
-    info: dict[str, Any] = {"stopped": "max_steps"}
     model.train()
     start = time.perf_counter()
-    for step in tqdm(range(1, settings.max_steps + 1), desc="tiny SFT", disable=not progress, unit="step"):
+    for step in tqdm(range(1, max_steps + 1), desc=desc, disable=not progress, unit="step"):
         rows = [encoded[rng.randrange(n_plain, len(encoded)) if rng.random() < settings.hint_fraction
                         else rng.randrange(n_plain)] for _ in range(settings.batch_size)]
         loss = model(**_batch(rows, tokenizer.pad_token_id)).loss
@@ -125,21 +147,20 @@ def train_sft(settings: SFTSettings, monitor: HeldOut, progress: bool = True) ->
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % settings.eval_every == 0 or step == settings.max_steps:
+        if step % eval_every == 0 or step == max_steps:
+            model.eval()
             acc = heldout_accuracy(model, tokenizer, monitor.prompts, monitor.answers, verifier,
                                    levels=monitor.levels, max_new_tokens=32, batch_size=64,
                                    progress=False)["accuracy"]
+            model.train()
             history.append({"step": step, "loss": float(loss.detach()), "monitor_accuracy": acc,
                             "seconds": time.perf_counter() - start})
-            print(f"[bench] tiny SFT step {step}: loss {num(history[-1]['loss'])}, monitor accuracy {num(acc)} "
+            print(f"[bench] {desc} step {step}: loss {num(history[-1]['loss'])}, monitor accuracy {num(acc)} "
                   f"({history[-1]['seconds']:.0f} s)", flush=True)
-            if acc >= settings.target_accuracy:
-                info["stopped"] = "target_accuracy"
+            if on_eval(step, acc):
                 break
     verifier.close()
-    info.update(history=history, steps=history[-1]["step"] if history else 0,
-                params=sum(p.numel() for p in model.parameters()), seconds=time.perf_counter() - start)
-    return model.eval(), tokenizer, info
+    return history
 
 
 def sft_checkpoint(settings: SFTSettings, scratch_dir: str | os.PathLike[str], rl_seed_data: int = 0,

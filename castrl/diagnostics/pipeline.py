@@ -212,9 +212,12 @@ def run_diagnostics(
     tokenizer: Any = None,
     reward_fn: RewardFn | None = None,
     problems: list[dict[str, Any]] | None = None,
+    student_prompts: list[Any] | None = None,
 ) -> DiagnosticsRun:
     """Sample, verify, score and analyse. `model`/`tokenizer` skip loading, `problems` skips
-    `select_problems`, and `reward_fn(texts, golds)` replaces the math-verify verifier (tests)."""
+    `select_problems`, `reward_fn(texts, golds)` replaces the math-verify verifier (tests), and
+    `student_prompts` (one per problem: chat messages, or plain strings for a model without a chat
+    template, e.g. the bench's from-scratch model) replace `build_prompt(problem, settings.style)`."""
     timings: dict[str, float] = {}
     problems = select_problems(settings) if problems is None else problems
     if settings.threads:
@@ -223,7 +226,10 @@ def run_diagnostics(
     if model is None or tokenizer is None:
         model, tokenizer = load_model(settings)
     timings["load_s"] = time.perf_counter() - start
-    student_prompts = [build_prompt(p["problem"], settings.style) for p in problems]
+    if student_prompts is None:
+        student_prompts = [build_prompt(p["problem"], settings.style) for p in problems]
+    elif len(student_prompts) != len(problems):
+        raise ValueError(f"student_prompts has {len(student_prompts)} prompts for {len(problems)} problems")
     student_ids = chat_prompt_ids(tokenizer, student_prompts)
     rollouts, rewards = _sample_and_verify(
         settings, model, tokenizer, problems, student_ids, reward_fn, timings

@@ -1,0 +1,253 @@
+"""`castrl bench control`: the positive control — the paper's CAST rule fed teachers of graded strength.
+
+On the bundled model the answer-free self-teacher may know nothing, and then a CAST loss cannot tell "the
+rule does not work" from "the teacher carries no signal". Here the signal is known and graded. The student
+is the tiny tier's SFT model (~1M parameters, trained from scratch). Its teachers read the student's own
+prompt (they differ by weights only, OPD-style):
+
+- `self`: the paper's self-teacher weights, a policy snapshot every 10 steps: it knows nothing the student
+  does not (the zero-signal end);
+- `sft+N`: the student's SFT run continued for N more steps (`LadderSettings`), a frozen external
+  `teacher_model`; more steps, a stronger teacher.
+
+Before any RL, `castrl diagnose`'s pipeline characterises every teacher on the student's own rollouts
+(`characterise`: per-rollout gap AUC of correct vs wrong within mixed groups, the share of tokens it sets
+against the verifier, CAST's flip shares). The grid: `grpo`, then `cast`, `cast@flip=false`, `rlsd` and
+`opsd` with each teacher, 5 seeds. The report plots each method's gain over GRPO against the teacher's AUC.
+
+    castrl bench control [--seeds 5] [--methods all] [--cache_dir bench/cells] [--scratch_dir bench_cache]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from castrl.bench.harness import Cell, Tier, tier_main
+from castrl.bench.methods import Teacher
+from castrl.bench.report_control import control_sections
+from castrl.bench.tiny import SETTINGS as TINY
+from castrl.bench.tiny import TinySettings, prepare_sft, run_tiny_cell
+from castrl.bench.tiny_sft import SFTSettings, held_out_of, prompt_text, records, sft_loop
+from castrl.formatting import num, write_json
+
+TIER_NAME = "control"
+SELF = "self"  # the self-teacher's name in the report (no teacher_model knob)
+LADDER_INFO_FILE = "ladder.json"
+
+
+@dataclass(frozen=True)
+class LadderSettings:
+    """The graded teachers: the student's SFT run continued from its checkpoint (fresh optimizer, batches
+    drawn with `seed`), a checkpoint after each of `rungs` more steps. Same architecture and data as
+    the student; only the training length differs, so "stronger" means "trained longer"."""
+
+    rungs: tuple[int, ...] = (500, 2000)
+    learning_rate: float = 3e-3
+    eval_every: int = 250
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.rungs or any(r < 1 for r in self.rungs) or list(self.rungs) != sorted(set(self.rungs)):
+            raise ValueError(f"ladder rungs must be increasing positive step counts, got {self.rungs}")
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"sft+{n}" for n in self.rungs)
+
+    def key(self, sft: SFTSettings) -> str:
+        text = json.dumps({"sft": asdict(sft), "ladder": asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DiagnoseSpec:
+    """How each teacher is characterised before RL (`castrl diagnose`'s pipeline on the student)."""
+
+    n_prompts: int = 96  # RL training problems (the problems RL will sample), 32 per level
+    group_size: int = 8  # the RL grid's num_generations
+    temperature: float = 0.7  # the trainer's rollout temperature (diagnose samples without top-k / top-p)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ControlSettings(TinySettings):
+    """The tiny tier's settings (student SFT, RL, evaluation) plus the teacher ladder and its diagnosis."""
+
+    ladder: LadderSettings = LadderSettings()
+    diagnose: DiagnoseSpec = DiagnoseSpec()
+
+
+SETTINGS = ControlSettings(**{f: getattr(TINY, f) for f in TINY.__dataclass_fields__})
+QUICK = replace(SETTINGS, sft=SFTSettings(max_steps=200, eval_every=100, n_per_level=200), steps=4,
+                prompts_per_step=4, eval_every=2, train_n_per_level=16, eval_n_per_level=16,
+                ladder=LadderSettings(rungs=(50,), eval_every=50), diagnose=DiagnoseSpec(n_prompts=12))
+# Every paper context maps to the student's own prompt: the teachers differ from the student by weights only
+# (a model trained from scratch reads no other context). Without a teacher_model knob: the self-teacher.
+TEACHERS = {context: Teacher("student", "refresh:10")
+            for context in ("answer_free", "with_reference", "with_peer_success")}
+TEACHER_METHODS = ("cast", "cast@flip=false", "rlsd", "opsd")
+
+
+def grid(ladder: LadderSettings) -> tuple[str, ...]:
+    """grpo, then every teacher method with the self-teacher and with each rung (`@teacher_model=sft+N`)."""
+    external = [f"{m}@teacher_model={name}" for name in ladder.names() for m in TEACHER_METHODS]
+    return ("grpo", *TEACHER_METHODS, *external)
+
+
+def teacher_of(method: str) -> str:
+    """The teacher name of a grid method (`self` without a teacher_model knob; '' for grpo)."""
+    if method.split("@")[0] == "grpo":
+        return ""
+    for knob in method.split("@")[1:]:
+        if knob.startswith("teacher_model="):
+            return knob.partition("=")[2]
+    return SELF
+
+
+# --- the ladder and its characterisation ---------------------------------------------------------------
+
+
+def teacher_ladder(settings: ControlSettings, sft_dir: Path, scratch_dir: str, progress: bool) -> dict[str, Path]:
+    """name -> checkpoint folder of every rung, trained (once, cached under the scratch folder) by
+    continuing the student's SFT; `ladder.json` beside them records the accuracy history."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    ladder = settings.ladder
+    folder = Path(scratch_dir) / "control_ladder" / ladder.key(settings.sft)
+    paths = {name: folder / name for name in ladder.names()}
+    if (folder / LADDER_INFO_FILE).exists():
+        return paths
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = LlamaForCausalLM.from_pretrained(sft_dir)
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    monitor = held_out_of(records("train", settings.sft.levels, settings.sft.monitor_n_per_level, settings.train_seed))
+    saved: dict[int, float] = {}
+
+    def checkpoint(step: int, accuracy: float) -> bool:
+        if step in ladder.rungs:
+            model.save_pretrained(tmp / f"sft+{step}")
+            tokenizer.save_pretrained(tmp / f"sft+{step}")
+            saved[step] = accuracy
+        return step >= ladder.rungs[-1]
+
+    if any(r % ladder.eval_every for r in ladder.rungs):
+        raise ValueError(f"ladder rungs {ladder.rungs} must be multiples of eval_every {ladder.eval_every}")
+    start = time.perf_counter()
+    history = sft_loop(model, tokenizer, settings.sft, monitor, max_steps=ladder.rungs[-1],
+                       eval_every=ladder.eval_every, learning_rate=ladder.learning_rate, seed=ladder.seed,
+                       on_eval=checkpoint, progress=progress, desc="teacher ladder")
+    write_json(tmp / LADDER_INFO_FILE, {"ladder": asdict(ladder), "history": history,
+                                        "monitor_accuracy": {f"sft+{k}": v for k, v in saved.items()},
+                                        "seconds": time.perf_counter() - start}, indent=1)
+    if not folder.exists():
+        os.replace(tmp, folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
+def characterise(settings: ControlSettings, student_dir: Path, name: str, teacher_dir: Path | None,
+                 cache_dir: str, scratch_dir: str) -> dict[str, Any]:
+    """`castrl diagnose` of one teacher on the student's rollouts (cached as JSON in the cell cache):
+    gap AUC within mixed groups, tokens set against the verifier, flip shares. `teacher_dir` None: the
+    self-teacher, which before any RL step equals the student (its gap is 0 and its AUC 0.5 by construction:
+    the diagnosis measures that rather than assuming it)."""
+    from castrl.diagnostics.pipeline import run_diagnostics
+    from castrl.diagnostics.settings import DiagnoseSettings
+    from castrl.rewards import Verifier
+
+    spec = settings.diagnose
+    path = Path(cache_dir) / TIER_NAME / "teachers" / f"{name}-{settings.ladder.key(settings.sft)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    problems = records("train", settings.sft.levels, spec.n_prompts // len(settings.sft.levels), settings.train_seed)
+    diag = DiagnoseSettings(
+        model=str(student_dir), teachers=["student"], teacher_model=str(teacher_dir or student_dir),
+        n_prompts=len(problems), group_size=spec.group_size, max_new_tokens=settings.max_completion_length,
+        temperature=spec.temperature, threads=0, seed=spec.seed, out=str(Path(scratch_dir) / TIER_NAME / "diagnose"),
+        progress=False,
+    )  # fmt: skip
+    with Verifier(use_pool=False) as verifier:
+        run = run_diagnostics(diag, problems=problems, student_prompts=[prompt_text(p["problem"]) for p in problems],
+                              reward_fn=verifier.score_batch)
+    teacher = run.results["teachers"]["student"]
+    seq, flips = teacher["sequences"], teacher["cast_metrics"]
+    result = {
+        "teacher": name, "auc": seq["auc_mean"], "auc_sum": seq["auc_sum"], "n_pairs": seq["n_pairs"],
+        "against_verifier": teacher["against_verifier"], "verdict": teacher["verdict"],
+        "frac_flipped": flips.get("cast/frac_flipped"),
+        "frac_flipped_correct_negative": flips.get("cast/frac_flipped_correct_negative"),
+        "frac_flipped_incorrect_positive": flips.get("cast/frac_flipped_incorrect_positive"),
+        "groups": run.results["groups"], "diagnose": asdict(spec),
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result, indent=1)
+    return result
+
+
+@dataclass
+class Prepared:
+    """What every cell of an invocation shares: the student's SFT folder and the teachers' folders."""
+
+    sft_dir: Path
+    teacher_dirs: dict[str, Path] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def prepare(settings: ControlSettings, cache_dir: str, scratch_dir: str, progress: bool) -> Prepared:
+    """The student's SFT, the ladder, and every teacher's diagnosis (each cached; prints the profiles)."""
+    sft_dir = prepare_sft(settings, cache_dir, scratch_dir, progress)
+    ready = Prepared(sft_dir, teacher_ladder(settings, sft_dir, scratch_dir, progress))
+    for name, folder in ((SELF, None), *ready.teacher_dirs.items()):
+        profile = ready.profiles[name] = characterise(settings, sft_dir, name, folder, cache_dir, scratch_dir)
+        print(f"[bench] teacher {name}: gap AUC {num(profile['auc'])} ({int(profile['n_pairs'])} pairs), "
+              f"flipped {num(profile['frac_flipped'])}")
+    return ready
+
+
+def run_control_cell(cell: Cell, settings: ControlSettings, scratch: Path, ready: Prepared) -> dict[str, Any]:
+    """A tiny-tier cell whose `teacher_model` names a rung, resolved to that rung's folder."""
+    overrides = dict(cell.config["overrides"])
+    name = teacher_of(cell.method)
+    if name and name != SELF:
+        if name not in ready.teacher_dirs:
+            raise ValueError(f"{cell.method}: unknown teacher {name!r}; the ladder has {', '.join(ready.teacher_dirs)}")
+        overrides["teacher_model"] = str(ready.teacher_dirs[name])
+    result = run_tiny_cell(cell, settings, scratch, ready.sft_dir, overrides=overrides)
+    return {**result, "teacher": name, "teacher_profile": ready.profiles.get(name)}
+
+
+def report_notes(settings: ControlSettings, cache_dir: str) -> list[str]:
+    ladder, spec = settings.ladder, settings.diagnose
+    notes = [f"Student: the tiny tier's SFT model. Teachers read the student's own prompt: `{SELF}` is the "
+             "paper's self-teacher weights (a policy snapshot every 10 steps); "
+             + ", ".join(f"`{n}`" for n in ladder.names())
+             + " continue the student's SFT for that many more steps (frozen external `teacher_model`).",
+             f"Each teacher is characterised before RL by `castrl diagnose`'s pipeline on {spec.n_prompts} RL training "
+             f"problems x {spec.group_size} rollouts of the student at temperature {spec.temperature}: the gap AUC "
+             "is P(a correct rollout's mean gap > a wrong one's) within mixed groups."]
+    ladder_records = sorted((Path(cache_dir) / TIER_NAME / "teachers").glob(f"*-{ladder.key(settings.sft)}.json"))
+    if not ladder_records:
+        notes.append("No teacher is characterised yet.")
+    return notes
+
+
+TIER = Tier(
+    name=TIER_NAME, title="positive control: CAST with teachers of graded strength (tiny student, CPU)",
+    about=__doc__.splitlines()[0], settings=SETTINGS, quick=QUICK, methods=grid(SETTINGS.ladder),
+    quick_methods=("grpo", "cast", *(f"cast@teacher_model={n}" for n in QUICK.ladder.names())), seeds=5,
+    quick_seeds=1, baseline="grpo", headline="cast", run_cell=run_control_cell, teachers=TEACHERS,
+    prepare=prepare, notes=report_notes, report_sections=control_sections, threads=1, threads_help="torch CPU threads (1 is fastest for this model)",
+)  # fmt: skip
+
+
+def main(argv: list[str]) -> int:
+    """`castrl bench control [flags]`: fill the missing cells of the grid."""
+    return tier_main(TIER, argv)
+

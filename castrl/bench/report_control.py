@@ -1,0 +1,128 @@
+"""The positive control's report section: each teacher's diagnosis beside each method's gain over GRPO.
+
+One row per teacher (its gap AUC and flip shares, measured by `castrl diagnose`'s pipeline before RL, and
+copied into every cell that used it) and one column per teacher method: the paired difference of final
+held-out accuracy against GRPO over seeds, with its 95 % t-interval. The figure is that table as a curve:
+gain over GRPO against teacher AUC, one line per method. `curve_points` is what `castrl diagnose`'s
+verdict thresholds are read from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from castrl.bench.report_cells import TierView, acc_at, final_step
+from castrl.bench.stats import Interval, fmt_ci, paired_diff
+from castrl.formatting import num
+
+
+def final_accuracy(rec: dict[str, Any]) -> float:
+    """Held-out greedy accuracy at the cell's last evaluated step."""
+    return acc_at(rec).get(final_step(rec), math.nan) if rec.get("evals") else math.nan
+
+
+def _method_teacher(method: str) -> tuple[str, str]:
+    """('cast@flip=false', 'sft+500') of 'cast@flip=false@teacher_model=sft+500'; teacher 'self' without
+    a teacher_model knob."""
+    parts = method.split("@")
+    teacher = next((p.partition("=")[2] for p in parts[1:] if p.startswith("teacher_model=")), "self")
+    return "@".join(p for p in parts if not p.startswith("teacher_model=")), teacher
+
+
+def profiles(view: TierView) -> dict[str, dict[str, Any]]:
+    """teacher name -> its diagnosis (from the first cell that carries it), ordered by gap AUC."""
+    found: dict[str, dict[str, Any]] = {}
+    for seeds in view.cells.values():
+        for rec in seeds.values():
+            profile = rec.get("teacher_profile")
+            if profile and rec.get("teacher") and rec["teacher"] not in found:
+                found[rec["teacher"]] = profile
+    return dict(sorted(found.items(), key=lambda kv: (_finite(kv[1].get("auc")), kv[0])))
+
+
+def _finite(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+
+
+def curve_points(view: TierView) -> dict[str, list[tuple[str, float, Interval]]]:
+    """method (without its teacher) -> [(teacher, teacher AUC, paired Δ final accuracy vs the baseline)]."""
+    base = {s: final_accuracy(r) for s, r in view.cells.get(view.baseline, {}).items()}
+    teachers = profiles(view)
+    out: dict[str, list[tuple[str, float, Interval]]] = {}
+    for method, seeds in view.cells.items():
+        if method == view.baseline:
+            continue
+        name, teacher = _method_teacher(method)
+        if teacher not in teachers:
+            continue
+        diff = paired_diff({s: final_accuracy(r) for s, r in seeds.items()}, base)
+        out.setdefault(name, []).append((teacher, _finite(teachers[teacher].get("auc")), diff))
+    for points in out.values():
+        points.sort(key=lambda p: (p[1], p[0]))
+    return dict(sorted(out.items()))
+
+
+def control_sections(view: TierView, figures: Path, md_dir: Path) -> list[str]:
+    """The teacher table, the gain table and the gain-vs-AUC figure (markdown lines)."""
+    teachers = profiles(view)
+    if not teachers:
+        return []
+    lines = ["### Teachers (diagnosed before RL)", "",
+             "| teacher | gap AUC (pairs) | against verifier | flipped | correct-negative flips | "
+             "incorrect-positive flips | `castrl diagnose` verdict |", "|---|---|---|---|---|---|---|"]
+    for name, p in teachers.items():
+        against = (p.get("against_verifier") or {}).get("frac")
+        lines.append(f"| `{name}` | {num(p.get('auc'))} ({int(p.get('n_pairs') or 0)}) | {num(against)} | "
+                     f"{num(p.get('frac_flipped'))} | {num(p.get('frac_flipped_correct_negative'))} | "
+                     f"{num(p.get('frac_flipped_incorrect_positive'))} | {p.get('verdict', '-')} |")
+    points = curve_points(view)
+    lines += ["", f"### Gain over `{view.baseline}` by teacher", "",
+              f"Paired Δ of final held-out accuracy vs `{view.baseline}` (mean [95 % t-interval] over seeds):", "",
+              "| teacher (AUC) | " + " | ".join(f"`{m}`" for m in points) + " |",
+              "|---|" + "---|" * len(points)]
+    for name, p in teachers.items():
+        cells = []
+        for method in points:
+            hit = [d for t, _, d in points[method] if t == name]
+            cells.append("-" if not hit else fmt_ci(hit[0], signed=True) + (f" (n={hit[0].n})" if hit[0].n > 1 else ""))
+        lines.append(f"| `{name}` ({num(p.get('auc'))}) | " + " | ".join(cells) + " |")
+    path = plot_gain_vs_auc(view, points, figures)
+    if path is not None:
+        lines += ["", f"![gain over {view.baseline} vs teacher AUC]({os.path.relpath(path, md_dir)})"]
+    return lines + [""]
+
+
+def plot_gain_vs_auc(view: TierView, points: dict[str, list[tuple[str, float, Interval]]], folder: Path) -> Path | None:
+    """`<tier>_gain_vs_auc.png`: Δ vs the baseline (error bars: 95 % t-interval) against teacher AUC."""
+    if not any(math.isfinite(auc) for series in points.values() for _, auc, _ in series):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for i, (method, series) in enumerate(points.items()):
+        xs = [auc + (i - len(points) / 2) * 0.004 for _, auc, _ in series]  # a small dodge: bars stay readable
+        ys = [d.mean for _, _, d in series]
+        errs = [d.half if math.isfinite(d.half) else 0.0 for _, _, d in series]
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method, linewidth=1.6)
+        for (teacher, _, _), x, y in zip(series, xs, ys, strict=True):
+            if i == 0:
+                ax.annotate(teacher, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.axvline(0.5, color="gray", linewidth=0.6, linestyle=":")
+    ax.set_xlabel("teacher gap AUC, correct vs wrong rollouts within mixed groups (castrl diagnose)")
+    ax.set_ylabel(f"final held-out accuracy − {view.baseline} (paired)")
+    ax.set_title(f"{view.tier}: gain over {view.baseline} vs teacher signal (95% t-intervals over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = folder / f"{view.tier}_gain_vs_auc.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

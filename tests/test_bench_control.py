@@ -1,0 +1,137 @@
+"""The positive-control tier: its grid, the teacher ladder, each teacher's diagnosis, a cell with an external
+teacher rung, and the report's gain-vs-AUC section (tiny random models standing in for the SFT models)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from castrl.bench import control
+from castrl.bench.harness import cell_config, make_cells, run_grid
+from castrl.bench.report_cells import TierView
+from castrl.bench.report_control import control_sections, curve_points
+from castrl.bench.tiny_sft import SFTSettings
+
+# A miniature of the tier: a 1-layer SFT model, a 2-rung ladder, 6 diagnosis problems, one RL step.
+SFT = SFTSettings(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, n_per_level=12, max_steps=4,
+                  eval_every=2, monitor_n_per_level=2, batch_size=8)
+SMALL = replace(control.QUICK, sft=SFT, ladder=control.LadderSettings(rungs=(2, 4), eval_every=2),
+                diagnose=control.DiagnoseSpec(n_prompts=6, group_size=2), steps=1, prompts_per_step=2,
+                num_generations=2, eval_every=1, train_n_per_level=4, eval_n_per_level=2, max_completion_length=8,
+                eval_max_new_tokens=8)
+
+
+def test_grid_pairs_every_teacher_method_with_every_teacher():
+    ladder = control.LadderSettings(rungs=(5, 10))
+    methods = control.grid(ladder)
+    assert methods[0] == "grpo" and len(methods) == 1 + len(control.TEACHER_METHODS) * 3
+    assert "rlsd@teacher_model=sft+10" in methods and "opsd" in methods
+    assert [control.teacher_of(m) for m in ("grpo", "cast", "cast@flip=false@teacher_model=sft+5")] == [
+        "", control.SELF, "sft+5"]
+
+
+def test_every_paper_context_maps_to_the_students_prompt():
+    """The teachers differ from the student by weights only, whatever context the estimator's paper pairs it with."""
+    for method in ("cast", "rlsd", "opsd", "rlsd@teacher_model=sft+500"):
+        config = cell_config(control.TIER, control.SETTINGS, method)["overrides"]
+        assert config["teacher_context"] == "student" and config["teacher_weights"] == "refresh:10"
+
+
+@pytest.mark.parametrize("rungs", [(), (0, 5), (10, 5), (5, 5)])
+def test_ladder_rejects_rungs_that_are_not_increasing_positive_steps(rungs):
+    with pytest.raises(ValueError, match="increasing positive"):
+        control.LadderSettings(rungs=rungs)
+
+
+def _student(tmp_path):
+    from castrl.testing import save_tiny_model
+
+    return save_tiny_model(tmp_path / "student", hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
+                           max_positions=128)
+
+
+def test_ladder_checkpoints_each_rung_once_and_diagnoses_every_teacher(tmp_path):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.set_num_threads(1)
+    student = _student(tmp_path)
+    paths = control.teacher_ladder(SMALL, student, str(tmp_path / "scratch"), progress=False)
+    assert list(paths) == ["sft+2", "sft+4"] and all((p / "config.json").exists() for p in paths.values())
+    info = json.loads((paths["sft+2"].parent / control.LADDER_INFO_FILE).read_text())
+    assert [h["step"] for h in info["history"]] == [2, 4] and set(info["monitor_accuracy"]) == {"sft+2", "sft+4"}
+    first, last = (LlamaForCausalLM.from_pretrained(paths[n]) for n in ("sft+2", "sft+4"))
+    assert not torch.equal(first.lm_head.weight, last.lm_head.weight)  # the later rung trained longer
+    stamp = (paths["sft+4"] / "config.json").stat().st_mtime
+    assert control.teacher_ladder(SMALL, student, str(tmp_path / "scratch"), progress=False) == paths
+    assert (paths["sft+4"] / "config.json").stat().st_mtime == stamp  # cached, not retrained
+
+    cache = tmp_path / "cells"
+    own = control.characterise(SMALL, student, control.SELF, None, str(cache), str(tmp_path / "scratch"))
+    rung = control.characterise(SMALL, student, "sft+4", paths["sft+4"], str(cache), str(tmp_path / "scratch"))
+    # the self-teacher before RL is the student: no token has a gap, so nothing is set against the verifier
+    assert own["frac_flipped"] == 0.0 and own["against_verifier"]["frac"] == 0.0
+    assert rung["against_verifier"]["n_tokens"] > 0 and rung["against_verifier"]["frac"] > 0.0
+    assert {"auc", "n_pairs", "verdict", "groups"} <= set(rung)
+    assert len(list((cache / "control" / "teachers").glob("*.json"))) == 2
+
+
+def test_a_cell_reads_its_rung_as_an_external_teacher(tmp_path):
+    import torch
+
+    from castrl.testing import save_tiny_model
+
+    torch.set_num_threads(1)
+    student = _student(tmp_path)
+    rung = save_tiny_model(tmp_path / "rung", seed=3, hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
+                           max_positions=128)
+    ready = control.Prepared(student, {"sft+4": rung}, {"sft+4": {"auc": 0.7, "n_pairs": 3.0}})
+    cells = make_cells("control", ["cast@teacher_model=sft+4"], [0], lambda m, s: cell_config(control.TIER, SMALL, m))
+    outcome = run_grid(cells, lambda c: control.run_control_cell(c, SMALL, tmp_path / "scratch", ready), tmp_path,
+                       progress=False)
+    assert not outcome.failed, outcome.failed
+    rec = json.loads(cells[0].path(tmp_path).read_text())
+    assert rec["teacher"] == "sft+4" and rec["teacher_profile"]["auc"] == 0.7
+    assert rec["trainer"]["teacher_model"] == str(rung)
+    assert rec["config"]["overrides"]["teacher_model"] == "sft+4"  # the key names the rung, not a scratch path
+    unknown = make_cells("control", ["cast@teacher_model=sft+9"], [0], lambda m, s: cell_config(control.TIER, SMALL, m))
+    with pytest.raises(ValueError, match="unknown teacher 'sft\\+9'"):
+        control.run_control_cell(unknown[0], SMALL, tmp_path / "scratch", ready)
+
+
+def _rec(method, seed, acc, teacher="", auc=None):
+    return {"method": method, "seed": seed, "evals": [{"step": 0, "accuracy": 0.2}, {"step": 10, "accuracy": acc}],
+            "teacher": teacher, "teacher_profile": None if auc is None else {"auc": auc, "n_pairs": 40.0}}
+
+
+def test_report_pairs_each_teacher_method_with_grpo_by_seed(tmp_path):
+    cells = {
+        "grpo": {0: _rec("grpo", 0, 0.50), 1: _rec("grpo", 1, 0.60)},
+        "cast": {0: _rec("cast", 0, 0.50, "self", 0.5), 1: _rec("cast", 1, 0.58, "self", 0.5)},
+        "cast@teacher_model=sft+4": {s: _rec("cast@teacher_model=sft+4", s, a, "sft+4", 0.8)
+                                     for s, a in ((0, 0.60), (1, 0.72))},
+        "rlsd@teacher_model=sft+4": {0: _rec("rlsd@teacher_model=sft+4", 0, 0.55, "sft+4", 0.8)},
+    }
+    view = TierView("control", "t", "c", cells, [], "grpo", "cast")
+    points = curve_points(view)
+    assert list(points) == ["cast", "rlsd"]
+    (self_t, self_auc, self_d), (rung_t, rung_auc, rung_d) = points["cast"]
+    assert (self_t, self_auc, rung_t, rung_auc) == ("self", 0.5, "sft+4", 0.8)
+    assert math.isclose(self_d.mean, -0.01) and math.isclose(rung_d.mean, 0.11) and rung_d.n == 2
+    assert points["rlsd"][0][2].n == 1
+    lines = control_sections(view, tmp_path / "fig", tmp_path)
+    text = "\n".join(lines)
+    assert "| `sft+4` (0.800) | +0.110 [" in text and (tmp_path / "fig" / "control_gain_vs_auc.png").exists()
+
+
+def test_diagnose_rejects_student_prompts_of_the_wrong_length():
+    from castrl.diagnostics.pipeline import run_diagnostics
+    from castrl.diagnostics.settings import DiagnoseSettings
+
+    problems = [{"id": "a", "problem": "What is 1 + 1?", "answer": "2"}, {"id": "b", "problem": "2+2?", "answer": "4"}]
+    with pytest.raises(ValueError, match="student_prompts has 1 prompts for 2 problems"):
+        run_diagnostics(DiagnoseSettings(n_prompts=2, progress=False), model=object(), tokenizer=object(),
+                        problems=problems, student_prompts=["Q: What is 1 + 1?\nA:"])
