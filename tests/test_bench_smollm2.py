@@ -118,7 +118,7 @@ def tiny_run(tmp_path_factory):
                        micro_batch=2, max_completion_length=8, eval_max_new_tokens=8, eval_n_per_level=1,
                        final=FinalEvalSettings(n_per_level=2, max_new_tokens=16, budgets=(8, 16)))
     cache = tmp / "cells"
-    base = smollm2.evaluate_base(settings, str(cache), str(tmp / "scratch"), False)
+    base = smollm2.prepare(settings, str(cache), str(tmp / "scratch"), False)
     cells = make_cells("smollm2", ["grpo"], [0], lambda m, s: cell_config(smollm2.TIER, settings, m))
     outcome = run_grid(cells, lambda c: smollm2.run_smol_cell(c, settings, tmp / "scratch", base), cache,
                        progress=False)
@@ -220,3 +220,40 @@ def test_report_finds_the_base_cell_and_tuning_runs(tmp_path):
     view = tier_view(smollm2.TIER, str(tmp_path), quick=False, loader=lambda cache, tier: records)
     assert view.base is not None and view.base["key"] == s.base_cell().key()
     assert [r["key"] for r in view.tuning] == ["a"] and not view.cells
+
+
+def test_prepare_diagnoses_the_untrained_model_once_with_every_teacher_context(tiny_run, monkeypatch):
+    """The diagnosis cell: one entry per teacher context the grid trains with, on the training problems
+    at the trainer's group size and budget; a second prepare reads it from the cache."""
+    import castrl.diagnostics.pipeline
+
+    settings, cache, _, _, tmp = tiny_run
+    cell = settings.diagnosis_cell()
+    rec = json.loads(cell.path(cache).read_text())
+    assert set(rec["teachers"]) == set(smollm2.DIAGNOSIS.teachers)
+    assert rec["groups"]["n_groups"] == smollm2.DIAGNOSIS.n_prompts
+    assert rec["groups"]["n_rollouts"] == smollm2.DIAGNOSIS.n_prompts * settings.num_generations
+    assert {"auc", "n_pairs", "against_verifier", "advantages", "verdict"} <= set(rec["teachers"]["answer_free"])
+    assert rec["config"]["max_new_tokens"] == settings.max_completion_length
+    monkeypatch.setattr(castrl.diagnostics.pipeline, "run_diagnostics", lambda *a, **k: pytest.fail("re-diagnosed"))
+    smollm2.prepare(settings, str(cache), str(tmp / "scratch"), False)
+
+
+def test_report_sets_the_diagnosis_beside_each_trained_method():
+    from castrl.bench.diagnosis import diagnosis_sections
+    from castrl.bench.report_cells import TierView
+
+    def rec(method, seed, value, context=None, flipped=None):
+        overrides = {"teacher_context": context} if context else {}
+        steps = [{"step": 1, "cast/frac_flipped": flipped}] if flipped is not None else []
+        return {"method": method, "seed": seed, "value": value, "config": {"overrides": overrides}, "steps": steps}
+
+    teacher = {"auc": 0.42, "n_pairs": 30.0, "against_verifier": {"frac": 0.35}, "advantages": {"frac_down": 0.6},
+               "verdict": "the teacher's gap ranks wrong rollouts above correct ones"}
+    cells = {"grpo": {0: rec("grpo", 0, 0.30), 1: rec("grpo", 1, 0.40)},
+             "cast": {0: rec("cast", 0, 0.20, "answer_free", 0.5), 1: rec("cast", 1, 0.36, "answer_free", 0.3)}}
+    view = TierView("smollm2", "t", "c", cells, [], "grpo", "cast",
+                    diagnosis={"teachers": {"answer_free": teacher}, "groups": {"n_groups": 32, "n_rollouts": 256}})
+    text = "\n".join(diagnosis_sections(view, lambda r: r["value"], "Avg@4"))
+    assert "| `cast` | `answer_free` | 0.420 (30) | 0.350 | 0.600 | 0.400 | -0.070 [" in text
+    assert "32 training problems x 8 rollouts" in text and "`grpo` |" not in text

@@ -1,6 +1,6 @@
 """`castrl bench <suite>`: benchmarks. Suites: `core` (CAST vs GRPO advantage micro-benchmark),
 `steptime` (seconds per training step split by phase, several estimators on one config), one per
-tier of the cached CAST-vs-baselines grid (`tiny`, `smollm2`: `TIERS`), and `report` (docs/results.md).
+tier of the cached CAST-vs-baselines grids (`smollm2`, `control`, `tiny`: `TIERS`), and `report` (docs/results.md).
 
 Each suite reads its flags as every castrl command does: one dataclass is the command line
 (TRL-style underscores, `--cache_dir`, `--no_progress`; the hyphen spelling is accepted too), and a

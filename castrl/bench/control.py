@@ -35,6 +35,7 @@ from castrl.bench.report_control import control_sections
 from castrl.bench.tiny import SETTINGS as TINY
 from castrl.bench.tiny import TinySettings, prepare_sft, run_tiny_cell
 from castrl.bench.tiny_sft import SFTSettings, held_out_of, prompt_text, records, sft_loop
+from castrl.core import get_estimator
 from castrl.formatting import num, write_json
 
 TIER_NAME = "control"
@@ -101,8 +102,9 @@ def grid(ladder: LadderSettings) -> tuple[str, ...]:
 
 
 def teacher_of(method: str) -> str:
-    """The teacher name of a grid method (`self` without a teacher_model knob; '' for grpo)."""
-    if method.split("@")[0] == "grpo":
+    """The teacher name of a grid method (`self` without a teacher_model knob; '' for an estimator without
+    a teacher, as the registry says)."""
+    if not get_estimator(method.split("@")[0]).needs_teacher:
         return ""
     for knob in method.split("@")[1:]:
         if knob.startswith("teacher_model="):

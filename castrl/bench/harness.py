@@ -208,7 +208,9 @@ def grid_cli(tier: str, cells: Sequence[Cell], run_cell: Callable[[Cell], Mappin
 
 # Tier name -> the module whose `TIER` describes it, in the report's order (imported on demand: a tier
 # module imports its model's stack).
-TIERS = {"tiny": "castrl.bench.tiny", "smollm2": "castrl.bench.smollm2", "control": "castrl.bench.control"}
+# The bundled model's tier first (the CAST-vs-GRPO headline), then the positive control on the tiny student,
+# then the tiny tier itself (its self-teacher cannot read a context: no evidence about CAST's teacher).
+TIERS = {"smollm2": "castrl.bench.smollm2", "control": "castrl.bench.control", "tiny": "castrl.bench.tiny"}
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,7 @@ class Tier:
     # (view, figures folder, markdown folder) -> the tier's own report sections (e.g. the positive control's
     # gain-vs-teacher-AUC table and figure), placed after the headline
     report_sections: Callable[[Any, Path, Path], list[str]] | None = None
+    diagnosis_cell: Callable[[Any], Cell] | None = None  # the untrained model's `castrl diagnose` cell
     threads: int = 2
     threads_help: str = "torch CPU threads"
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from castrl.bench.diagnosis import diagnosis_sections
 from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier, tier_descriptions
 from castrl.bench.report_cells import TierView, acc_at, final_step, step_mean, steps_to_reach
 from castrl.bench.report_figures import write_figures
@@ -232,7 +233,7 @@ def render_tier(view: TierView, figures: dict[str, str], extra: Sequence[str] = 
         return lines + ["No cells of this configuration are cached yet.", ""] + final_sections(view)
     timing, ratios = timing_table(view)
     body = ["### Headline", ""] + headline(view, ratios) + [""] + verdict(view) + [""] + list(extra)
-    body += final_sections(view)
+    body += final_sections(view) + diagnosis_sections(view, main_measure(view)[1], main_measure(view)[0])
     for block in (accuracy_tables(view), level_table(view), reach_table(view), signal_table(view), timing):
         body += block + [""]
     if view.superseded:

@@ -39,6 +39,7 @@ class TierView:
     headline: str
     base: dict[str, Any] | None = None
     tuning: list[dict[str, Any]] = field(default_factory=list)
+    diagnosis: dict[str, Any] | None = None  # the tier's diagnosis before training (`castrl.bench.diagnosis`)
 
     @property
     def methods(self) -> list[str]:

@@ -131,6 +131,14 @@ def base_record(tier: Tier, settings: RLSettings, records: Sequence[dict[str, An
     return next((r for r in records if r.get("key") == key), None)
 
 
+def diagnosis_record(tier: Tier, settings: RLSettings, records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The cached pre-training diagnosis for `settings` (None: the tier has none, or not yet)."""
+    if tier.diagnosis_cell is None:
+        return None
+    key = tier.diagnosis_cell(settings).key()
+    return next((r for r in records if r.get("key") == key), None)
+
+
 def tuning_runs(tier: Tier, settings: RLSettings, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The baseline's cells whose settings equal `settings` except in `TUNED_FIELDS` (lr, steps)."""
     if tier.base_cell is None:
@@ -161,7 +169,8 @@ def tier_view(tier: Tier, cache_dir: str, quick: bool, loader: Callable) -> Tier
     if walls:
         notes.append(f"Cells cached: {len(walls)}; mean wall time per cell {num(sum(walls) / len(walls), 0)} s.")
     view = TierView(tier.name, tier.title, command, cells, notes, tier.baseline, tier.headline,
-                    base=base_record(tier, settings, records), tuning=tuning_runs(tier, settings, records))
+                    base=base_record(tier, settings, records), tuning=tuning_runs(tier, settings, records),
+                    diagnosis=diagnosis_record(tier, settings, records))
     if view.superseded:
         view.notes.append(f"These cells were measured with spec v1's rule and v1's method names; the command above "
                           f"runs the current grid ({', '.join(grid)}), whose cells will replace them.")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from castrl.bench.diagnosis import DiagnosisSettings, diagnosis_cell, diagnosis_config, run_diagnosis
 from castrl.bench.final_eval import FinalEvalSettings, base_cell, eval_arguments, evaluate_final
 from castrl.bench.harness import Cell, RLSettings, Tier, load_cell, save_cell, tier_main, trainer_config
 
@@ -70,8 +71,16 @@ class SmolSettings(RLSettings):
         """The untrained model's final-evaluation cell of these settings."""
         return base_cell(TIER_NAME, self.model, self.levels, self.prompt_style, self.final)
 
+    def diagnosis_cell(self) -> Cell:
+        """The untrained model's `castrl diagnose` cell: the training problems, group size and budget."""
+        return diagnosis_cell(TIER_NAME, diagnosis_config(self.model, self.levels, self.prompt_style,
+                                                          self.num_generations, self.max_completion_length, DIAGNOSIS))
+
 
 TIER_NAME = "smollm2"
+# The diagnosis before training: every teacher context the grid trains with, on the first training problems
+# (kept out of SmolSettings so adding it did not re-key the cells).
+DIAGNOSIS = DiagnosisSettings()
 # Training budget 128 tokens: ~4x the base model's mean sampled completion (32.9 tokens, p95 84, 1 % over
 # 128: `castrl eval`, 24 test problems x 4 samples at spec §7 sampling, 256-token cap); the final
 # evaluation's 256 is 2x that. Steps: the 30-minute cell budget on 2 cores. Measured (2026-11-29): a step
@@ -101,6 +110,26 @@ def _verifier() -> Any:
     from castrl.rewards import Verifier
 
     return Verifier()
+
+
+def prepare(settings: SmolSettings, cache_dir: str, scratch_dir: str, progress: bool) -> dict[str, Any]:
+    """What the grid shares, each run once and cached as a cell of its own: the untrained model's
+    `castrl diagnose` on the training problems (the predictions the report sets beside the outcomes),
+    then its final evaluation."""
+    cell = settings.diagnosis_cell()
+    if load_cell(cell, cache_dir) is None:
+        print(f"[bench] diagnosing the untrained model once for these settings -> {cell.path(cache_dir)}")
+        n_levels = len(settings.levels)
+        problems = _training_problems(settings, -(-DIAGNOSIS.n_prompts // n_levels))[: DIAGNOSIS.n_prompts]
+        save_cell(cell, run_diagnosis(dict(cell.config), problems, progress), cache_dir)
+    return evaluate_base(settings, cache_dir, scratch_dir, progress)
+
+
+def _training_problems(settings: SmolSettings, n_per_level: int) -> list[dict[str, Any]]:
+    """The first `n_per_level` RL training problems of each level (a prefix of the grid's training set)."""
+    from castrl.bench.rl_cell import arithmetic_records
+
+    return arithmetic_records("train", settings.levels, n_per_level, settings.train_seed)
 
 
 def evaluate_base(settings: SmolSettings, cache_dir: str, scratch_dir: str, progress: bool) -> dict[str, Any]:
@@ -168,7 +197,8 @@ TIER = Tier(
     name=TIER_NAME, title="smollm2 tier v2: SmolLM2-135M + LoRA (CPU)", about=__doc__.splitlines()[0],
     settings=SETTINGS, quick=QUICK, methods=METHODS, quick_methods=("grpo", "cast"), seeds=2,
     method_seeds=METHOD_SEEDS, quick_seeds=1, baseline="grpo", headline="cast", run_cell=run_smol_cell,
-    prepare=evaluate_base, notes=report_notes, base_cell=SmolSettings.base_cell, threads=2,
+    prepare=prepare, notes=report_notes, base_cell=SmolSettings.base_cell, diagnosis_cell=SmolSettings.diagnosis_cell,
+    threads=2,
 )  # fmt: skip
 
 

@@ -127,7 +127,10 @@ def run_tiny_cell(cell: Cell, settings: TinySettings, scratch: Path, sft_dir: Pa
 def report_notes(settings: TinySettings, cache_dir: str) -> list[str]:
     """The model and how the cached SFT model was made (steps, stop reason, monitor accuracy)."""
     sft = settings.sft
-    notes = [f"Model: Llama with hidden {sft.hidden}, {sft.layers} layers, char tokenizer, trained from scratch by "
+    notes = ["**Not part of the CAST-vs-GRPO headline**: a model trained from scratch reads no teacher context, so its "
+             "self-teacher (the student's prompt under EMA weights) is no evidence about the paper's answer-free teacher. "
+             "The positive control (`castrl bench control`) uses this model as its testbed instead.",
+             f"Model: Llama with hidden {sft.hidden}, {sft.layers} layers, char tokenizer, trained from scratch by "
              f"SFT on {', '.join(sft.levels)} (weights in `bench_cache/tiny_sft/`, its record in the cell cache); "
              f"a share {sft.hint_fraction} of "
              "SFT prompts carry the answer (the reference-answer teacher's prompt)."]
