@@ -257,3 +257,27 @@ def test_report_sets_the_diagnosis_beside_each_trained_method():
     text = "\n".join(diagnosis_sections(view, lambda r: r["value"], "Avg@4"))
     assert "| `cast` | `answer_free` | 0.420 (30) | 0.350 | 0.600 | 0.400 | -0.070 [" in text
     assert "32 training problems x 8 rollouts" in text and "`grpo` |" not in text
+
+
+def test_paper_section_answers_each_claim_with_paired_differences():
+    from castrl.bench.report_cells import TierView
+    from castrl.bench.report_paper import CLAIMS, paper_sections
+
+    def rec(seed, avg, pas, tokens, flipped=None, step_s=10.0):
+        budgets = [{"budget": 32, "avg_at_k": avg - 0.1, "pass_at_k": pas - 0.1}, {"budget": 64, "avg_at_k": avg, "pass_at_k": pas}]
+        steps = [{"step": 1, "cast/frac_flipped": flipped, "cast/frac_flipped_incorrect_positive": 0.05}] if flipped else []
+        return {"seed": seed, "final": {"summary": {"avg_at_k": avg, "pass_at_k": pas, "mean_tokens": tokens},
+                                        "budgets": budgets}, "steps": steps, "timing": {"step_s": step_s}}
+
+    cells = {"grpo": {0: rec(0, 0.40, 0.50, 20.0), 1: rec(1, 0.50, 0.60, 22.0)},
+             "cast": {0: rec(0, 0.30, 0.45, 40.0, 0.3, 12.5), 1: rec(1, 0.44, 0.55, 44.0, 0.5, 12.5)}}
+    base = {"final": {"summary": {"mean_tokens": 30.0}, "budgets": [{"budget": 32, "avg_at_k": 0.2}, {"budget": 64, "avg_at_k": 0.3}]}}
+    view = TierView("smollm2", "t", "c", cells, [], "grpo", "cast", base=base)
+    text = "\n".join(paper_sections(view))
+    assert "| Does CAST beat GRPO? (`cast` − `grpo`) | Table 3: AIME24 Avg@16 41.25 vs 21.04 | -0.080 [" in text
+    assert "| 2 | no: the opposite |" in text or "| 2 | not distinguishable |" in text
+    assert text.count("not run yet") == len(CLAIMS) - 1  # only cast vs grpo has both methods cached
+    assert "flipped 0.400" in text and "(paper 0.264)" in text
+    assert "`cast` 42.0" in text and "1.40× the base model" in text
+    assert "paper: CAST 1.25× GRPO" in text and "cast 12.5 ± 0.0 s, grpo 10.0 ± 0.0 s: 1.25×" in text
+    assert "| ≤ 32 | -0.080 [" in text

@@ -22,6 +22,7 @@ import torch
 from castrl.bench.diagnosis import DiagnosisSettings, diagnosis_cell, diagnosis_config, run_diagnosis
 from castrl.bench.final_eval import FinalEvalSettings, base_cell, eval_arguments, evaluate_final
 from castrl.bench.harness import Cell, RLSettings, Tier, load_cell, save_cell, tier_main, trainer_config
+from castrl.bench.report_paper import paper_sections
 
 METHODS = (
     "grpo", "cast",
@@ -197,8 +198,8 @@ TIER = Tier(
     name=TIER_NAME, title="smollm2 tier v2: SmolLM2-135M + LoRA (CPU)", about=__doc__.splitlines()[0],
     settings=SETTINGS, quick=QUICK, methods=METHODS, quick_methods=("grpo", "cast"), seeds=2,
     method_seeds=METHOD_SEEDS, quick_seeds=1, baseline="grpo", headline="cast", run_cell=run_smol_cell,
-    prepare=prepare, notes=report_notes, base_cell=SmolSettings.base_cell, diagnosis_cell=SmolSettings.diagnosis_cell,
-    threads=2,
+    prepare=prepare, notes=report_notes, report_sections=lambda view, figures, md_dir: paper_sections(view),
+    base_cell=SmolSettings.base_cell, diagnosis_cell=SmolSettings.diagnosis_cell, threads=2,
 )  # fmt: skip
 
 

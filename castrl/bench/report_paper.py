@@ -1,0 +1,167 @@
+"""The bundled-model report's answers to the paper, point by point: each claim of arXiv 2606.00172 that
+the grid can test, the paper's number, castrl's number with its 95 % interval, and whether they agree.
+
+Every castrl number is computed here from the cells (paired by seed against the comparison method);
+the paper's numbers are constants with their table. A question whose cells are not cached yet says so
+instead of guessing. The comparisons are data (`PaperClaim`), so the report never branches on a
+method's name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from castrl.bench.report_cells import TierView
+from castrl.bench.report_final import summary_value
+from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
+from castrl.formatting import num
+
+
+@dataclass(frozen=True)
+class PaperClaim:
+    """'`better` beats `worse`' (the paper's ablation or comparison), measured as a paired difference."""
+
+    question: str
+    better: str
+    worse: str
+    paper: str  # the paper's evidence, with its table
+
+
+# The paper's comparisons the smollm2 grid can test (Tables 3 and 7, Qwen3-4B, Avg@16 on AIME24).
+CLAIMS = (
+    PaperClaim("Does CAST beat GRPO?", "cast", "grpo", "Table 3: AIME24 Avg@16 41.25 vs 21.04"),
+    PaperClaim("Full CAST > mixed-only (the ±1 base advantages of uniform groups)?", "cast", "cast@mixed_only=true",
+               "Table 7: 41.25 vs 34.38"),
+    PaperClaim("Answer-free teacher > teacher with the ground-truth answer?", "cast",
+               "cast@teacher_context=with_reference", "Table 7: 41.25 vs 36.25"),
+    PaperClaim("Sign reversal (flips) > no sign reversal?", "cast", "cast@flip=false", "Table 7: 41.25 vs 25.83"),
+    PaperClaim("Correct-path negative flips help?", "cast", "cast@flip_correct=false", "Table 4 (flip directions)"),
+    PaperClaim("Incorrect-path positive flips help?", "cast", "cast@flip_incorrect=false", "Table 4 (flip directions)"),
+    PaperClaim("CAST beats RLSD?", "cast", "rlsd", "Table 3: 41.25 vs 21.67"),
+    PaperClaim("CAST beats RLRT?", "cast", "rlrt", "Table 3: 41.25 vs 21.67"),
+    PaperClaim("CAST beats GRPO+OPSD?", "cast", "grpo_opsd", "Table 8"),
+)  # fmt: skip
+PAPER_FLIP_SHARE = 0.264  # Table 9: share of valid tokens flipped, mean over 300 steps
+PAPER_INCORRECT_POSITIVE = 0.070  # Table 9: incorrect-path positive flips
+PAPER_LENGTH = (5242, 9780)  # Table 13: Qwen3-4B mean evaluation output tokens, base -> CAST
+PAPER_WALL_RATIO = 1.25  # §8.4: 5 h vs 4 h on 2 A800s
+# Table 14, MATH-500 Avg@16 (base, GRPO, CAST) by budget: CAST trails under tight budgets, leads from 4K
+PAPER_BUDGETS = "MATH-500 Avg@16 at 1K tokens base 70.24 / GRPO 70.28 / CAST 61.23; at 2K 81.11 / 81.00 / 77.29; CAST leads from 4K"
+
+
+def _paired(view: TierView, a: str, b: str, value: Callable[[dict[str, Any]], float]) -> Interval:
+    cells_a, cells_b = view.cells.get(a, {}), view.cells.get(b, {})
+    return paired_diff({s: value(r) for s, r in cells_a.items()}, {s: value(r) for s, r in cells_b.items()})
+
+
+def _word(iv: Interval) -> str:
+    if iv.n < 2 or not math.isfinite(iv.half):
+        return "too few seeds to tell"
+    return "yes" if iv.lo > 0 else "no: the opposite" if iv.hi < 0 else "not distinguishable"
+
+
+def _budget_value(budget: int, key: str) -> Callable[[dict[str, Any]], float]:
+    def value(rec: dict[str, Any]) -> float:
+        rows = [b for b in rec.get("final", {}).get("budgets", []) if b["budget"] == budget]
+        return float(rows[0][key]) if rows and rows[0].get(key) is not None else math.nan
+
+    return value
+
+
+def _step_mean(recs: Sequence[dict[str, Any]], key: str) -> Interval:
+    """Per cell, the mean of a per-step metric over its steps; then mean and t-interval over the cells."""
+    per_cell = []
+    for rec in recs:
+        values = [r[key] for r in rec.get("steps", []) if r.get(key) is not None]
+        if values:
+            per_cell.append(sum(values) / len(values))
+    return mean_ci(per_cell)
+
+
+def claim_rows(view: TierView) -> list[str]:
+    """One row per testable claim: the paper's evidence, castrl's paired Δ of Avg@k and Pass@k, the answer."""
+    avg = lambda r: summary_value(r, "avg_at_k")  # noqa: E731
+    pas = lambda r: summary_value(r, "pass_at_k")  # noqa: E731
+    rows = ["| question | paper | castrl Δ Avg@k | castrl Δ Pass@k | seeds | castrl agrees? |", "|---|---|---|---|---|---|"]
+    for claim in CLAIMS:
+        if claim.better not in view.cells or claim.worse not in view.cells:
+            rows.append(f"| {claim.question} (`{claim.better}` − `{claim.worse}`) | {claim.paper} | not run yet | | | |")
+            continue
+        d_avg, d_pass = _paired(view, claim.better, claim.worse, avg), _paired(view, claim.better, claim.worse, pas)
+        rows.append(f"| {claim.question} (`{claim.better}` − `{claim.worse}`) | {claim.paper} | "
+                    f"{fmt_ci(d_avg, signed=True)} | {fmt_ci(d_pass, signed=True)} | {d_avg.n} | {_word(d_avg)} |")
+    return rows
+
+
+def paper_sections(view: TierView) -> list[str]:
+    """The 'castrl vs the paper' section: claims, budgets, flip shares, output length, wall clock."""
+    if not view.cells:
+        return []
+    lines = ["### castrl vs the paper, point by point", "",
+             "Paired differences over seeds (95 % t-interval) of the final evaluation; 'castrl agrees?' is 'yes' "
+             "only when the interval excludes 0 in the paper's direction. The paper's numbers are for Qwen3-4B on "
+             "competition math with 3,072-token training budgets; these are for a 135M model on arithmetic.", ""]
+    lines += claim_rows(view) + [""]
+    lines += budget_rows(view) + [""] + flip_rows(view) + [""] + length_rows(view) + [""] + wall_rows(view) + [""]
+    return lines
+
+
+def budget_rows(view: TierView) -> list[str]:
+    """Table 14: the headline method − the baseline (Avg@k, Pass@k) and − the base model (Avg@k) at each
+    budget (the same generations, cut)."""
+    head, base_m = view.headline, view.baseline
+    budgets = sorted({b["budget"] for r in view.cells.get(head, {}).values() for b in r.get("final", {}).get("budgets", [])})
+    if not budgets or base_m not in view.cells:
+        return [f"Budget sensitivity (Table 14): no {head} and {base_m} cells with a budget sweep yet."]
+    rows = [f"Budget sensitivity (Table 14; paper: {PAPER_BUDGETS}): the same generations cut at each budget, "
+            "paired over seeds.", "",
+            f"| budget | Avg@k {head} − {base_m} | Pass@k {head} − {base_m} | Avg@k {head} − base model |", "|---|---|---|---|"]
+    for b in budgets:
+        avg, pas = _budget_value(b, "avg_at_k"), _budget_value(b, "pass_at_k")
+        base = avg(view.base) if view.base else math.nan
+        vs_base = mean_ci([avg(r) - base for r in view.cells[head].values()])
+        rows.append(f"| ≤ {b} | {fmt_ci(_paired(view, head, base_m, avg), signed=True)} | "
+                    f"{fmt_ci(_paired(view, head, base_m, pas), signed=True)} | {fmt_ci(vs_base, signed=True)} |")
+    return rows
+
+
+def flip_rows(view: TierView) -> list[str]:
+    """Table 9: the share of valid tokens CAST flipped during training, all and incorrect-path positive."""
+    recs = list(view.cells.get(view.headline, {}).values())
+    if not recs:
+        return [f"Flip shares (Table 9): no {view.headline} cells yet."]
+    flipped = _step_mean(recs, "cast/frac_flipped")
+    up = _step_mean(recs, "cast/frac_flipped_incorrect_positive")
+    return [f"Flip shares (Table 9), mean over training steps and seeds: flipped {fmt_ci(flipped)} of valid tokens "
+            f"(paper {PAPER_FLIP_SHARE:.3f}); incorrect-path positive flips {fmt_ci(up)} (paper "
+            f"{PAPER_INCORRECT_POSITIVE:.3f})."]
+
+
+def length_rows(view: TierView) -> list[str]:
+    """Table 13: mean sampled output length at the final evaluation's largest budget, base -> method."""
+    base = summary_value(view.base, "mean_tokens") if view.base else math.nan
+    parts = []
+    for method in (view.baseline, view.headline):
+        recs = list(view.cells.get(method, {}).values())
+        if recs:
+            iv = mean_ci([summary_value(r, "mean_tokens") for r in recs])
+            ratio = iv.mean / base if base and math.isfinite(base) else math.nan
+            parts.append(f"`{method}` {fmt_ci(iv, digits=1)} tokens ({num(ratio, 2)}× the base model)")
+    paper = f"paper: base {PAPER_LENGTH[0]:,} → CAST {PAPER_LENGTH[1]:,}, {PAPER_LENGTH[1] / PAPER_LENGTH[0]:.2f}×"
+    return [f"Output length (Table 13; {paper}): base model {num(base, 1)} tokens; " + "; ".join(parts) + "."]
+
+
+def wall_rows(view: TierView) -> list[str]:
+    """§8.4: CAST's training step time over GRPO's (mean step seconds over each method's cells)."""
+    head, base_m = view.headline, view.baseline
+    steps = {m: mean_ci([r.get("timing", {}).get("step_s") for r in view.cells.get(m, {}).values()])
+             for m in (base_m, head)}
+    if not all(iv.n for iv in steps.values()):
+        return [f"Wall clock (§8.4): no {head} and {base_m} cells yet."]
+    ratio = steps[head].mean / steps[base_m].mean
+    return [f"Wall clock (§8.4; paper: CAST {PAPER_WALL_RATIO}× GRPO): mean training step {head} "
+            f"{fmt_ci(steps[head], digits=1)} s, {base_m} {fmt_ci(steps[base_m], digits=1)} s: {ratio:.2f}× "
+            "(means over cells of different invocations; the step-time table pairs cells of one invocation)."]
