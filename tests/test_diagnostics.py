@@ -68,6 +68,7 @@ def run(tiny):
         gen_batch_size=8,
         score_batch_size=12,
         style="plain",  # short char-level prompts keep the tiny model fast
+        mask_truncated_completions=False,  # a random model rarely ends within 12 tokens: keep its tokens
     )
     return run_diagnostics(
         settings, model=model, tokenizer=tokenizer, reward_fn=lambda texts, golds: list(REWARDS)
@@ -650,3 +651,18 @@ def _floats(obj):
     elif isinstance(obj, list):
         for v in obj:
             yield from _floats(v)
+
+
+def test_truncated_completions_are_left_out_as_the_trainer_does(run, tiny):
+    """With the default mask, a completion without an end token has no valid token (the trainer's loss
+    mask), while its reward still counts: same groups and rewards, fewer tokens."""
+    from dataclasses import replace
+
+    model, tokenizer = tiny
+    masked = run_diagnostics(replace(run.settings, mask_truncated_completions=True), model=model,
+                             tokenizer=tokenizer, reward_fn=lambda texts, golds: list(REWARDS))
+    truncated = masked.rollouts.truncated[masked.kept]
+    assert truncated.any() and (~truncated).any()
+    assert (masked.mask[truncated] == 0).all()
+    assert torch.equal(masked.mask[~truncated], run.mask[~truncated])
+    assert torch.equal(masked.rewards, run.rewards)

@@ -253,6 +253,8 @@ def run_diagnostics(
     start = time.perf_counter()
     reward_t = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
     mask, group_ids, student = rollouts.mask[kept], rollouts.group_ids[kept], student[kept]
+    if settings.mask_truncated_completions:  # as the trainer's loss: no token of a cut-off completion counts
+        mask = mask * (~rollouts.truncated[kept]).to(mask.dtype)[:, None]
     teachers = {k: v[kept] for k, v in teachers.items()}
     config = settings.cast_config()
     results = analyze(

@@ -80,6 +80,12 @@ class DiagnoseSettings:
         default=True,
         metadata={"help": "CastConfig.flip_incorrect: incorrect-path positive reversal (B < 0, g > 0)."},
     )
+    mask_truncated_completions: bool = field(
+        default=True,
+        metadata={"help": "Leave completions that hit --max_new_tokens without an end token out of every token "
+                  "statistic, as the trainer leaves them out of the loss (spec §4); their rewards still count in "
+                  "the group statistics, as in training."},
+    )
     correct_threshold: float = field(
         default=0.5, metadata={"help": "A rollout is correct when reward >= this."}
     )
