@@ -77,6 +77,9 @@ def test_ladder_checkpoints_each_rung_once_and_diagnoses_every_teacher(tmp_path)
     assert rung["against_verifier"]["n_tokens"] > 0 and rung["against_verifier"]["frac"] > 0.0
     assert {"auc", "n_pairs", "verdict", "groups"} <= set(rung)
     assert len(list((cache / "control" / "teachers").glob("*.json"))) == 2
+    record = control.ladder_record_path(SMALL, str(cache))
+    record.write_text((paths["sft+2"].parent / control.LADDER_INFO_FILE).read_text())
+    assert any("`sft+2` " in note and "`sft+4` " in note for note in control.report_notes(SMALL, str(cache)))
 
 
 def test_a_cell_reads_its_rung_as_an_external_teacher(tmp_path):

@@ -202,10 +202,18 @@ class Prepared:
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def ladder_record_path(settings: ControlSettings, cache_dir: str) -> Path:
+    """Where the cell cache keeps how the ladder was made (its weights stay in the scratch folder)."""
+    return Path(cache_dir) / TIER_NAME / "teachers" / f"ladder-{settings.ladder.key(settings.sft)}.json"
+
+
 def prepare(settings: ControlSettings, cache_dir: str, scratch_dir: str, progress: bool) -> Prepared:
     """The student's SFT, the ladder, and every teacher's diagnosis (each cached; prints the profiles)."""
     sft_dir = prepare_sft(settings, cache_dir, scratch_dir, progress)
     ready = Prepared(sft_dir, teacher_ladder(settings, sft_dir, scratch_dir, progress))
+    record = ladder_record_path(settings, cache_dir)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text((next(iter(ready.teacher_dirs.values())).parent / LADDER_INFO_FILE).read_text())
     for name, folder in ((SELF, None), *ready.teacher_dirs.items()):
         profile = ready.profiles[name] = characterise(settings, sft_dir, name, folder, cache_dir, scratch_dir)
         print(f"[bench] teacher {name}: gap AUC {num(profile['auc'])} ({int(profile['n_pairs'])} pairs), "
@@ -234,9 +242,12 @@ def report_notes(settings: ControlSettings, cache_dir: str) -> list[str]:
              f"Each teacher is characterised before RL by `castrl diagnose`'s pipeline on {spec.n_prompts} RL training "
              f"problems x {spec.group_size} rollouts of the student at temperature {spec.temperature}: the gap AUC "
              "is P(a correct rollout's mean gap > a wrong one's) within mixed groups."]
-    ladder_records = sorted((Path(cache_dir) / TIER_NAME / "teachers").glob(f"*-{ladder.key(settings.sft)}.json"))
-    if not ladder_records:
-        notes.append("No teacher is characterised yet.")
+    record = ladder_record_path(settings, cache_dir)
+    if record.exists():
+        info = json.loads(record.read_text())
+        rungs = ", ".join(f"`{name}` {num(acc)}" for name, acc in info.get("monitor_accuracy", {}).items())
+        notes.append(f"Teacher ladder: greedy accuracy on {settings.sft.monitor_n_per_level} RL training problems per "
+                     f"level (the student's SFT monitor set): {rungs}; {num(info.get('seconds'), 0)} s of SFT.")
     return notes
 
 
