@@ -128,6 +128,7 @@ def test_report_pairs_each_teacher_method_with_grpo_by_seed(tmp_path):
     lines = control_sections(view, tmp_path / "fig", tmp_path)
     text = "\n".join(lines)
     assert "| `sft+4` (0.800) | +0.110 [" in text and (tmp_path / "fig" / "control_gain_vs_auc.png").exists()
+    assert "**From what teacher AUC does `cast` beat `grpo`?**" in text and "`self` (AUC 0.500): -0.010 [" in text
 
 
 def test_diagnose_rejects_student_prompts_of_the_wrong_length():
@@ -138,3 +139,20 @@ def test_diagnose_rejects_student_prompts_of_the_wrong_length():
     with pytest.raises(ValueError, match="student_prompts has 1 prompts for 2 problems"):
         run_diagnostics(DiagnoseSettings(n_prompts=2, progress=False), model=object(), tokenizer=object(),
                         problems=problems, student_prompts=["Q: What is 1 + 1?\nA:"])
+
+
+def test_conclusions_name_the_lowest_auc_where_the_headline_wins_and_each_comparison():
+    from castrl.bench.report_control import conclusions
+
+    grpo = {s: _rec("grpo", s, a) for s, a in ((0, 0.50), (1, 0.60), (2, 0.55))}
+    cells = {"grpo": grpo}
+    for teacher, auc, gain in (("self", 0.5, 0.0), ("sft+1", 0.7, 0.10), ("sft+2", 0.9, 0.20)):
+        for method, extra in (("cast", gain), ("cast@flip=false", gain / 2)):
+            name = method if teacher == "self" else f"{method}@teacher_model={teacher}"
+            noise = (0.01, -0.01, 0.0)
+            cells[name] = {s: _rec(name, s, grpo[s]["evals"][-1]["accuracy"] + extra + noise[s], teacher, auc)
+                           for s in range(3)}
+    text = "\n".join(conclusions(TierView("control", "t", "c", cells, [], "grpo", "cast")))
+    assert "From AUC 0.700 (`sft+1`), the lowest teacher AUC whose interval excludes 0; not at AUC 0.500." in text
+    assert "**`cast` − `cast@flip=false`**" in text and "`sft+2` (AUC 0.900) +0.100 [" in text
+    assert "rlsd" not in text  # no rlsd cells: that comparison is left out, not guessed

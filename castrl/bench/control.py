@@ -31,7 +31,7 @@ from typing import Any
 
 from castrl.bench.harness import Cell, Tier, tier_main
 from castrl.bench.methods import Teacher
-from castrl.bench.report_control import control_sections
+from castrl.bench.report_control import SELF_TEACHER, control_sections
 from castrl.bench.tiny import SETTINGS as TINY
 from castrl.bench.tiny import TinySettings, prepare_sft, run_tiny_cell
 from castrl.bench.tiny_sft import SFTSettings, held_out_of, prompt_text, records, sft_loop
@@ -39,7 +39,7 @@ from castrl.core import get_estimator
 from castrl.formatting import num, write_json
 
 TIER_NAME = "control"
-SELF = "self"  # the self-teacher's name in the report (no teacher_model knob)
+SELF = SELF_TEACHER  # the self-teacher's name in cells and the report (no teacher_model knob)
 LADDER_INFO_FILE = "ladder.json"
 
 

@@ -233,7 +233,8 @@ def render_tier(view: TierView, figures: dict[str, str], extra: Sequence[str] = 
         return lines + ["No cells of this configuration are cached yet.", ""] + final_sections(view)
     timing, ratios = timing_table(view)
     body = ["### Headline", ""] + headline(view, ratios) + [""] + verdict(view) + [""] + list(extra)
-    body += final_sections(view) + diagnosis_sections(view, main_measure(view)[1], main_measure(view)[0])
+    label, value = main_measure(view)
+    body += final_sections(view) + diagnosis_sections(view, value, label)
     for block in (accuracy_tables(view), level_table(view), reach_table(view), signal_table(view), timing):
         body += block + [""]
     if view.superseded:

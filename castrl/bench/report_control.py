@@ -18,6 +18,8 @@ from castrl.bench.report_cells import TierView, acc_at, final_step
 from castrl.bench.stats import Interval, fmt_ci, paired_diff
 from castrl.formatting import num
 
+SELF_TEACHER = "self"  # the self-teacher's name (a cell without a teacher_model knob)
+
 
 def final_accuracy(rec: dict[str, Any]) -> float:
     """Held-out greedy accuracy at the cell's last evaluated step."""
@@ -28,7 +30,7 @@ def _method_teacher(method: str) -> tuple[str, str]:
     """('cast@flip=false', 'sft+500') of 'cast@flip=false@teacher_model=sft+500'; teacher 'self' without
     a teacher_model knob."""
     parts = method.split("@")
-    teacher = next((p.partition("=")[2] for p in parts[1:] if p.startswith("teacher_model=")), "self")
+    teacher = next((p.partition("=")[2] for p in parts[1:] if p.startswith("teacher_model=")), SELF_TEACHER)
     return "@".join(p for p in parts if not p.startswith("teacher_model=")), teacher
 
 
@@ -65,6 +67,55 @@ def curve_points(view: TierView) -> dict[str, list[tuple[str, float, Interval]]]
     return dict(sorted(out.items()))
 
 
+# The questions the control answers (issue: positive control), as paired comparisons at each teacher:
+# (method a, method b, what a − b measures). Methods are written without their teacher.
+COMPARISONS = (
+    ("cast", "cast@flip=false", "the flip rule vs the same shaping without sign reversal"),
+    ("cast", "rlsd", "the flip rule vs RLSD's magnitude-only reweighting"),
+    ("opsd", "cast", "plain distillation (no verifier) vs CAST"),
+)
+
+
+def with_teacher(method: str, teacher: str) -> str:
+    """The grid's name of `method` trained with `teacher` (`self`: no teacher_model knob)."""
+    return method if teacher == SELF_TEACHER else f"{method}@teacher_model={teacher}"
+
+
+def conclusions(view: TierView) -> list[str]:
+    """Computed sentences, one per question: from which teacher AUC the headline method beats the
+    baseline, and each `COMPARISONS` pair at every teacher (paired over seeds, 95 % t-interval)."""
+    teachers = profiles(view)
+    points = curve_points(view).get(view.headline, [])
+    if not teachers or not points:
+        return []
+    lines = ["### Conclusions (computed from the cells above)", ""]
+    wins = [(auc, t) for t, auc, d in points if d.n >= 2 and d.lo > 0]
+    losses = [(auc, t) for t, auc, d in points if d.n >= 2 and d.hi < 0]
+    ties = [(auc, t) for t, auc, d in points if d.n >= 2 and d.lo <= 0 <= d.hi]
+    listing = "; ".join(f"`{t}` (AUC {num(auc)}): {fmt_ci(d, signed=True)}" for t, auc, d in points)
+    if wins:
+        auc, t = min(wins)
+        below = [a for a, _ in ties + losses if a < auc]
+        lines.append(f"- **From what teacher AUC does `{view.headline}` beat `{view.baseline}`?** From AUC {num(auc)} (`{t}`), "
+                     f"the lowest teacher AUC whose interval excludes 0"
+                     + (f"; not at AUC {', '.join(num(a) for a in sorted(below))}" if below else "")
+                     + f". Δ final accuracy by teacher: {listing}.")
+    else:
+        lines.append(f"- **From what teacher AUC does `{view.headline}` beat `{view.baseline}`?** At none of the teachers "
+                     f"run (the highest AUC was {num(max(a for _, a, _ in points))}). Δ final accuracy by teacher: {listing}.")
+    for a, b, what in COMPARISONS:
+        parts = []
+        for t in teachers:
+            ma, mb = with_teacher(a, t), with_teacher(b, t)
+            if ma in view.cells and mb in view.cells:
+                d = paired_diff({s: final_accuracy(r) for s, r in view.cells[ma].items()},
+                                {s: final_accuracy(r) for s, r in view.cells[mb].items()})
+                parts.append(f"`{t}` (AUC {num(teachers[t].get('auc'))}) {fmt_ci(d, signed=True)}")
+        if parts:
+            lines.append(f"- **`{a}` − `{b}`** ({what}), paired over seeds: " + "; ".join(parts) + ".")
+    return lines + [""]
+
+
 def control_sections(view: TierView, figures: Path, md_dir: Path) -> list[str]:
     """The teacher table, the gain table and the gain-vs-AUC figure (markdown lines)."""
     teachers = profiles(view)
@@ -92,7 +143,7 @@ def control_sections(view: TierView, figures: Path, md_dir: Path) -> list[str]:
     path = plot_gain_vs_auc(view, points, figures)
     if path is not None:
         lines += ["", f"![gain over {view.baseline} vs teacher AUC]({os.path.relpath(path, md_dir)})"]
-    return lines + [""]
+    return lines + [""] + conclusions(view)
 
 
 def plot_gain_vs_auc(view: TierView, points: dict[str, list[tuple[str, float, Interval]]], folder: Path) -> Path | None:
