@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from castrl.bench import control
-from castrl.bench.harness import cell_config, make_cells, run_grid
+from castrl.bench.harness import cell_config, make_cells, read_cell, run_grid
 from castrl.bench.report_cells import TierView
 from castrl.bench.report_control import control_sections, curve_points
 from castrl.bench.tiny_sft import SFTSettings
@@ -96,7 +96,7 @@ def test_a_cell_reads_its_rung_as_an_external_teacher(tmp_path):
     outcome = run_grid(cells, lambda c: control.run_control_cell(c, SMALL, tmp_path / "scratch", ready), tmp_path,
                        progress=False)
     assert not outcome.failed, outcome.failed
-    rec = json.loads(cells[0].path(tmp_path).read_text())
+    rec = read_cell(cells[0].path(tmp_path))
     assert rec["teacher"] == "sft+4" and rec["teacher_profile"]["auc"] == 0.7
     assert rec["trainer"]["teacher_model"] == str(rung)
     assert rec["config"]["overrides"]["teacher_model"] == "sft+4"  # the key names the rung, not a scratch path

@@ -12,7 +12,7 @@ import pytest
 
 from castrl.bench import harness, smollm2
 from castrl.bench.final_eval import BASE_METHOD, FinalEvalSettings, paired_by_problem
-from castrl.bench.harness import cell_config, make_cells, run_grid, trainer_config
+from castrl.bench.harness import cell_config, make_cells, read_cell, run_grid, trainer_config
 from castrl.bench.methods import method_overrides
 from castrl.bench.report_cells import TierView
 from castrl.bench.report_final import final_sections, tuning_table
@@ -123,7 +123,7 @@ def tiny_run(tmp_path_factory):
     outcome = run_grid(cells, lambda c: smollm2.run_smol_cell(c, settings, tmp / "scratch", base), cache,
                        progress=False)
     assert not outcome.failed, outcome.failed
-    return settings, cache, base, json.loads(cells[0].path(cache).read_text()), tmp
+    return settings, cache, base, read_cell(cells[0].path(cache)), tmp
 
 
 def test_final_evaluation_has_avg_pass_greedy_and_budgets(tiny_run):
@@ -229,7 +229,7 @@ def test_prepare_diagnoses_the_untrained_model_once_with_every_teacher_context(t
 
     settings, cache, _, _, tmp = tiny_run
     cell = settings.diagnosis_cell()
-    rec = json.loads(cell.path(cache).read_text())
+    rec = read_cell(cell.path(cache))
     assert set(rec["teachers"]) == set(smollm2.DIAGNOSIS.teachers)
     assert rec["groups"]["n_groups"] == smollm2.DIAGNOSIS.n_prompts
     assert rec["groups"]["n_rollouts"] == smollm2.DIAGNOSIS.n_prompts * settings.num_generations

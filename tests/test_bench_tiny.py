@@ -11,7 +11,7 @@ from dataclasses import asdict, fields, replace
 import pytest
 
 from castrl.bench import harness
-from castrl.bench.harness import Cell, make_cells, run_grid, trainer_config
+from castrl.bench.harness import Cell, make_cells, read_cell, run_grid, trainer_config
 from castrl.bench.methods import Teacher, method_overrides, parse_methods
 from castrl.bench.report import accuracy_tables, headline, reach_table, timing_table, verdict
 from castrl.bench.report_cells import TierView, steps_to_reach
@@ -62,7 +62,7 @@ def test_run_grid_fills_only_missing_cells_and_does_not_cache_crashes(tmp_path):
     first = run_grid(cells, run, tmp_path, progress=False)
     assert len(first.ran) == 3 and len(first.failed) == 1 and not first.cached
     assert not cells[3].path(tmp_path).exists()
-    record = json.loads(cells[0].path(tmp_path).read_text())
+    record = read_cell(cells[0].path(tmp_path))
     assert record["key"] == cells[0].key() and record["method"] == "grpo" and "invocation" in record
     calls.clear()
     second = run_grid(cells, lambda c: {"evals": []}, tmp_path, progress=False)
@@ -229,12 +229,12 @@ def test_tiny_cells_run_one_step_and_record_the_rule(tmp_path):
                        progress=False)
     assert not outcome.failed, outcome.failed
     for cell in cells:
-        rec = json.loads(cell.path(tmp_path).read_text())
+        rec = read_cell(cell.path(tmp_path))
         assert rec["rule_version"] == harness.RULE_VERSION and [e["step"] for e in rec["evals"]] == [0, 1]
         assert rec["trainer"]["temperature"] == 0.7 and rec["trainer"]["mask_truncated_completions"] is True
         teacher_s = rec["steps"][0].get("cast/time_teacher_s", 0.0)
         assert (teacher_s > 0) == get_estimator(cell.method.split("@")[0]).needs_teacher, cell.method
-    assert json.loads(cells[2].path(tmp_path).read_text())["trainer"]["loss_type"] == "dr_grpo"
+    assert read_cell(cells[2].path(tmp_path))["trainer"]["loss_type"] == "dr_grpo"
 
 
 # --- statistics -------------------------------------------------------------------------------------
@@ -443,3 +443,17 @@ def test_bench_tiny_quick_end_to_end(tmp_path):
     assert bench_main(["report", "--quick", "--cache_dir", str(cache), "--out", str(out),
                        "--figures", str(tmp_path / "fig")]) == 0
     assert "| cast |" in out.read_text()
+
+
+def test_step_metrics_are_stored_by_column_and_read_back_as_rows(tmp_path):
+    """Cells keep per-step metrics column-wise with 6 significant digits; reading gives one dict per
+    step, without the metrics a step did not log; cells written before packing still read."""
+    steps = [{"step": 1, "reward": 0.123456789, "cast/frac_flipped": 0.25}, {"step": 2, "reward": 0.5}]
+    cell = Cell("tiny", "cast", 0, {"settings": {}, "overrides": {}})
+    path = harness.save_cell(cell, {"steps": steps}, tmp_path)
+    stored = json.loads(path.read_text())["steps"]
+    assert stored == {"columns": {"step": [1, 2], "reward": [0.123457, 0.5], "cast/frac_flipped": [0.25, None]}}
+    assert read_cell(path)["steps"] == [{"step": 1, "reward": 0.123457, "cast/frac_flipped": 0.25},
+                                        {"step": 2, "reward": 0.5}]
+    assert harness.unpack_steps(steps) == steps
+    assert harness.load_tier(tmp_path, "tiny")[0]["steps"][1] == {"step": 2, "reward": 0.5}
