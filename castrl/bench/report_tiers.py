@@ -72,11 +72,12 @@ def _teacher_note(cells: Cells) -> list[str]:
     for method, by_seed in sorted(cells.items()):
         overrides = next(iter(by_seed.values())).get("config", {}).get("overrides", {})
         if "teacher_context" in overrides:
-            key = (overrides["teacher_context"], overrides.get("teacher_weights", "the trainer's default"))
-            groups.setdefault(key, []).append(f"`{method}`")
+            model = overrides.get("teacher_model")
+            weights = f"the external model `{model}`" if model else f"`{overrides.get('teacher_weights', 'the trainer default')}` weights"
+            groups.setdefault((overrides["teacher_context"], weights), []).append(f"`{method}`")
     if not groups:
         return []
-    parts = [f"{_shown(ctx)} with `{weights}` weights: {', '.join(ms)}" for (ctx, weights), ms in groups.items()]
+    parts = [f"{_shown(ctx)} with {weights}: {', '.join(ms)}" for (ctx, weights), ms in groups.items()]
     return ["Teachers (context, weights) as the cells ran them: " + "; ".join(parts) + "."]
 
 
