@@ -87,8 +87,9 @@ DIAGNOSIS = DiagnosisSettings()
 # evaluation's 256 is 2x that. Steps: the 30-minute cell budget on 2 cores. Measured (2026-11-29): a step
 # takes ~80 s (grpo) / ~100 s (cast, the trainer's default code paths); a greedy checkpoint 15 s; the final
 # evaluation 456 s (a 2-step grpo model) to 988 s (the base model, longer completions) in float32; so 10
-# steps keep a cast cell under ~30 min. lr: provisional until the GRPO tuning runs (the report's "Tuning
-# runs") pick it; write the chosen lr / steps here (the tuning cell with those values becomes the grid's).
+# steps keep a cast cell under ~30 min. lr 2e-4 and 10 steps, chosen on GRPO alone (the report's "Tuning
+# runs"): GRPO seed 0 reached Avg@4 0.408 against the base model's 0.277 (bf16 evaluation, 192 problems);
+# that tuning cell is the grid's grpo seed 0.
 SETTINGS = SmolSettings(
     steps=10, prompts_per_step=4, num_generations=8, max_completion_length=128, learning_rate=2e-4,
     train_n_per_level=48, eval_n_per_level=8, eval_every=4, eval_max_new_tokens=128,
