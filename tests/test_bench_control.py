@@ -105,9 +105,11 @@ def test_a_cell_reads_its_rung_as_an_external_teacher(tmp_path):
         control.run_control_cell(unknown[0], SMALL, tmp_path / "scratch", ready)
 
 
-def _rec(method, seed, acc, teacher="", auc=None):
+def _rec(method, seed, acc, teacher="", auc=None, reward=None):
+    steps = [] if reward is None else [{"step": i, "reward": 0.0 if i < 5 else reward} for i in range(1, 26)]
     return {"method": method, "seed": seed, "evals": [{"step": 0, "accuracy": 0.2}, {"step": 10, "accuracy": acc}],
-            "teacher": teacher, "teacher_profile": None if auc is None else {"auc": auc, "n_pairs": 40.0}}
+            "teacher": teacher, "teacher_profile": None if auc is None else {"auc": auc, "n_pairs": 40.0},
+            "steps": steps}
 
 
 def test_report_pairs_each_teacher_method_with_grpo_by_seed(tmp_path):
@@ -128,7 +130,8 @@ def test_report_pairs_each_teacher_method_with_grpo_by_seed(tmp_path):
     lines = control_sections(view, tmp_path / "fig", tmp_path)
     text = "\n".join(lines)
     assert "| `sft+4` (0.800) | +0.110 [" in text and (tmp_path / "fig" / "control_gain_vs_auc.png").exists()
-    assert "**From what teacher AUC does `cast` beat `grpo`?**" in text and "`self` (AUC 0.500): -0.010 [" in text
+    assert "**From what teacher AUC does `cast` beat `grpo` (final held-out accuracy)?**" in text
+    assert "`self` (AUC 0.500): -0.010 [" in text and "training reward" not in text.split("### Conclusions")[1]
 
 
 def test_diagnose_rejects_student_prompts_of_the_wrong_length():
@@ -144,15 +147,19 @@ def test_diagnose_rejects_student_prompts_of_the_wrong_length():
 def test_conclusions_name_the_lowest_auc_where_the_headline_wins_and_each_comparison():
     from castrl.bench.report_control import conclusions
 
-    grpo = {s: _rec("grpo", s, a) for s, a in ((0, 0.50), (1, 0.60), (2, 0.55))}
+    grpo = {s: _rec("grpo", s, a, reward=0.5) for s, a in ((0, 0.50), (1, 0.60), (2, 0.55))}
     cells = {"grpo": grpo}
     for teacher, auc, gain in (("self", 0.5, 0.0), ("sft+1", 0.7, 0.10), ("sft+2", 0.9, 0.20)):
         for method, extra in (("cast", gain), ("cast@flip=false", gain / 2)):
             name = method if teacher == "self" else f"{method}@teacher_model={teacher}"
             noise = (0.01, -0.01, 0.0)
-            cells[name] = {s: _rec(name, s, grpo[s]["evals"][-1]["accuracy"] + extra + noise[s], teacher, auc)
-                           for s in range(3)}
+            cells[name] = {s: _rec(name, s, grpo[s]["evals"][-1]["accuracy"] + extra + noise[s], teacher, auc,
+                                   reward=0.5 - extra + noise[s]) for s in range(3)}
     text = "\n".join(conclusions(TierView("control", "t", "c", cells, [], "grpo", "cast")))
     assert "From AUC 0.700 (`sft+1`), the lowest teacher AUC whose interval excludes 0; not at AUC 0.500." in text
-    assert "**`cast` − `cast@flip=false`**" in text and "`sft+2` (AUC 0.900) +0.100 [" in text
+    assert "**`cast` − `cast@flip=false`** (the flip rule vs the same shaping without sign reversal; final held-out" in text
+    assert "`sft+2` (AUC 0.900) +0.100 [" in text
     assert "rlsd" not in text  # no rlsd cells: that comparison is left out, not guessed
+    # the reward measure (last 20 steps only: the first steps' reward 0 is outside the window)
+    assert "(training reward, last 20 steps)?** At none of the teachers run" in text
+    assert "`sft+2` (AUC 0.900): -0.200 [" in text

@@ -1,16 +1,22 @@
 """The positive control's report section: each teacher's diagnosis beside each method's gain over GRPO.
 
 One row per teacher (its gap AUC and flip shares, measured by `castrl diagnose`'s pipeline before RL, and
-copied into every cell that used it) and one column per teacher method: the paired difference of final
-held-out accuracy against GRPO over seeds, with its 95 % t-interval. The figure is that table as a curve:
-gain over GRPO against teacher AUC, one line per method. `curve_points` is what `castrl diagnose`'s
-verdict thresholds are read from.
+copied into every cell that used it) and one column per teacher method: the paired difference against GRPO
+over seeds, with its 95 % t-interval, for two measures (`MEASURES`):
+- final held-out greedy accuracy, the measure the grid was designed around;
+- the training reward of the last `LATE_STEPS` steps (on-policy samples of the training problems: what the
+  advantage rule optimises). Added after the first seeds showed that no method, distillation from the
+  strongest teacher included, raised held-out accuracy on this testbed, so held-out differences cannot
+  rank the rules; the report says so next to the numbers.
+The figure is each table as a curve: gain over GRPO against teacher AUC, one line per method. `curve_points`
+is what `castrl diagnose`'s verdict thresholds are read from.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +27,25 @@ from castrl.formatting import num
 SELF_TEACHER = "self"  # the self-teacher's name (a cell without a teacher_model knob)
 
 
+LATE_STEPS = 20  # the last quarter of the control's 80 RL steps
+
+
 def final_accuracy(rec: dict[str, Any]) -> float:
     """Held-out greedy accuracy at the cell's last evaluated step."""
     return acc_at(rec).get(final_step(rec), math.nan) if rec.get("evals") else math.nan
+
+
+def late_reward(rec: dict[str, Any]) -> float:
+    """Mean training reward (verifier score of the step's sampled rollouts) over the last LATE_STEPS steps."""
+    values = [r["reward"] for r in rec.get("steps", [])[-LATE_STEPS:] if r.get("reward") is not None]
+    return sum(values) / len(values) if values else math.nan
+
+
+Measure = tuple[str, str, Callable[[dict[str, Any]], float]]  # (key, label, value of a cell)
+MEASURES: tuple[Measure, ...] = (
+    ("heldout", "final held-out accuracy", final_accuracy),
+    ("reward", f"training reward, last {LATE_STEPS} steps", late_reward),
+)
 
 
 def _method_teacher(method: str) -> tuple[str, str]:
@@ -49,9 +71,10 @@ def _finite(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
 
 
-def curve_points(view: TierView) -> dict[str, list[tuple[str, float, Interval]]]:
-    """method (without its teacher) -> [(teacher, teacher AUC, paired Δ final accuracy vs the baseline)]."""
-    base = {s: final_accuracy(r) for s, r in view.cells.get(view.baseline, {}).items()}
+def curve_points(view: TierView, value: Callable[[dict[str, Any]], float] = final_accuracy
+                 ) -> dict[str, list[tuple[str, float, Interval]]]:
+    """method (without its teacher) -> [(teacher, teacher AUC, paired Δ of `value` vs the baseline)]."""
+    base = {s: value(r) for s, r in view.cells.get(view.baseline, {}).items()}
     teachers = profiles(view)
     out: dict[str, list[tuple[str, float, Interval]]] = {}
     for method, seeds in view.cells.items():
@@ -60,7 +83,7 @@ def curve_points(view: TierView) -> dict[str, list[tuple[str, float, Interval]]]
         name, teacher = _method_teacher(method)
         if teacher not in teachers:
             continue
-        diff = paired_diff({s: final_accuracy(r) for s, r in seeds.items()}, base)
+        diff = paired_diff({s: value(r) for s, r in seeds.items()}, base)
         out.setdefault(name, []).append((teacher, _finite(teachers[teacher].get("auc")), diff))
     for points in out.values():
         points.sort(key=lambda p: (p[1], p[0]))
@@ -81,43 +104,63 @@ def with_teacher(method: str, teacher: str) -> str:
     return method if teacher == SELF_TEACHER else f"{method}@teacher_model={teacher}"
 
 
-def conclusions(view: TierView) -> list[str]:
-    """Computed sentences, one per question: from which teacher AUC the headline method beats the
-    baseline, and each `COMPARISONS` pair at every teacher (paired over seeds, 95 % t-interval)."""
-    teachers = profiles(view)
-    points = curve_points(view).get(view.headline, [])
-    if not teachers or not points:
-        return []
-    lines = ["### Conclusions (computed from the cells above)", ""]
+def _headline_answer(view: TierView, label: str, points: list[tuple[str, float, Interval]]) -> str:
+    """'From what teacher AUC does the headline beat the baseline?' on one measure, computed."""
     wins = [(auc, t) for t, auc, d in points if d.n >= 2 and d.lo > 0]
-    losses = [(auc, t) for t, auc, d in points if d.n >= 2 and d.hi < 0]
-    ties = [(auc, t) for t, auc, d in points if d.n >= 2 and d.lo <= 0 <= d.hi]
+    others = [auc for t, auc, d in points if d.n >= 2 and not d.lo > 0]
     listing = "; ".join(f"`{t}` (AUC {num(auc)}): {fmt_ci(d, signed=True)}" for t, auc, d in points)
+    question = f"- **From what teacher AUC does `{view.headline}` beat `{view.baseline}` ({label})?**"
     if wins:
         auc, t = min(wins)
-        below = [a for a, _ in ties + losses if a < auc]
-        lines.append(f"- **From what teacher AUC does `{view.headline}` beat `{view.baseline}`?** From AUC {num(auc)} (`{t}`), "
-                     f"the lowest teacher AUC whose interval excludes 0"
-                     + (f"; not at AUC {', '.join(num(a) for a in sorted(below))}" if below else "")
-                     + f". Δ final accuracy by teacher: {listing}.")
-    else:
-        lines.append(f"- **From what teacher AUC does `{view.headline}` beat `{view.baseline}`?** At none of the teachers "
-                     f"run (the highest AUC was {num(max(a for _, a, _ in points))}). Δ final accuracy by teacher: {listing}.")
+        below = sorted(a for a in others if a < auc)
+        return (f"{question} From AUC {num(auc)} (`{t}`), the lowest teacher AUC whose interval excludes 0"
+                + (f"; not at AUC {', '.join(num(a) for a in below)}" if below else "") + f". By teacher: {listing}.")
+    return (f"{question} At none of the teachers run (the highest AUC was {num(max(a for _, a, _ in points))}). "
+            f"By teacher: {listing}.")
+
+
+def conclusions(view: TierView) -> list[str]:
+    """Computed sentences, per measure: from which teacher AUC the headline method beats the baseline,
+    and each `COMPARISONS` pair at every teacher (paired over seeds, 95 % t-interval)."""
+    teachers = profiles(view)
+    if not teachers or not curve_points(view).get(view.headline):
+        return []
+    lines = ["### Conclusions (computed from the cells above)", ""]
+    for _, label, value in MEASURES:
+        points = [p for p in curve_points(view, value).get(view.headline, []) if p[2].n > 0]
+        if points:
+            lines.append(_headline_answer(view, label, points))
     for a, b, what in COMPARISONS:
-        parts = []
-        for t in teachers:
-            ma, mb = with_teacher(a, t), with_teacher(b, t)
-            if ma in view.cells and mb in view.cells:
-                d = paired_diff({s: final_accuracy(r) for s, r in view.cells[ma].items()},
-                                {s: final_accuracy(r) for s, r in view.cells[mb].items()})
-                parts.append(f"`{t}` (AUC {num(teachers[t].get('auc'))}) {fmt_ci(d, signed=True)}")
-        if parts:
-            lines.append(f"- **`{a}` − `{b}`** ({what}), paired over seeds: " + "; ".join(parts) + ".")
+        for _, label, value in MEASURES:
+            parts = []
+            for t in teachers:
+                ma, mb = with_teacher(a, t), with_teacher(b, t)
+                if ma in view.cells and mb in view.cells:
+                    d = paired_diff({s: value(r) for s, r in view.cells[ma].items()},
+                                    {s: value(r) for s, r in view.cells[mb].items()})
+                    if d.n == 0:
+                        continue
+                    parts.append(f"`{t}` (AUC {num(teachers[t].get('auc'))}) {fmt_ci(d, signed=True)}")
+            if parts:
+                lines.append(f"- **`{a}` − `{b}`** ({what}; {label}), paired over seeds: " + "; ".join(parts) + ".")
+    return lines + [""]
+
+
+def _gain_table(view: TierView, teachers: dict[str, dict[str, Any]], label: str,
+                points: dict[str, list[tuple[str, float, Interval]]]) -> list[str]:
+    lines = [f"Paired Δ of {label} vs `{view.baseline}` (mean [95 % t-interval] over seeds):", "",
+             "| teacher (AUC) | " + " | ".join(f"`{m}`" for m in points) + " |", "|---|" + "---|" * len(points)]
+    for name, p in teachers.items():
+        cells = []
+        for method in points:
+            hit = [d for t, _, d in points[method] if t == name]
+            cells.append("-" if not hit else fmt_ci(hit[0], signed=True) + (f" (n={hit[0].n})" if hit[0].n > 1 else ""))
+        lines.append(f"| `{name}` ({num(p.get('auc'))}) | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
 def control_sections(view: TierView, figures: Path, md_dir: Path) -> list[str]:
-    """The teacher table, the gain table and the gain-vs-AUC figure (markdown lines)."""
+    """The teacher table, one gain table per measure, the gain-vs-AUC figure and the conclusions."""
     teachers = profiles(view)
     if not teachers:
         return []
@@ -129,26 +172,21 @@ def control_sections(view: TierView, figures: Path, md_dir: Path) -> list[str]:
         lines.append(f"| `{name}` | {num(p.get('auc'))} ({int(p.get('n_pairs') or 0)}) | {num(against)} | "
                      f"{num(p.get('frac_flipped'))} | {num(p.get('frac_flipped_correct_negative'))} | "
                      f"{num(p.get('frac_flipped_incorrect_positive'))} | {p.get('verdict', '-')} |")
-    points = curve_points(view)
-    lines += ["", f"### Gain over `{view.baseline}` by teacher", "",
-              f"Paired Δ of final held-out accuracy vs `{view.baseline}` (mean [95 % t-interval] over seeds):", "",
-              "| teacher (AUC) | " + " | ".join(f"`{m}`" for m in points) + " |",
-              "|---|" + "---|" * len(points)]
-    for name, p in teachers.items():
-        cells = []
-        for method in points:
-            hit = [d for t, _, d in points[method] if t == name]
-            cells.append("-" if not hit else fmt_ci(hit[0], signed=True) + (f" (n={hit[0].n})" if hit[0].n > 1 else ""))
-        lines.append(f"| `{name}` ({num(p.get('auc'))}) | " + " | ".join(cells) + " |")
-    path = plot_gain_vs_auc(view, points, figures)
+    lines += ["", f"### Gain over `{view.baseline}` by teacher", ""]
+    curves = {key: (label, curve_points(view, value)) for key, label, value in MEASURES}
+    for label, points in curves.values():
+        lines += _gain_table(view, teachers, label, points)
+    path = plot_gain_vs_auc(view, curves, figures)
     if path is not None:
-        lines += ["", f"![gain over {view.baseline} vs teacher AUC]({os.path.relpath(path, md_dir)})"]
-    return lines + [""] + conclusions(view)
+        lines += [f"![gain over {view.baseline} vs teacher AUC]({os.path.relpath(path, md_dir)})", ""]
+    return lines + conclusions(view)
 
 
-def plot_gain_vs_auc(view: TierView, points: dict[str, list[tuple[str, float, Interval]]], folder: Path) -> Path | None:
-    """`<tier>_gain_vs_auc.png`: Δ vs the baseline (error bars: 95 % t-interval) against teacher AUC."""
-    if not any(math.isfinite(auc) for series in points.values() for _, auc, _ in series):
+def plot_gain_vs_auc(view: TierView, curves: dict[str, tuple[str, dict[str, list[tuple[str, float, Interval]]]]],
+                     folder: Path) -> Path | None:
+    """`<tier>_gain_vs_auc.png`: one panel per measure, Δ vs the baseline (error bars: 95 % t-interval)
+    against teacher AUC, one line per method."""
+    if not any(math.isfinite(auc) for _, points in curves.values() for series in points.values() for _, auc, _ in series):
         return None
     import matplotlib
 
@@ -156,22 +194,23 @@ def plot_gain_vs_auc(view: TierView, points: dict[str, list[tuple[str, float, In
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.4))
-    for i, (method, series) in enumerate(points.items()):
-        xs = [auc + (i - len(points) / 2) * 0.004 for _, auc, _ in series]  # a small dodge: bars stay readable
-        ys = [d.mean for _, _, d in series]
-        errs = [d.half if math.isfinite(d.half) else 0.0 for _, _, d in series]
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method, linewidth=1.6)
-        for (teacher, _, _), x, y in zip(series, xs, ys, strict=True):
-            if i == 0:
-                ax.annotate(teacher, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.axvline(0.5, color="gray", linewidth=0.6, linestyle=":")
-    ax.set_xlabel("teacher gap AUC, correct vs wrong rollouts within mixed groups (castrl diagnose)")
-    ax.set_ylabel(f"final held-out accuracy − {view.baseline} (paired)")
-    ax.set_title(f"{view.tier}: gain over {view.baseline} vs teacher signal (95% t-intervals over seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(curves), figsize=(6.5 * len(curves), 4.6), squeeze=False)
+    for ax, (label, points) in zip(axes[0], curves.values(), strict=True):
+        for i, (method, series) in enumerate(points.items()):
+            xs = [auc + (i - len(points) / 2) * 0.004 for _, auc, _ in series]  # a small dodge: bars stay readable
+            ys = [d.mean for _, _, d in series]
+            errs = [d.half if math.isfinite(d.half) else 0.0 for _, _, d in series]
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method, linewidth=1.6)
+            for (teacher, _, _), x, y in zip(series, xs, ys, strict=True):
+                if i == 0:
+                    ax.annotate(teacher, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.axvline(0.5, color="gray", linewidth=0.6, linestyle=":")
+        ax.set_xlabel("teacher gap AUC (castrl diagnose, correct vs wrong within mixed groups)")
+        ax.set_ylabel(f"{label} − {view.baseline} (paired)")
+        ax.set_title(f"{view.tier}: {label}, gain over {view.baseline}\n(95% t-intervals over seeds)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = folder / f"{view.tier}_gain_vs_auc.png"
     fig.savefig(path, dpi=110)
