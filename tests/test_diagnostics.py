@@ -367,29 +367,39 @@ def test_rollout_gap_auc_on_a_handmade_batch():
         (
             0.42,
             "the teacher's gap ranks wrong rollouts above correct ones (AUC 0.42, 120 pairs)",
-            "wrong behaviour on this model",
+            "and this teacher is worse than that one)",
         ),
         (
             0.5 - AUC_BAND,
             "the teacher's gap barely separates correct from wrong rollouts (AUC 0.45, 120 pairs)",
-            "compare with flip=false",
+            "use GRPO or compare with flip=false",
         ),
-        (
-            0.51,
-            "the teacher's gap barely separates correct from wrong rollouts (AUC 0.51, 120 pairs)",
-            "compare with flip=false",
-        ),
+        (0.51, "the teacher's gap barely separates correct from wrong rollouts (AUC 0.51, 120 pairs)", "flip=false"),
         (0.5 + AUC_BAND, "the teacher's gap barely separates", "compare with flip=false"),
-        (
-            0.63,
-            "the teacher's gap ranks correct rollouts above wrong ones (AUC 0.63, 120 pairs)",
-            "agree with the verifier on average",
-        ),
+        (0.63, "the teacher's gap ranks correct rollouts above wrong ones (AUC 0.63, 120 pairs), but below AUC",
+         "expect CAST at or below GRPO and compare with flip=false"),
+        (0.95, "the teacher's gap ranks correct rollouts above wrong ones (AUC 0.95, 120 pairs), as strongly",
+         "a gain over GRPO is not established by it"),
     ],
 )
 def test_verdict_branches(auc, start, ending):
     line = gap_verdict(auc, 120)
     assert line.startswith(start) and line.endswith(ending) and "\n" not in line
+
+
+def test_verdict_cites_the_positive_control_point_at_or_below_the_auc():
+    """The evidence quoted is the control's teacher with the largest AUC not above the measured one; the
+    threshold between 'still worse' and 'no longer worse' is the control's lowest AUC reaching 0."""
+    from castrl.diagnostics.analysis import AUC_NO_WORSE, CONTROL_CURVE, control_evidence
+
+    ordered = sorted(CONTROL_CURVE, key=lambda p: p.auc)
+    assert AUC_NO_WORSE == min(p.auc for p in ordered if p.hi >= 0)
+    for point in ordered:
+        text = control_evidence(point.auc + 0.001)
+        assert f"a teacher at AUC {point.auc:.2f} left CAST {point.outcome()} GRPO" in text
+        assert f"Δ {point.delta:+.3f} [{point.lo:+.3f}, {point.hi:+.3f}]" in text
+    assert f"AUC {ordered[0].auc:.2f}" in control_evidence(0.1)  # below every teacher: the weakest one
+    assert f"below AUC {AUC_NO_WORSE:.2f}" in gap_verdict((0.5 + AUC_BAND + AUC_NO_WORSE) / 2, 100)
 
 
 def test_verdict_without_pairs_and_with_few():
@@ -529,7 +539,7 @@ def test_report_files(run, tmp_path):
     last = md.rstrip().splitlines()[-3:]  # the report ends with one verdict per teacher
     for line, name in zip(last, run.settings.teachers, strict=True):
         assert line == f"- {name}: {run.results['teachers'][name]['verdict']}"
-    assert "provisional" in md and "Verdict" in page
+    assert "positive control" in md and "Verdict" in page
     assert paths["html"] == str(tmp_path / "report.html")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -33,10 +33,36 @@ SIGNS: tuple[str, ...] = ("pos", "neg")
 MARGIN_SWEEP: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
 # The paper's Table 9 (Qwen3-4B CAST, means over 300 steps), shares of all valid tokens.
 PAPER_TABLE9: dict[str, float] = {"frac_flipped": 0.264, "frac_flipped_incorrect_positive": 0.070}
-# Verdict band: a within-group gap AUC in [0.5 - AUC_BAND, 0.5 + AUC_BAND] counts as "no separation".
-# PROVISIONAL: a guess, until the positive-control sweep (a teacher known to carry signal, at several
-# strengths) calibrates which AUC it takes for CAST's flips to help.
+# Verdict band: a within-group gap AUC in [0.5 - AUC_BAND, 0.5 + AUC_BAND] counts as "no separation" (the
+# positive control's self-teacher, which knows nothing the student does not, measures 0.500 exactly).
 AUC_BAND = 0.05
+
+
+@dataclass(frozen=True)
+class ControlPoint:
+    """One teacher of castrl's positive control (`castrl bench control`, docs/results.md): its gap AUC as
+    `rollout_gap_auc` measures it before training, and CAST's paired difference from GRPO (training
+    reward of the last 20 of 80 steps, 5 seeds, 95 % t-interval)."""
+
+    teacher: str
+    auc: float
+    delta: float
+    lo: float
+    hi: float
+
+    def outcome(self) -> str:
+        return "better than" if self.lo > 0 else "worse than" if self.hi < 0 else "not distinguishable from"
+
+
+# The curve the verdict's thresholds come from (docs/results.md, "positive control"; update both together).
+CONTROL_CURVE: tuple[ControlPoint, ...] = (
+    ControlPoint("self", 0.500, -0.183, -0.228, -0.138),
+    ControlPoint("sft+500", 0.765, -0.107, -0.144, -0.069),
+    ControlPoint("sft+2000", 0.839, -0.040, -0.084, 0.004),
+)
+# From this AUC on, CAST stopped doing measurably worse than GRPO in the control (the lowest teacher AUC
+# whose interval reaches 0); below it, a teacher that agrees with the verifier on average still cost CAST.
+AUC_NO_WORSE = min((p.auc for p in CONTROL_CURVE if p.hi >= 0), default=math.inf)
 # Below this many (correct, wrong) pairs the verdict says that the AUC is a noisy estimate.
 MIN_VERDICT_PAIRS = 50
 
@@ -346,9 +372,29 @@ def sequence_separation(batch: PreparedBatch) -> dict[str, float]:
     return out
 
 
+def control_summary() -> str:
+    """The positive control's outcome in one clause, computed from `CONTROL_CURVE`."""
+    beat = [p.auc for p in CONTROL_CURVE if p.lo > 0]
+    top = max(p.auc for p in CONTROL_CURVE)
+    won = f"beat it from AUC {min(beat):.2f}" if beat else f"beat it at none of the teachers measured (up to AUC {top:.2f})"
+    return f"CAST stopped losing to GRPO from AUC {AUC_NO_WORSE:.2f} and {won}"
+
+
+def control_evidence(auc: float) -> str:
+    """What castrl's positive control measured with the teacher nearest to `auc` (at or below it when
+    there is one): "a teacher at AUC 0.84 left CAST not distinguishable from GRPO (Δ ...)"."""
+    below = [p for p in CONTROL_CURVE if p.auc <= auc + 1e-9]
+    point = max(below, key=lambda p: p.auc) if below else min(CONTROL_CURVE, key=lambda p: p.auc)
+    return (f"in castrl's positive control a teacher at AUC {point.auc:.2f} left CAST {point.outcome()} GRPO "
+            f"(training reward Δ {point.delta:+.3f} [{point.lo:+.3f}, {point.hi:+.3f}], docs/results.md)")
+
+
 def gap_verdict(auc: float, n_pairs: int, band: float = AUC_BAND) -> str:
     """One line a user can act on, from the within-group gap AUC of a teacher (`rollout_gap_auc` of
-    the mean gap per token). Three branches around 0.5 +- `band` (AUC_BAND, provisional), plus the
+    the mean gap per token), citing what castrl's positive control measured at that AUC
+    (`CONTROL_CURVE`): below 0.5 - band the gap points the wrong way; within the band it carries no
+    signal; above it and below `AUC_NO_WORSE` it agrees with the verifier on average but CAST still did
+    worse than GRPO in the control; from `AUC_NO_WORSE` on the control's CAST matched GRPO. Plus the
     case with no pair; a caveat is appended below MIN_VERDICT_PAIRS pairs."""
     if n_pairs <= 0 or not math.isfinite(auc):
         return (
@@ -358,19 +404,26 @@ def gap_verdict(auc: float, n_pairs: int, band: float = AUC_BAND) -> str:
     measured = f"(AUC {auc:.2f}, {n_pairs} pairs)"
     if auc < 0.5 - band:
         line = (
-            f"the teacher's gap ranks wrong rollouts above correct ones {measured}: "
-            "CAST's flips will push toward wrong behaviour on this model"
+            f"the teacher's gap ranks wrong rollouts above correct ones {measured}: CAST's flips will push toward "
+            f"wrong behaviour on this model; use GRPO or another teacher ({control_evidence(0.5)}, and this "
+            "teacher is worse than that one)"
         )
-    elif auc > 0.5 + band:
+    elif auc <= 0.5 + band:
         line = (
-            f"the teacher's gap ranks correct rollouts above wrong ones {measured}: "
-            "CAST's token directions agree with the verifier on average"
+            f"the teacher's gap barely separates correct from wrong rollouts {measured}: {control_evidence(auc)}; "
+            "expect CAST below GRPO, use GRPO or compare with flip=false"
+        )
+    elif auc < AUC_NO_WORSE:
+        line = (
+            f"the teacher's gap ranks correct rollouts above wrong ones {measured}, but below AUC "
+            f"{AUC_NO_WORSE:.2f}, from which CAST stopped losing to GRPO in castrl's positive control: "
+            f"{control_evidence(auc)}; expect CAST at or below GRPO and compare with flip=false"
         )
     else:
         line = (
-            f"the teacher's gap barely separates correct from wrong rollouts {measured}: CAST will mostly "
-            "follow the teacher's direction without verifier evidence; expect no gain over GRPO and compare "
-            "with flip=false"
+            f"the teacher's gap ranks correct rollouts above wrong ones {measured}, as strongly as the teachers "
+            f"with which CAST stopped losing to GRPO: {control_evidence(auc)}; CAST's precondition holds, "
+            "a gain over GRPO is not established by it"
         )
     if n_pairs < MIN_VERDICT_PAIRS:
         line += f" [only {n_pairs} pairs: a noisy estimate]"

@@ -15,7 +15,15 @@ from typing import Any
 
 from castrl.formatting import num, pct, write_json
 
-from .analysis import AUC_BAND, CLASSES, MIN_VERDICT_PAIRS, PAPER_TABLE9, QUANTILES, SIGNS
+from .analysis import (
+    AUC_BAND,
+    CLASSES,
+    MIN_VERDICT_PAIRS,
+    PAPER_TABLE9,
+    QUANTILES,
+    SIGNS,
+    control_summary,
+)
 from .figures import write_figures
 
 JSON_FILE, MD_FILE, HTML_FILE = "diagnostics.json", "diagnostics.md", "report.html"
@@ -321,9 +329,10 @@ def build_tables(payload: dict[str, Any]) -> list[Table]:
 
 
 VERDICT_NOTE = (
-    f"From the within-group AUC of the mean gap per rollout. The band 0.5 +- {AUC_BAND} that counts as "
-    "'barely separates' is provisional until the positive-control sweep calibrates it; below "
-    f"{MIN_VERDICT_PAIRS} pairs the estimate is noisy."
+    f"From the within-group AUC of the mean gap per rollout. The band 0.5 +- {AUC_BAND} counts as 'barely "
+    f"separates'; the cut-offs and the evidence quoted come from castrl's positive control (teachers of "
+    f"graded strength on a tiny student, docs/results.md): {control_summary()}. Below {MIN_VERDICT_PAIRS} pairs "
+    "the estimate is noisy."
 )
 
 
