@@ -376,10 +376,8 @@ def test_rollout_gap_auc_on_a_handmade_batch():
         ),
         (0.51, "the teacher's gap barely separates correct from wrong rollouts (AUC 0.51, 120 pairs)", "flip=false"),
         (0.5 + AUC_BAND, "the teacher's gap barely separates", "compare with flip=false"),
-        (0.63, "the teacher's gap ranks correct rollouts above wrong ones (AUC 0.63, 120 pairs), but below AUC",
+        (0.63, "the teacher's gap ranks correct rollouts above wrong ones (AUC 0.63, 120 pairs)",
          "expect CAST at or below GRPO and compare with flip=false"),
-        (0.95, "the teacher's gap ranks correct rollouts above wrong ones (AUC 0.95, 120 pairs), as strongly",
-         "a gain over GRPO is not established by it"),
     ],
 )
 def test_verdict_branches(auc, start, ending):
@@ -393,13 +391,18 @@ def test_verdict_cites_the_positive_control_point_at_or_below_the_auc():
     from castrl.diagnostics.analysis import AUC_NO_WORSE, CONTROL_CURVE, control_evidence
 
     ordered = sorted(CONTROL_CURVE, key=lambda p: p.auc)
-    assert AUC_NO_WORSE == min(p.auc for p in ordered if p.hi >= 0)
+    assert AUC_NO_WORSE == min((p.auc for p in ordered if p.hi >= 0), default=math.inf)
     for point in ordered:
         text = control_evidence(point.auc + 0.001)
         assert f"a teacher at AUC {point.auc:.2f} left CAST {point.outcome()} GRPO" in text
         assert f"Δ {point.delta:+.3f} [{point.lo:+.3f}, {point.hi:+.3f}]" in text
     assert f"AUC {ordered[0].auc:.2f}" in control_evidence(0.1)  # below every teacher: the weakest one
-    assert f"below AUC {AUC_NO_WORSE:.2f}" in gap_verdict((0.5 + AUC_BAND + AUC_NO_WORSE) / 2, 100)
+    strongest = gap_verdict(0.99, 100)
+    if math.isinf(AUC_NO_WORSE):  # CAST lost with every teacher: no 'precondition holds' branch is reachable
+        assert "stronger than any the control measured" in strongest and "left CAST worse than GRPO" in strongest
+    else:
+        assert "a gain over GRPO is not established by it" in strongest
+        assert f"below AUC {AUC_NO_WORSE:.2f}" in gap_verdict((0.5 + AUC_BAND + AUC_NO_WORSE) / 2, 100)
 
 
 def test_verdict_without_pairs_and_with_few():

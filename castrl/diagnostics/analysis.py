@@ -56,13 +56,15 @@ class ControlPoint:
 
 # The curve the verdict's thresholds come from (docs/results.md, "positive control"; update both together).
 CONTROL_CURVE: tuple[ControlPoint, ...] = (
-    ControlPoint("self", 0.500, -0.183, -0.228, -0.138),
-    ControlPoint("sft+500", 0.765, -0.107, -0.144, -0.069),
-    ControlPoint("sft+2000", 0.839, -0.040, -0.084, 0.004),
+    ControlPoint("self", 0.500, -0.188, -0.222, -0.155),
+    ControlPoint("sft+500", 0.765, -0.103, -0.118, -0.088),
+    ControlPoint("sft+2000", 0.839, -0.047, -0.066, -0.027),
 )
 # From this AUC on, CAST stopped doing measurably worse than GRPO in the control (the lowest teacher AUC
 # whose interval reaches 0); below it, a teacher that agrees with the verifier on average still cost CAST.
+# inf: CAST did worse than GRPO with every teacher the control measured.
 AUC_NO_WORSE = min((p.auc for p in CONTROL_CURVE if p.hi >= 0), default=math.inf)
+AUC_STRONGEST = max(p.auc for p in CONTROL_CURVE)
 # Below this many (correct, wrong) pairs the verdict says that the AUC is a noisy estimate.
 MIN_VERDICT_PAIRS = 50
 
@@ -375,8 +377,9 @@ def sequence_separation(batch: PreparedBatch) -> dict[str, float]:
 def control_summary() -> str:
     """The positive control's outcome in one clause, computed from `CONTROL_CURVE`."""
     beat = [p.auc for p in CONTROL_CURVE if p.lo > 0]
-    top = max(p.auc for p in CONTROL_CURVE)
-    won = f"beat it from AUC {min(beat):.2f}" if beat else f"beat it at none of the teachers measured (up to AUC {top:.2f})"
+    if math.isinf(AUC_NO_WORSE):
+        return f"CAST did worse than GRPO with every teacher measured (AUC 0.50 to {AUC_STRONGEST:.2f}), less so the stronger the teacher"
+    won = f"beat it from AUC {min(beat):.2f}" if beat else f"beat it with none of the teachers measured (up to AUC {AUC_STRONGEST:.2f})"
     return f"CAST stopped losing to GRPO from AUC {AUC_NO_WORSE:.2f} and {won}"
 
 
@@ -393,9 +396,10 @@ def gap_verdict(auc: float, n_pairs: int, band: float = AUC_BAND) -> str:
     """One line a user can act on, from the within-group gap AUC of a teacher (`rollout_gap_auc` of
     the mean gap per token), citing what castrl's positive control measured at that AUC
     (`CONTROL_CURVE`): below 0.5 - band the gap points the wrong way; within the band it carries no
-    signal; above it and below `AUC_NO_WORSE` it agrees with the verifier on average but CAST still did
-    worse than GRPO in the control; from `AUC_NO_WORSE` on the control's CAST matched GRPO. Plus the
-    case with no pair; a caveat is appended below MIN_VERDICT_PAIRS pairs."""
+    signal; above it and below `AUC_NO_WORSE` (inf when CAST lost with every teacher) it agrees with the
+    verifier on average but CAST still did worse than GRPO in the control; from `AUC_NO_WORSE` on the
+    control's CAST matched GRPO. Plus the case with no pair; a caveat is appended below MIN_VERDICT_PAIRS
+    pairs."""
     if n_pairs <= 0 or not math.isfinite(auc):
         return (
             "no mixed group, so no (correct, wrong) pair to rank: the gap AUC is undefined; sample more "
@@ -414,10 +418,11 @@ def gap_verdict(auc: float, n_pairs: int, band: float = AUC_BAND) -> str:
             "expect CAST below GRPO, use GRPO or compare with flip=false"
         )
     elif auc < AUC_NO_WORSE:
+        above = "" if math.isinf(AUC_NO_WORSE) else f", but below AUC {AUC_NO_WORSE:.2f}, from which CAST stopped losing to GRPO in castrl's positive control"
+        stronger = " (your teacher is stronger than any the control measured)" if auc > AUC_STRONGEST else ""
         line = (
-            f"the teacher's gap ranks correct rollouts above wrong ones {measured}, but below AUC "
-            f"{AUC_NO_WORSE:.2f}, from which CAST stopped losing to GRPO in castrl's positive control: "
-            f"{control_evidence(auc)}; expect CAST at or below GRPO and compare with flip=false"
+            f"the teacher's gap ranks correct rollouts above wrong ones {measured}{above}: "
+            f"{control_evidence(auc)}{stronger}; expect CAST at or below GRPO and compare with flip=false"
         )
     else:
         line = (
