@@ -77,9 +77,12 @@ def test_ladder_checkpoints_each_rung_once_and_diagnoses_every_teacher(tmp_path)
     assert rung["against_verifier"]["n_tokens"] > 0 and rung["against_verifier"]["frac"] > 0.0
     assert {"auc", "n_pairs", "verdict", "groups"} <= set(rung)
     assert len(list((cache / "control" / "teachers").glob("*.json"))) == 2
-    record = control.ladder_record_path(SMALL, str(cache))
-    record.write_text((paths["sft+2"].parent / control.LADDER_INFO_FILE).read_text())
-    assert any("`sft+2` " in note and "`sft+4` " in note for note in control.report_notes(SMALL, str(cache)))
+    info = json.loads((paths["sft+2"].parent / control.LADDER_INFO_FILE).read_text())
+    info["heldout_accuracy"] = {"sft+4": control.rung_heldout_accuracy(SMALL, paths["sft+4"])}
+    assert 0.0 <= info["heldout_accuracy"]["sft+4"] <= 1.0
+    control.ladder_record_path(SMALL, str(cache)).write_text(json.dumps(info))
+    notes = control.report_notes(SMALL, str(cache))
+    assert any("`sft+2` " in note and "held-out problems: `sft+4` " in note for note in notes)
 
 
 def test_a_cell_reads_its_rung_as_an_external_teacher(tmp_path):
@@ -131,7 +134,7 @@ def test_report_pairs_each_teacher_method_with_grpo_by_seed(tmp_path):
     text = "\n".join(lines)
     assert "| `sft+4` (0.800) | +0.110 [" in text and (tmp_path / "fig" / "control_gain_vs_auc.png").exists()
     assert "**From what teacher AUC does `cast` beat `grpo` (final held-out accuracy)?**" in text
-    assert "`self` (AUC 0.500): -0.010 [" in text and "training reward" not in text.split("### Conclusions")[1]
+    assert "`self` (AUC 0.500): -0.010 [" in text and "(training reward, last" not in text.split("### Conclusions")[1]
 
 
 def test_diagnose_rejects_student_prompts_of_the_wrong_length():

@@ -193,6 +193,20 @@ def characterise(settings: ControlSettings, student_dir: Path, name: str, teache
     return result
 
 
+def rung_heldout_accuracy(settings: ControlSettings, folder: Path) -> float:
+    """Greedy accuracy of a rung on the cells' held-out problems (the student's is its step-0 evaluation)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from castrl.evaluate import heldout_accuracy
+    from castrl.rewards import Verifier
+
+    model, tokenizer = LlamaForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    held_out = held_out_of(records("test", settings.sft.levels, settings.eval_n_per_level, 0))
+    with Verifier(use_pool=False) as verifier:
+        return heldout_accuracy(model, tokenizer, held_out.prompts, held_out.answers, verifier, levels=held_out.levels,
+                                max_new_tokens=settings.eval_max_new_tokens, batch_size=64, progress=False)["accuracy"]
+
+
 @dataclass
 class Prepared:
     """What every cell of an invocation shares: the student's SFT folder and the teachers' folders."""
@@ -212,8 +226,12 @@ def prepare(settings: ControlSettings, cache_dir: str, scratch_dir: str, progres
     sft_dir = prepare_sft(settings, cache_dir, scratch_dir, progress)
     ready = Prepared(sft_dir, teacher_ladder(settings, sft_dir, scratch_dir, progress))
     record = ladder_record_path(settings, cache_dir)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text((next(iter(ready.teacher_dirs.values())).parent / LADDER_INFO_FILE).read_text())
+    if not record.exists() or "heldout_accuracy" not in json.loads(record.read_text()):
+        info = json.loads((next(iter(ready.teacher_dirs.values())).parent / LADDER_INFO_FILE).read_text())
+        info["heldout_accuracy"] = {name: rung_heldout_accuracy(settings, folder)
+                                    for name, folder in ready.teacher_dirs.items()}
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_json(record, info, indent=1)
     for name, folder in ((SELF, None), *ready.teacher_dirs.items()):
         profile = ready.profiles[name] = characterise(settings, sft_dir, name, folder, cache_dir, scratch_dir)
         print(f"[bench] teacher {name}: gap AUC {num(profile['auc'])} ({int(profile['n_pairs'])} pairs), "
@@ -246,8 +264,10 @@ def report_notes(settings: ControlSettings, cache_dir: str) -> list[str]:
     if record.exists():
         info = json.loads(record.read_text())
         rungs = ", ".join(f"`{name}` {num(acc)}" for name, acc in info.get("monitor_accuracy", {}).items())
+        held = ", ".join(f"`{name}` {num(acc)}" for name, acc in info.get("heldout_accuracy", {}).items())
         notes.append(f"Teacher ladder: greedy accuracy on {settings.sft.monitor_n_per_level} RL training problems per "
-                     f"level (the student's SFT monitor set): {rungs}; {num(info.get('seconds'), 0)} s of SFT.")
+                     f"level (the student's SFT monitor set): {rungs}; on the cells' held-out problems: {held or 'not measured'} "
+                     f"(the student: its step-0 accuracy below); {num(info.get('seconds'), 0)} s of SFT.")
     return notes
 
 

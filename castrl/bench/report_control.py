@@ -119,13 +119,27 @@ def _headline_answer(view: TierView, label: str, points: list[tuple[str, float, 
             f"By teacher: {listing}.")
 
 
+def _start_vs_end(view: TierView) -> str:
+    """Whether RL raised held-out accuracy at all on this testbed: each method's mean final accuracy
+    against the (shared) start accuracy at step 0."""
+    starts = [acc_at(r).get(0, math.nan) for seeds in view.cells.values() for r in seeds.values()]
+    start = sum(starts) / len(starts) if starts else math.nan
+    finals = {m: sum(final_accuracy(r) for r in seeds.values()) / len(seeds) for m, seeds in view.cells.items() if seeds}
+    above = sorted(m for m, v in finals.items() if v > start + 1e-9)
+    low, high = min(finals, key=finals.get), max(finals, key=finals.get)
+    return (f"- **Did RL raise held-out accuracy here?** Start (step 0) {num(start)}; mean final accuracy by method from "
+            f"{num(finals[low])} (`{low}`) to {num(finals[high])} (`{high}`); {len(above)} of {len(finals)} methods end "
+            f"above the start{(': ' + ', '.join(f'`{m}`' for m in above)) if above else ''}. Where none does, held-out "
+            "differences measure how much each rule hurts, and the training reward is the measure that ranks the rules.")
+
+
 def conclusions(view: TierView) -> list[str]:
     """Computed sentences, per measure: from which teacher AUC the headline method beats the baseline,
     and each `COMPARISONS` pair at every teacher (paired over seeds, 95 % t-interval)."""
     teachers = profiles(view)
     if not teachers or not curve_points(view).get(view.headline):
         return []
-    lines = ["### Conclusions (computed from the cells above)", ""]
+    lines = ["### Conclusions (computed from the cells above)", "", _start_vs_end(view)]
     for _, label, value in MEASURES:
         points = [p for p in curve_points(view, value).get(view.headline, []) if p[2].n > 0]
         if points:
