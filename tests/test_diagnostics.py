@@ -565,6 +565,8 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, capsys):
         "0",
         "--style",
         "plain",
+        "--mask_truncated_completions",  # a random model rarely ends within 6 tokens
+        "false",
     ]
     assert main(argv) == 0
     saved = json.loads((out / "diagnostics.json").read_text())
@@ -679,3 +681,12 @@ def test_truncated_completions_are_left_out_as_the_trainer_does(run, tiny):
     assert (masked.mask[truncated] == 0).all()
     assert torch.equal(masked.mask[~truncated], run.mask[~truncated])
     assert torch.equal(masked.rewards, run.rewards)
+
+
+def test_all_truncated_with_masking_fails_with_the_fix(run, tiny):
+    from dataclasses import replace
+
+    model, tokenizer = tiny
+    settings = replace(run.settings, mask_truncated_completions=True, max_new_tokens=1)
+    with pytest.raises(ValueError, match="every scored rollout hit --max_new_tokens 1 .* --mask_truncated_completions false"):
+        run_diagnostics(settings, model=model, tokenizer=tokenizer, reward_fn=lambda texts, golds: list(REWARDS))

@@ -255,6 +255,12 @@ def run_diagnostics(
     mask, group_ids, student = rollouts.mask[kept], rollouts.group_ids[kept], student[kept]
     if settings.mask_truncated_completions:  # as the trainer's loss: no token of a cut-off completion counts
         mask = mask * (~rollouts.truncated[kept]).to(mask.dtype)[:, None]
+        if not (mask > 0).any():
+            raise ValueError(
+                f"every scored rollout hit --max_new_tokens {settings.max_new_tokens} without an end token, so "
+                "with --mask_truncated_completions true (the trainer's default) no token is left to analyse; "
+                "raise --max_new_tokens, or pass --mask_truncated_completions false to score cut-off completions"
+            )
     teachers = {k: v[kept] for k, v in teachers.items()}
     config = settings.cast_config()
     results = analyze(
