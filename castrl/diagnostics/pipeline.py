@@ -205,6 +205,21 @@ def _score_all(
     return student, teachers
 
 
+def _analysed_mask(settings: DiagnoseSettings, mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """The tokens every statistic reads: with --mask_truncated_completions (the trainer's default, spec §4)
+    no token of a cut-off completion counts; ValueError when that leaves none."""
+    if not settings.mask_truncated_completions:
+        return mask
+    mask = mask * (~truncated).to(mask.dtype)[:, None]
+    if not (mask > 0).any():
+        raise ValueError(
+            f"every scored rollout hit --max_new_tokens {settings.max_new_tokens} without an end token, so "
+            "with --mask_truncated_completions true (the trainer's default) no token is left to analyse; "
+            "raise --max_new_tokens, or pass --mask_truncated_completions false to score cut-off completions"
+        )
+    return mask
+
+
 def run_diagnostics(
     settings: DiagnoseSettings,
     *,
@@ -253,14 +268,7 @@ def run_diagnostics(
     start = time.perf_counter()
     reward_t = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
     mask, group_ids, student = rollouts.mask[kept], rollouts.group_ids[kept], student[kept]
-    if settings.mask_truncated_completions:  # as the trainer's loss: no token of a cut-off completion counts
-        mask = mask * (~rollouts.truncated[kept]).to(mask.dtype)[:, None]
-        if not (mask > 0).any():
-            raise ValueError(
-                f"every scored rollout hit --max_new_tokens {settings.max_new_tokens} without an end token, so "
-                "with --mask_truncated_completions true (the trainer's default) no token is left to analyse; "
-                "raise --max_new_tokens, or pass --mask_truncated_completions false to score cut-off completions"
-            )
+    mask = _analysed_mask(settings, mask, rollouts.truncated[kept])
     teachers = {k: v[kept] for k, v in teachers.items()}
     config = settings.cast_config()
     results = analyze(
