@@ -9,15 +9,14 @@ tell before spending compute whether CAST's teacher agrees with the verifier on 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from castrl.bench.harness import Cell
-from castrl.bench.report_cells import TierView
-from castrl.bench.stats import fmt_ci, paired_diff
+from castrl.bench.report_cells import TierView, step_mean
+from castrl.bench.stats import fmt_ci, mean_ci, paired_diff
 from castrl.formatting import num
 
 DIAGNOSE_METHOD = "diagnose"
@@ -69,16 +68,6 @@ def run_diagnosis(config: dict[str, Any], problems: list[dict[str, Any]], progre
             "wall_s": time.perf_counter() - start}
 
 
-def _trained_share(recs: Sequence[dict[str, Any]], key: str) -> float:
-    """Mean over seeds of a per-step metric's mean over the cell's steps."""
-    values = []
-    for rec in recs:
-        steps = [r[key] for r in rec.get("steps", []) if r.get(key) is not None]
-        if steps:
-            values.append(sum(steps) / len(steps))
-    return sum(values) / len(values) if values else math.nan
-
-
 def diagnosis_sections(view: TierView, value: Any, label: str) -> list[str]:
     """The table 'diagnosed before training' vs 'measured after', one row per method with a teacher:
     `value(rec)` is the tier's main measure (its `label`), paired by seed with the baseline."""
@@ -96,7 +85,7 @@ def diagnosis_sections(view: TierView, value: Any, label: str) -> list[str]:
         diff = paired_diff({s: value(r) for s, r in view.cells[method].items()}, base)
         rows.append(f"| `{method}` | `{context}` | {num(d['auc'])} ({int(d['n_pairs'] or 0)}) | "
                     f"{num(d['against_verifier'].get('frac'))} | {num(d['advantages'].get('frac_down'))} | "
-                    f"{num(_trained_share(recs, 'cast/frac_flipped'))} | {fmt_ci(diff, signed=True)} | "
+                    f"{num(mean_ci([step_mean(r, 'cast/frac_flipped') for r in recs]).mean)} | {fmt_ci(diff, signed=True)} | "
                     f"{d['verdict']} |")
     groups = diagnosis.get("groups", {})
     lines = ["### Diagnosed before training vs measured after", "",

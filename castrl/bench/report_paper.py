@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from castrl.bench.report_cells import TierView
+from castrl.bench.report_cells import TierView, step_mean
 from castrl.bench.report_final import summary_value
 from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
 from castrl.formatting import num
@@ -73,12 +73,7 @@ def _budget_value(budget: int, key: str) -> Callable[[dict[str, Any]], float]:
 
 def _step_mean(recs: Sequence[dict[str, Any]], key: str) -> Interval:
     """Per cell, the mean of a per-step metric over its steps; then mean and t-interval over the cells."""
-    per_cell = []
-    for rec in recs:
-        values = [r[key] for r in rec.get("steps", []) if r.get(key) is not None]
-        if values:
-            per_cell.append(sum(values) / len(values))
-    return mean_ci(per_cell)
+    return mean_ci([step_mean(rec, key) for rec in recs])
 
 
 def claim_rows(view: TierView) -> list[str]:
