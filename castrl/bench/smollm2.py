@@ -156,13 +156,13 @@ def evaluate_base(settings: SmolSettings, cache_dir: str, scratch_dir: str, prog
 def run_smol_cell(cell: Cell, settings: SmolSettings, scratch: Path, prepared: Any = None) -> dict[str, Any]:
     """LoRA-train the bundled model with the cell's method and seed; greedy checkpoints on a subset of the
     held-out problems during training, then the final evaluation of the trained model on all of them."""
-    from castrl.bench.rl_cell import HeldOut, arithmetic_records, run_rl_cell
+    from castrl.bench.rl_cell import HeldOut, run_rl_cell
     from castrl.data import build_prompt, to_trl_dataset
     from castrl.models import LoraSettings, load_model_and_tokenizer, peft_config
 
     torch.manual_seed(cell.seed)
     model, tokenizer = load_model_and_tokenizer(settings.model)
-    train = arithmetic_records("train", settings.levels, settings.train_n_per_level, settings.train_seed)
+    train = _training_problems(settings, settings.train_n_per_level)
     subset = held_out_records(settings, settings.eval_n_per_level)
     prompts = [tokenizer.apply_chat_template(build_prompt(r["problem"], settings.prompt_style), tokenize=False,
                                              add_generation_prompt=True) for r in subset]
