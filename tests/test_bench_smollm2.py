@@ -74,6 +74,28 @@ def test_learning_rate_and_steps_flags_make_tuning_cells():
         harness.parse_tier_args(smollm2.TIER, ["--learning_rate", "0"])
 
 
+def test_shards_split_the_grid_without_overlap():
+    """`--shard I/N` gives process I the cells I, I+N, ...: N shards cover the grid once, in grid order."""
+    args = harness.parse_tier_args(smollm2.TIER, [])
+    _, methods, seeds = harness.settings_from_args(smollm2.TIER, args)
+    grid = make_cells("smollm2", methods, seeds, lambda m, s: {}, harness.seeds_of(smollm2.TIER, args))
+    shards = [grid[i::5] for i in (harness.shard_of(f"{i}/5")[0] for i in range(5))]
+    assert sorted((c.method, c.seed) for s in shards for c in s) == sorted((c.method, c.seed) for c in grid)
+    assert shards[1][0] == grid[1] and shards[1][1] == grid[6]
+    for bad, message in (("3", "I/N with integers"), ("a/2", "I/N with integers"), ("2/2", "0 <= I < N")):
+        with pytest.raises(ValueError, match=message):
+            harness.parse_tier_args(smollm2.TIER, ["--shard", bad])
+
+
+def test_device_is_not_in_the_key_and_cuda_must_exist(monkeypatch):
+    """The device and the generate batch are how a cell runs, not what it measures: the same key on both."""
+    assert "batch_size" not in asdict(smollm2.SETTINGS.final)
+    monkeypatch.setattr(harness, "_cuda_visible", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda: no CUDA device"):
+        harness.parse_tier_args(smollm2.TIER, ["--device", "cuda"])
+    assert harness.parse_tier_args(smollm2.TIER, ["--device", "cpu"]).device == "cpu"
+
+
 def test_per_method_seeds():
     args = harness.parse_tier_args(smollm2.TIER, [])
     _, methods, seeds = harness.settings_from_args(smollm2.TIER, args)
@@ -139,6 +161,14 @@ def test_final_evaluation_has_avg_pass_greedy_and_budgets(tiny_run):
     assert [e["step"] for e in rec["evals"]] == [0, 1] and rec["trainer"]["gradient_checkpointing"] is True
     assert rec["trainer"]["fuse_student_pass"] is True and rec["trainer"]["mask_truncated_completions"] is True
     assert paired_by_problem(rec["final"], base["final"]).n == 2 * len(settings.levels)
+    # how it ran, recorded beside the result (not in the key), with that device's generate batch
+    import torch
+
+    from castrl.bench.final_eval import EVAL_BATCH_SIZE
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert rec["final"]["execution"] == {"device": device, "batch_size": EVAL_BATCH_SIZE[device]}
+    assert rec["versions"]["device"].split(" ")[0] == device
 
 
 def test_base_cell_is_computed_once_and_holds_no_weights(tiny_run, monkeypatch):

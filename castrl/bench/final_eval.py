@@ -31,14 +31,12 @@ class FinalEvalSettings:
     k: int = 4  # samples per problem: Avg@k, Pass@k (unbiased), maj@k
     max_new_tokens: int = 256  # the largest budget; >= 2x the training budget (issue: smollm2 tier v2)
     budgets: tuple[int, ...] = (32, 64, 128, 256)  # re-scored cuts of the same generations (spec §7)
-    batch_size: int = 32  # sequences per generate call (greedy and sampled)
     dtype: Literal["float32", "bfloat16"] = "float32"  # weights of the evaluated model (bf16: faster on AMX CPUs)
     data_seed: int = 0  # which test problems (the checkpoints' greedy subset is a prefix of each level)
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.n_per_level < 1 or self.batch_size < 1:
-            raise ValueError(f"final eval: k, n_per_level and batch_size must be >= 1, got {self.k}, "
-                             f"{self.n_per_level}, {self.batch_size}")
+        if self.k < 1 or self.n_per_level < 1:
+            raise ValueError(f"final eval: k and n_per_level must be >= 1, got {self.k}, {self.n_per_level}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"final eval: dtype must be float32 or bfloat16, got {self.dtype!r}")
         if not self.budgets or max(self.budgets) != self.max_new_tokens:
@@ -46,13 +44,28 @@ class FinalEvalSettings:
                              f"the sweep re-scores one generation at that limit, got budgets {self.budgets}")
 
 
+# Sequences per generate call, by device: how the evaluation runs, not what it measures (not in a cell's
+# key; recorded in each cell). On CPU decoding is compute-bound and 32 costs no more per sequence than 256;
+# on a GPU it is bound by kernel launches per token, so one call of 256 costs about what one of 32 does.
+EVAL_BATCH_SIZE = {"cpu": 32, "cuda": 256}
+
+
+def eval_device() -> str:
+    """Where the final evaluation runs: CUDA when visible (`castrl bench --device cpu` hides it)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def eval_arguments(final: FinalEvalSettings, prompt_style: str, seed: int) -> Any:
     """`castrl eval`'s arguments for a final evaluation (spec §7 sampling: EvalArguments' defaults)."""
     from castrl.commands.eval import EvalArguments
 
+    device = eval_device()
     return EvalArguments(k=final.k, n=final.k, max_new_tokens=final.max_new_tokens,
-                         budgets=",".join(str(b) for b in sorted(final.budgets)), batch_size=final.batch_size,
-                         prompt_style=prompt_style, seed=seed, dtype=final.dtype, device="cpu", progress=False)
+                         budgets=",".join(str(b) for b in sorted(final.budgets)),
+                         batch_size=EVAL_BATCH_SIZE[device], prompt_style=prompt_style, seed=seed, dtype=final.dtype,
+                         device=device, progress=False)
 
 
 def evaluate_final(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], args: Any,
@@ -70,6 +83,7 @@ def evaluate_final(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]]
         model = model.merge_and_unload()
     if args.dtype != "float32":  # bf16 decoding: ~1.45x faster sampled, ~1.7x greedy on this 2-core CPU (AMX)
         model = model.to(getattr(torch, args.dtype))
+    model = model.to(args.device)  # the base model loads on CPU; a trained one is where its trainer put it
     result = evaluate_model(args, list(records), model, tokenizer, verifier)
     verifier.pop_stats()  # evaluation checks must not count as training rewards
     return compact(result, args)
@@ -84,6 +98,7 @@ def compact(result: Mapping[str, Any], args: Any) -> dict[str, Any]:
     first = result["problems"][0] if result["problems"] else {}
     return {
         "k": args.k, "n": args.n, "max_new_tokens": args.max_new_tokens,
+        "execution": {"device": args.device, "batch_size": args.batch_size},
         "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed},
         "summary": result["summary"],
         # completions that used the whole generation budget: cut off, unless the limit token was an end token

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
@@ -324,8 +324,10 @@ def trainer_config(settings: RLSettings, overrides: Mapping[str, Any], seed: int
     from castrl.trl import CASTTrainerConfig
 
     per_device, accumulation = settings.batch_layout()
-    fixed = dict(
-        output_dir=output_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+    import torch
+
+    fixed = dict(  # fp32 training on either device; the GPU, when visible, only runs it faster
+        output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=False, report_to="none", save_strategy="no",
         max_steps=settings.steps, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
         num_generations=settings.num_generations, max_completion_length=settings.max_completion_length,
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
@@ -352,6 +354,14 @@ class TierArguments:
         "help": "Folder for what is not a result: trainer output folders, the tiny tier's SFT weights (ignored)."})
     quick: bool = field(default=False, metadata={"help": "Smoke run: the tier's quick methods, seeds and steps."})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (the default is the tier's)."})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
+        "help": "auto: CUDA when visible, else CPU; cpu hides the GPU. Not in the cells' key (recorded in each)."})
+    shard: str | None = field(default=None, metadata={
+        "help": "'I/N': run only cells I, I+N, I+2N, ... of the grid (0 <= I < N), so N processes or machines "
+                "fill one grid without running a cell twice."})
+    prepare_only: bool = field(default=False, metadata={
+        "help": "Compute the grid's shared cells (the base model's evaluation and diagnosis) and stop; "
+                "run once before several --shard processes, which would otherwise each compute them."})
     time_budget: float | None = field(default=None, metadata={
         "help": "Seconds; no new cell starts after them (the rest is left for the next invocation)."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
@@ -365,6 +375,28 @@ class TierArguments:
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise ValueError(f"--learning_rate must be in (0, 1), got {self.learning_rate}")
         _check_time_budget(self.time_budget)
+        if self.device == "cuda" and not _cuda_visible():
+            raise ValueError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+        if self.shard is not None:
+            shard_of(self.shard)
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    """(I, N) of a `--shard I/N` value; ValueError naming the flag when it is not two ints with 0 <= I < N."""
+    parts = text.split("/")
+    try:
+        index, count = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--shard must be I/N with integers, e.g. 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text}: need 0 <= I < N")
+    return index, count
 
 
 def _check_time_budget(seconds: float | None) -> None:
@@ -418,11 +450,18 @@ def tier_main(tier: Tier, argv: list[str]) -> int:
     with user_input():
         args = parse_tier_args(tier, argv)
         settings, methods, seeds = settings_from_args(tier, args)
+    if args.device == "cpu":  # before anything initialises CUDA: the trainer and evaluation then see no GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     torch.set_num_threads(args.threads)
     cells = make_cells(tier.name, methods, seeds, lambda m, s: cell_config(tier, settings, m), seeds_of(tier, args))
+    if args.shard is not None:
+        index, count = shard_of(args.shard)
+        cells = cells[index::count]
     if args.list:  # before `prepare`: listing must not train anything
         return grid_cli(tier.name, cells, dict, args.cache_dir, list_only=True, progress=False, time_budget_s=None)
     prepared = tier.prepare(settings, args.cache_dir, args.scratch_dir, args.progress) if tier.prepare else None
+    if args.prepare_only:
+        return 0
     scratch = Path(args.scratch_dir) / tier.name
     return grid_cli(tier.name, cells, lambda c: tier.run_cell(c, settings, scratch, prepared), args.cache_dir,
                     list_only=False, progress=args.progress, time_budget_s=args.time_budget)

@@ -177,5 +177,6 @@ def _versions() -> dict[str, str]:
     import transformers
     import trl
 
+    device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
     return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "threads": str(torch.get_num_threads())}
+            "threads": str(torch.get_num_threads()), "device": device}
