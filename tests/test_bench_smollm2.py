@@ -309,5 +309,9 @@ def test_paper_section_answers_each_claim_with_paired_differences():
     assert text.count("not run yet") == len(CLAIMS) - 1  # only cast vs grpo has both methods cached
     assert "flipped 0.400" in text and "(paper 0.264)" in text
     assert "`cast` 42.0" in text and "1.40× the base model" in text
-    assert "paper: CAST 1.25× GRPO" in text and "cast 12.5 ± 0.0 s, grpo 10.0 ± 0.0 s: 1.25×" in text
+    assert "paper: CAST 1.25× GRPO" in text and "on cpu, cast 12.5 ± 0.0 s (n=2), grpo 10.0 ± 0.0 s (n=2): 1.25×" in text
+    # a cell on another device is timed apart: a ratio across devices would measure the hardware
+    cells["grpo"][2] = {**rec(2, 0.45, 0.55, 21.0, step_s=1.0), "versions": {"device": "cuda (GPU)"}}
+    walls = "\n".join(paper_sections(view))
+    assert "on cpu, cast 12.5 ± 0.0 s (n=2), grpo 10.0 ± 0.0 s (n=2): 1.25×" in walls and "on cuda" not in walls
     assert "| ≤ 32 | -0.080 [" in text

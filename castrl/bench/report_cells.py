@@ -68,6 +68,11 @@ def select_cells(records: Sequence[dict[str, Any]], settings: dict[str, Any]) ->
     return out
 
 
+def cell_device(rec: dict[str, Any]) -> str:
+    """Where a cell ran ("cpu", "cuda (NVIDIA H200)"): recorded, not in its key; older cells ran on CPU."""
+    return str(rec.get("versions", {}).get("device", "cpu"))
+
+
 def acc_at(rec: dict[str, Any]) -> dict[int, float]:
     """step -> held-out greedy accuracy of one cell (NaN where the cell stored null: no held-out problems)."""
     return {int(e["step"]): math.nan if e["accuracy"] is None else float(e["accuracy"]) for e in rec.get("evals", [])}

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from castrl.bench.final_eval import per_problem_avg
-from castrl.bench.report_cells import TierView
+from castrl.bench.report_cells import TierView, cell_device
 from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
 from castrl.formatting import num
 
@@ -132,7 +132,7 @@ def tuning_table(view: TierView) -> list[str]:
         rows.append([f"{s['learning_rate']:g}", str(s["steps"]), str(rec["seed"]),
                      num(summary_value(rec, "avg_at_k")), fmt_ci(iv, signed=True), verdict,
                      num(summary_value(rec, "pass_at_k")), num(summary_value(rec, "greedy_accuracy")),
-                     num(rec.get("wall_s", math.nan) / 60, 1), str(rec.get("versions", {}).get("threads", "-"))])
+                     num(rec.get("wall_s", math.nan) / 60, 1), f'{cell_device(rec)}, {rec.get("versions", {}).get("threads", "-")}'])
     base_avg, k = num(view.base["final"]["summary"].get("avg_at_k")) if view.base else "not cached", _k(view)
     head = [f"### Tuning runs ({view.baseline} only: learning rate and steps)", "",
             f"Rule (issue): the grid uses an lr and step count at which {view.baseline} beats the base model's held-out "
@@ -140,7 +140,7 @@ def tuning_table(view: TierView) -> list[str]:
             f"model's, paired by problem. Run: `castrl bench {view.tier} --methods {view.baseline} --seeds 1 "
             "--learning_rate LR --steps N`.", ""]
     header = ["lr", "steps", "seed", f"Avg@{k}", "Δ vs base [95% CI]", "CI > 0", f"Pass@{k}", "greedy", "wall min",
-              "threads"]
+              "device, threads"]
     return head + _table(header, rows)
 
 

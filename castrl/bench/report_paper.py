@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from castrl.bench.report_cells import TierView, step_mean
+from castrl.bench.report_cells import TierView, cell_device, step_mean
 from castrl.bench.report_final import summary_value
 from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
 from castrl.formatting import num
@@ -150,13 +150,20 @@ def length_rows(view: TierView) -> list[str]:
 
 
 def wall_rows(view: TierView) -> list[str]:
-    """§8.4: CAST's training step time over GRPO's (mean step seconds over each method's cells)."""
+    """§8.4: CAST's training step time over GRPO's (mean step seconds over each method's cells), per device:
+    a ratio across devices would measure the hardware."""
     head, base_m = view.headline, view.baseline
-    steps = {m: mean_ci([r.get("timing", {}).get("step_s") for r in view.cells.get(m, {}).values()])
-             for m in (base_m, head)}
-    if not all(iv.n for iv in steps.values()):
-        return [f"Wall clock (§8.4): no {head} and {base_m} cells yet."]
-    ratio = steps[head].mean / steps[base_m].mean
-    return [f"Wall clock (§8.4; paper: CAST {PAPER_WALL_RATIO}× GRPO): mean training step {head} "
-            f"{fmt_ci(steps[head], digits=1)} s, {base_m} {fmt_ci(steps[base_m], digits=1)} s: {ratio:.2f}× "
-            "(means over cells of different invocations; the step-time table pairs cells of one invocation)."]
+    devices = sorted({cell_device(r) for m in (base_m, head) for r in view.cells.get(m, {}).values()})
+    parts = []
+    for device in devices:
+        steps = {m: mean_ci([r.get("timing", {}).get("step_s") for r in view.cells.get(m, {}).values()
+                             if cell_device(r) == device]) for m in (base_m, head)}
+        if all(iv.n for iv in steps.values()):
+            parts.append(f"on {device}, {head} {fmt_ci(steps[head], digits=1)} s (n={steps[head].n}), {base_m} "
+                         f"{fmt_ci(steps[base_m], digits=1)} s (n={steps[base_m].n}): "
+                         f"{steps[head].mean / steps[base_m].mean:.2f}×")
+    if not parts:
+        return [f"Wall clock (§8.4): no {head} and {base_m} cells on one device yet."]
+    return [f"Wall clock (§8.4; paper: CAST {PAPER_WALL_RATIO}× GRPO), mean training step: {'; '.join(parts)} "
+            "(means over cells of different invocations, whose machine load may differ; the step-time table pairs "
+            "cells of one invocation)."]

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from castrl.bench.harness import CELL_CODE_PATHS, RLSettings, Tier
-from castrl.bench.report_cells import TierView, select_cells
+from castrl.bench.report_cells import TierView, cell_device, select_cells
 from castrl.bench.report_final import TUNED_FIELDS
 from castrl.formatting import num
 
@@ -153,6 +153,21 @@ def tuning_runs(tier: Tier, settings: RLSettings, records: Sequence[dict[str, An
             and rest(r.get("config", {}).get("settings", {})) == wanted]
 
 
+def _device_note(cells: dict[str, dict[int, dict]]) -> list[str]:
+    """Cells and mean wall time per device: the device is how a cell ran, not in its key, so one grid can mix them."""
+    by_device: dict[str, list[float]] = {}
+    for rec in (r for m in cells.values() for r in m.values()):
+        by_device.setdefault(cell_device(rec), []).append(rec.get("wall_s", math.nan))
+    if not by_device:
+        return []
+    parts = [f"{device}: {len(walls)} (mean wall {num(sum(walls) / len(walls) / 60, 1)} min)"
+             for device, walls in sorted(by_device.items())]
+    note = f"Cells cached: {sum(len(w) for w in by_device.values())}; by device, {'; '.join(parts)}."
+    if len(by_device) > 1:
+        note += " The device is how a cell ran, not what it measures (not in its key); step times compare within one."
+    return [note]
+
+
 def tier_view(tier: Tier, cache_dir: str, quick: bool, loader: Callable) -> TierView:
     """The report section of `tier`: its default (or `--quick`) grid's cells, title, command and notes."""
     settings = tier.quick if quick else tier.settings
@@ -166,9 +181,7 @@ def tier_view(tier: Tier, cache_dir: str, quick: bool, loader: Callable) -> Tier
     command = f"castrl bench {tier.name}{seeds_flag}{flag} && castrl bench report{flag}"
     notes = (tier.notes(settings, cache_dir) if tier.notes else []) + [_rl_note(settings)]
     notes += _teacher_note(cells) + _sampling_note(cells) + [_code_paths_note(cells, settings)] + _start_note(cells)
-    walls = [r.get("wall_s", math.nan) for m in cells.values() for r in m.values()]
-    if walls:
-        notes.append(f"Cells cached: {len(walls)}; mean wall time per cell {num(sum(walls) / len(walls), 0)} s.")
+    notes += _device_note(cells)
     view = TierView(tier.name, tier.title, command, cells, notes, tier.baseline, tier.headline,
                     base=base_record(tier, settings, records), tuning=tuning_runs(tier, settings, records),
                     diagnosis=diagnosis_record(tier, settings, records))

@@ -1,4 +1,4 @@
-"""`castrl bench smollm2`: every method on the bundled SmolLM2-135M-Instruct with LoRA, on CPU (tier v2).
+"""`castrl bench smollm2`: every method on the bundled SmolLM2-135M-Instruct with LoRA, on CPU or a visible GPU (tier v2).
 
 Every teacher is the paper's (the model reads instructions): the context the paper pairs each estimator
 with and a policy snapshot refreshed every 10 steps; the grid is the paper's methods and CAST ablations
@@ -196,7 +196,7 @@ def report_notes(settings: SmolSettings, cache_dir: str) -> list[str]:
 
 
 TIER = Tier(
-    name=TIER_NAME, title="smollm2 tier v2: SmolLM2-135M + LoRA (CPU)", about=__doc__.splitlines()[0],
+    name=TIER_NAME, title="smollm2 tier v2: SmolLM2-135M + LoRA", about=__doc__.splitlines()[0],
     settings=SETTINGS, quick=QUICK, methods=METHODS, quick_methods=("grpo", "cast"), seeds=2,
     method_seeds=METHOD_SEEDS, quick_seeds=1, baseline="grpo", headline="cast", run_cell=run_smol_cell,
     prepare=prepare, notes=report_notes, report_sections=lambda view, figures, md_dir: paper_sections(view),
