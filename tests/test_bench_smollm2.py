@@ -315,3 +315,10 @@ def test_paper_section_answers_each_claim_with_paired_differences():
     walls = "\n".join(paper_sections(view))
     assert "on cpu, cast 12.5 ± 0.0 s (n=2), grpo 10.0 ± 0.0 s (n=2): 1.25×" in walls and "on cuda" not in walls
     assert "| ≤ 32 | -0.080 [" in text
+    # what could explain a disagreement: computed from the cells, the diagnosis when there is one
+    assert "Against the paper's direction (interval excludes 0): none" in text and "The teacher." not in text
+    assert "`cast`'s completions were 2.00× `grpo`'s (42.0 vs 21.0 tokens): longer, as in" in text
+    assert "its Avg@k was 0.270 with completions cut at 32 tokens and 0.370 at 64 (+0.100" in text
+    diagnosed = TierView("smollm2", "t", "c", cells, [], "grpo", "cast", base=base, diagnosis={"teachers": {
+        "answer_free": {"auc": 0.41, "n_pairs": 160, "against_verifier": {"frac": 0.5}}}})
+    assert "its gap AUC was 0.410 (160 pairs; 0.5 is no signal) and 0.500 of tokens" in "\n".join(paper_sections(diagnosed))

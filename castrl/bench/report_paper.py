@@ -48,6 +48,7 @@ PAPER_FLIP_SHARE = 0.264  # Table 9: share of valid tokens flipped, mean over 30
 PAPER_INCORRECT_POSITIVE = 0.070  # Table 9: incorrect-path positive flips
 PAPER_LENGTH = (5242, 9780)  # Table 13: Qwen3-4B mean evaluation output tokens, base -> CAST
 PAPER_WALL_RATIO = 1.25  # §8.4: 5 h vs 4 h on 2 A800s
+PAPER_SETTING = {"model": "Qwen3-4B", "budget": 3072, "task": "competition math"}  # the header's setting
 # Table 14, MATH-500 Avg@16 (base, GRPO, CAST) by budget: CAST trails under tight budgets, leads from 4K
 PAPER_BUDGETS = "MATH-500 Avg@16 at 1K tokens base 70.24 / GRPO 70.28 / CAST 61.23; at 2K 81.11 / 81.00 / 77.29; CAST leads from 4K"
 
@@ -97,11 +98,78 @@ def paper_sections(view: TierView) -> list[str]:
         return []
     lines = ["### castrl vs the paper, point by point", "",
              "Paired differences over seeds (95 % t-interval) of the final evaluation; 'castrl agrees?' is 'yes' "
-             "only when the interval excludes 0 in the paper's direction. The paper's numbers are for Qwen3-4B on "
-             "competition math with 3,072-token training budgets; these are for a 135M model on arithmetic.", ""]
+             f"only when the interval excludes 0 in the paper's direction. The paper's numbers are for "
+             f"{PAPER_SETTING['model']} on {PAPER_SETTING['task']} with {PAPER_SETTING['budget']:,}-token training "
+             "budgets; these are for the tier's model and task (below).", ""]
     lines += claim_rows(view) + [""]
     lines += budget_rows(view) + [""] + flip_rows(view) + [""] + length_rows(view) + [""] + wall_rows(view) + [""]
-    return lines
+    return lines + setting_rows(view)
+
+
+def _answers(view: TierView) -> dict[str, list[str]]:
+    """Claim questions grouped by castrl's answer ('yes', 'no: the opposite', ...), for claims with cells."""
+    out: dict[str, list[str]] = {}
+    for claim in CLAIMS:
+        if claim.better in view.cells and claim.worse in view.cells:
+            iv = _paired(view, claim.better, claim.worse, lambda r: summary_value(r, "avg_at_k"))
+            out.setdefault(_word(iv), []).append(f"`{claim.better}` − `{claim.worse}`")
+    return out
+
+
+def setting_rows(view: TierView) -> list[str]:
+    """Where castrl disagrees with the paper, and what in the setting could explain it: each sentence from the
+    cells (the diagnosis before training, lengths, budgets, the tier's settings) beside the paper's setting."""
+    head, base_m = view.headline, view.baseline
+    answers = _answers(view)
+    if not answers:
+        return []
+    lines = ["#### Where castrl disagrees, and what in the setting could explain it", ""]
+    opposite = answers.get("no: the opposite", [])
+    agree = answers.get("yes", [])
+    lines.append(f"- Against the paper's direction (interval excludes 0): {', '.join(opposite) or 'none'}; in the "
+                 f"paper's direction: {', '.join(agree) or 'none'}; the rest are not distinguishable from 0 or have "
+                 "too few seeds.")
+    teacher = (view.diagnosis or {}).get("teachers", {}).get("answer_free")
+    if teacher:
+        no_flip = "cast@flip=false"
+        flip_note = ""
+        if no_flip in view.cells and base_m in view.cells and head in view.cells:
+            avg = lambda r: summary_value(r, "avg_at_k")  # noqa: E731
+            vs_base, vs_head = _paired(view, no_flip, base_m, avg), _paired(view, head, no_flip, avg)
+            cause = {"no: the opposite": "so on this model the loss comes with the flips",
+                     "yes": "so the flips helped"}.get(_word(vs_head), f"{head} − it: {_word(vs_head)}")
+            flip_note = (f" The same rule without sign reversal (`{no_flip}`) was {fmt_ci(vs_base, signed=True)} against "
+                         f"`{base_m}` and `{head}` was {fmt_ci(vs_head, signed=True)} against it (Avg@k), {cause}.")
+        lines.append(f"- The teacher. CAST's sign reversal assumes the answer-free teacher's gap ranks correct rollouts "
+                     f"above wrong ones. Before training, on this model's own rollouts, its gap AUC was "
+                     f"{num(teacher.get('auc'))} ({int(teacher.get('n_pairs') or 0)} pairs; 0.5 is no signal) and "
+                     f"{num(teacher['against_verifier'].get('frac'))} of tokens would be set against the verifier "
+                     f"(the paper flipped {PAPER_FLIP_SHARE:.3f} of tokens with Qwen3-4B).{flip_note}")
+    head_recs, base_recs = list(view.cells.get(head, {}).values()), list(view.cells.get(base_m, {}).values())
+    if head_recs and base_recs:
+        tokens = {m: mean_ci([summary_value(r, "mean_tokens") for r in recs]).mean
+                  for m, recs in ((head, head_recs), (base_m, base_recs))}
+        budgets = sorted({b["budget"] for r in head_recs for b in r.get("final", {}).get("budgets", [])})
+        sweep = ""
+        if len(budgets) > 1:
+            lo, hi = (mean_ci([_budget_value(b, "avg_at_k")(r) for r in head_recs]).mean for b in (budgets[0], budgets[-1]))
+            sweep = (f"; its Avg@k was {num(lo)} with completions cut at {budgets[0]} tokens and {num(hi)} at "
+                     f"{budgets[-1]} ({hi - lo:+.3f} from the tokens after the first {budgets[0]})")
+        ratio = tokens[head] / tokens[base_m]
+        direction = "longer, as in" if ratio > 1 else "not longer, unlike"
+        lines.append(f"- Length. `{head}`'s completions were {num(ratio, 2)}× `{base_m}`'s ({num(tokens[head], 1)} vs "
+                     f"{num(tokens[base_m], 1)} tokens): {direction} the paper's Table 13{sweep}. The paper's gains come "
+                     f"with outputs of thousands of tokens (Table 13: {PAPER_LENGTH[1]:,} for CAST).")
+        settings = head_recs[0].get("config", {}).get("settings", {})
+        params = head_recs[0].get("model_params")
+        lines.append(f"- Scale and task. {num(params / 1e6, 0) if params else '?'}M parameters against the paper's "
+                     f"{PAPER_SETTING['model']}; {settings.get('steps', '?')} RL steps of "
+                     f"{settings.get('prompts_per_step', '?')} prompts × {settings.get('num_generations', '?')} rollouts "
+                     f"with a {settings.get('max_completion_length', '?')}-token training budget on arithmetic "
+                     f"({', '.join(settings.get('levels', [])) or '?'}), against the paper's "
+                     f"{PAPER_SETTING['budget']:,}-token budget on {PAPER_SETTING['task']}. A self-teacher reads the "
+                     "problem no better than the model itself does.")
+    return lines + [""]
 
 
 def budget_rows(view: TierView) -> list[str]:
