@@ -30,6 +30,8 @@ class PaperClaim:
     paper: str  # the paper's evidence, with its table
 
 
+# The ablation that isolates CAST's sign reversal; the disagreement notes cite it.
+SIGN_REVERSAL = PaperClaim("Sign reversal (flips) > no sign reversal?", "cast", "cast@flip=false", "Table 7: 41.25 vs 25.83")
 # The paper's comparisons the smollm2 grid can test (Tables 3 and 7, Qwen3-4B, Avg@16 on AIME24).
 CLAIMS = (
     PaperClaim("Does CAST beat GRPO?", "cast", "grpo", "Table 3: AIME24 Avg@16 41.25 vs 21.04"),
@@ -37,7 +39,7 @@ CLAIMS = (
                "Table 7: 41.25 vs 34.38"),
     PaperClaim("Answer-free teacher > teacher with the ground-truth answer?", "cast",
                "cast@teacher_context=with_reference", "Table 7: 41.25 vs 36.25"),
-    PaperClaim("Sign reversal (flips) > no sign reversal?", "cast", "cast@flip=false", "Table 7: 41.25 vs 25.83"),
+    SIGN_REVERSAL,
     PaperClaim("Correct-path negative flips help?", "cast", "cast@flip_correct=false", "Table 4 (flip directions)"),
     PaperClaim("Incorrect-path positive flips help?", "cast", "cast@flip_incorrect=false", "Table 4 (flip directions)"),
     PaperClaim("CAST beats RLSD?", "cast", "rlsd", "Table 3: 41.25 vs 21.67"),
@@ -49,6 +51,7 @@ PAPER_INCORRECT_POSITIVE = 0.070  # Table 9: incorrect-path positive flips
 PAPER_LENGTH = (5242, 9780)  # Table 13: Qwen3-4B mean evaluation output tokens, base -> CAST
 PAPER_WALL_RATIO = 1.25  # §8.4: 5 h vs 4 h on 2 A800s
 PAPER_SETTING = {"model": "Qwen3-4B", "budget": 3072, "task": "competition math"}  # the header's setting
+PAPER_TEACHER_CONTEXT = "answer_free"  # CAST's own teacher, whose diagnosis explains its flips
 # Table 14, MATH-500 Avg@16 (base, GRPO, CAST) by budget: CAST trails under tight budgets, leads from 4K
 PAPER_BUDGETS = "MATH-500 Avg@16 at 1K tokens base 70.24 / GRPO 70.28 / CAST 61.23; at 2K 81.11 / 81.00 / 77.29; CAST leads from 4K"
 
@@ -129,17 +132,17 @@ def setting_rows(view: TierView) -> list[str]:
     lines.append(f"- Against the paper's direction (interval excludes 0): {', '.join(opposite) or 'none'}; in the "
                  f"paper's direction: {', '.join(agree) or 'none'}; the rest are not distinguishable from 0 or have "
                  "too few seeds.")
-    teacher = (view.diagnosis or {}).get("teachers", {}).get("answer_free")
+    teacher = (view.diagnosis or {}).get("teachers", {}).get(PAPER_TEACHER_CONTEXT)
     if teacher:
-        no_flip = "cast@flip=false"
+        flips, no_flip = SIGN_REVERSAL.better, SIGN_REVERSAL.worse
         flip_note = ""
-        if no_flip in view.cells and base_m in view.cells and head in view.cells:
+        if all(m in view.cells for m in (flips, no_flip, base_m)):
             avg = lambda r: summary_value(r, "avg_at_k")  # noqa: E731
-            vs_base, vs_head = _paired(view, no_flip, base_m, avg), _paired(view, head, no_flip, avg)
+            vs_base, vs_flips = _paired(view, no_flip, base_m, avg), _paired(view, flips, no_flip, avg)
             cause = {"no: the opposite": "so on this model the loss comes with the flips",
-                     "yes": "so the flips helped"}.get(_word(vs_head), f"{head} − it: {_word(vs_head)}")
+                     "yes": "so the flips helped"}.get(_word(vs_flips), f"{flips} − it: {_word(vs_flips)}")
             flip_note = (f" The same rule without sign reversal (`{no_flip}`) was {fmt_ci(vs_base, signed=True)} against "
-                         f"`{base_m}` and `{head}` was {fmt_ci(vs_head, signed=True)} against it (Avg@k), {cause}.")
+                         f"`{base_m}` and `{flips}` was {fmt_ci(vs_flips, signed=True)} against it (Avg@k), {cause}.")
         lines.append(f"- The teacher. CAST's sign reversal assumes the answer-free teacher's gap ranks correct rollouts "
                      f"above wrong ones. Before training, on this model's own rollouts, its gap AUC was "
                      f"{num(teacher.get('auc'))} ({int(teacher.get('n_pairs') or 0)} pairs; 0.5 is no signal) and "
