@@ -322,3 +322,21 @@ def test_paper_section_answers_each_claim_with_paired_differences():
     diagnosed = TierView("smollm2", "t", "c", cells, [], "grpo", "cast", base=base, diagnosis={"teachers": {
         "answer_free": {"auc": 0.41, "n_pairs": 160, "against_verifier": {"frac": 0.5}}}})
     assert "its gap AUC was 0.410 (160 pairs; 0.5 is no signal) and 0.500 of tokens" in "\n".join(paper_sections(diagnosed))
+
+
+def test_step_times_of_different_devices_are_separate_rows():
+    """Seconds on a GPU and on a CPU do not average: one row per method and device when the cells span both."""
+    from castrl.bench.report import timing_table
+
+    def rec(step_s, device=None, invocation="a"):
+        out = {"timing": {"step_s": step_s, "rollout_s": step_s / 2}, "wall_s": 10 * step_s, "invocation": invocation}
+        return {**out, "versions": {"device": device}} if device else out
+
+    cells = {"grpo": {0: rec(100.0), 1: rec(10.0, "cuda (GPU)", "b")}, "cast": {0: rec(150.0), 1: rec(20.0, "cuda (GPU)", "c")}}
+    lines, ratios = timing_table(TierView("smollm2", "t", "c", cells, [], "grpo", "cast"))
+    text = "\n".join(lines)
+    assert "| grpo (cpu) | 50.000 |" in text and "| grpo (cuda) | 5.000 |" in text and "| cast (cuda) | 10.000 |" in text
+    assert "| cast (cpu) | 75.000 | " in text and "| 1.50 (n=1) | 1500 |" in text  # same invocation: paired
+    assert ratios["cast"].n == 1 and "One row per method and device." in text
+    single = "\n".join(timing_table(TierView("smollm2", "t", "c", {"grpo": {0: rec(1.0)}}, [], "grpo", "grpo"))[0])
+    assert "| grpo | 0.500 |" in single and "(cpu)" not in single

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from castrl.bench.diagnosis import diagnosis_sections
 from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier, tier_descriptions
-from castrl.bench.report_cells import TierView, acc_at, final_step, step_mean, steps_to_reach
+from castrl.bench.report_cells import TierView, acc_at, cell_device, final_step, step_mean, steps_to_reach
 from castrl.bench.report_figures import write_figures
 from castrl.bench.report_final import final_measure, final_sections
 from castrl.bench.report_tiers import tier_view
@@ -149,23 +149,36 @@ def _same_invocation_ratio(rec: dict, base: dict | None) -> float | None:
     return num / den if num and den else None
 
 
+def _device_kind(rec: dict) -> str:
+    """"cpu" or "cuda" (the GPU's name dropped): what the step-time rows are split by."""
+    return cell_device(rec).split(" ")[0]
+
+
 def timing_table(view: TierView) -> tuple[list[str], dict[str, Interval]]:
     baseline = view.baseline
     base = view.cells.get(baseline, {})
     rows, ratios = [], {}
+    # one row per method and device when the cells ran on several: seconds on a GPU and a CPU do not average
+    devices = sorted({_device_kind(r) for m in view.methods for r in view.cells[m].values()})
     for m in view.methods:
-        recs = view.cells[m]
-        parts = [fmt_ci(mean_ci([r.get("timing", {}).get(p, math.nan) for r in recs.values()]), digits=3)
-                 for p in TIME_PARTS]
-        pairs = [_same_invocation_ratio(r, base.get(s)) for s, r in recs.items()]
-        ratios[m] = mean_ci([p for p in pairs if p is not None])
-        ratio = fmt_ci(ratios[m], digits=2) + f" (n={ratios[m].n})" if ratios[m].n else "-"
-        wall = mean_ci([r.get("wall_s", math.nan) for r in recs.values()])
-        rows.append([m] + parts + [ratio, num(wall.mean, 0)])
+        # a ratio is within one invocation, so within one device: the method's ratios pool across devices
+        pairs = {s: _same_invocation_ratio(r, base.get(s)) for s, r in view.cells[m].items()}
+        ratios[m] = mean_ci([p for p in pairs.values() if p is not None])
+        for device in devices:
+            recs = {s: r for s, r in view.cells[m].items() if _device_kind(r) == device}
+            if not recs:
+                continue
+            parts = [fmt_ci(mean_ci([r.get("timing", {}).get(p, math.nan) for r in recs.values()]), digits=3)
+                     for p in TIME_PARTS]
+            here = [pairs[s] for s in recs if pairs[s] is not None]
+            ratio = fmt_ci(mean_ci(here), digits=2) + f" (n={len(here)})" if here else "-"
+            wall = mean_ci([r.get("wall_s", math.nan) for r in recs.values()])
+            rows.append([m if len(devices) == 1 else f"{m} ({device})"] + parts + [ratio, num(wall.mean, 0)])
     head = ["### Seconds per step (mean ± 95% CI over seeds; first step excluded)", "",
             "rollout = TRL generation + reward; student/teacher = castrl's no-grad log-prob passes; train = TRL "
             f"`step_time` minus the rest. `÷ {baseline}` pairs each seed with the {baseline} cell of the same "
-            "invocation (same machine load) and averages the step-time ratios. Wall = whole cell, evals included.", ""]
+            "invocation (same machine load) and averages the step-time ratios. Wall = whole cell, evals included."
+            + (" One row per method and device." if len(devices) > 1 else ""), ""]
     header = ["method", "rollout", "student", "teacher", "advantage", "train", "total", f"÷ {baseline}", "wall s"]
     return head + _table(header, rows), ratios
 
