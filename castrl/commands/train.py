@@ -43,7 +43,7 @@ class RunArguments:
     )
     n_per_level: int | None = field(default=None, metadata={"help": "Arithmetic problems per level (train)."})
     eval_n_per_level: int = field(default=16, metadata={"help": "Arithmetic problems per level (held-out)."})
-    eval_max_new_tokens: int = field(default=64, metadata={"help": "Greedy tokens per held-out problem."})
+    eval_max_new_tokens: int = field(default=128, metadata={"help": "Greedy tokens per held-out problem."})
     skip_eval: bool = field(default=False, metadata={"help": "Skip the held-out before/after evaluation."})
     prompt_style: str = field(default="oneshot", metadata={"help": "Student prompt: oneshot, cot or plain."})
     lora: str = field(default="auto", metadata={"help": "LoRA adapter: auto (on for the bundled model), on, off."})
@@ -68,14 +68,16 @@ class RunArguments:
 # What `castrl train` with no arguments runs: CAST on the bundled model, sized for 2 CPU cores.
 DEMO_DEFAULTS = dict(
     output_dir="outputs/castrl-train",
-    max_steps=8,
+    max_steps=5,  # at the 128-token budget a CAST step takes ~100 s on 2 cores: make demo stays under 15 min
     # 32 rollouts per step = 4 prompts x 8, trained in micro-batches of 8 with gradient checkpointing:
     # peak RSS of a step 4.6 GB instead of 11.8 GB (micro-batches of 16, no checkpointing), at about the
     # same step time on 2 CPU cores (81 s vs 76-85 s, CAST, smollm2 + LoRA)
     per_device_train_batch_size=8,
     gradient_accumulation_steps=4,
     num_generations=8,
-    max_completion_length=64,
+    # the smollm2 bench tier's budget: ~4x the bundled model's mean sampled completion (32.9 tokens), so CAST's
+    # longer outputs are not cut off before their answer (at 64, 28-44 % of the demo's rollouts were truncated)
+    max_completion_length=128,
     learning_rate=5e-5,
     lr_scheduler_type="constant",
     logging_steps=1,
