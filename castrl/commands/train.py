@@ -68,7 +68,7 @@ class RunArguments:
 # What `castrl train` with no arguments runs: CAST on the bundled model, sized for 2 CPU cores.
 DEMO_DEFAULTS = dict(
     output_dir="outputs/castrl-train",
-    max_steps=4,  # at the 128-token budget a CAST step takes ~100 s on 2 cores: make demo stays under 15 min
+    max_steps=4,  # a CAST step at 128 tokens takes ~116 s on 2 cores: make demo took 13:41 on a fresh clone
     # 32 rollouts per step = 4 prompts x 8, trained in micro-batches of 8 with gradient checkpointing:
     # peak RSS of a step 4.6 GB instead of 11.8 GB (micro-batches of 16, no checkpointing), at about the
     # same step time on 2 CPU cores (81 s vs 76-85 s, CAST, smollm2 + LoRA)
