@@ -90,7 +90,7 @@ def test_shards_split_the_grid_without_overlap():
 def test_device_is_not_in_the_key_and_cuda_must_exist(monkeypatch):
     """The device and the generate batch are how a cell runs, not what it measures: the same key on both."""
     assert "batch_size" not in asdict(smollm2.SETTINGS.final)
-    monkeypatch.setattr(harness, "_cuda_visible", lambda: False)
+    monkeypatch.setattr(harness, "bench_device", lambda: "cpu")
     with pytest.raises(ValueError, match="--device cuda: no CUDA device"):
         harness.parse_tier_args(smollm2.TIER, ["--device", "cuda"])
     assert harness.parse_tier_args(smollm2.TIER, ["--device", "cpu"]).device == "cpu"

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from castrl.bench.harness import Cell
+from castrl.bench.harness import Cell, bench_device
 from castrl.bench.stats import Interval, mean_ci
 
 # The method name of the untrained model's evaluation cell (not an estimator: it trains nothing).
@@ -50,18 +50,11 @@ class FinalEvalSettings:
 EVAL_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 
 
-def eval_device() -> str:
-    """Where the final evaluation runs: CUDA when visible (`castrl bench --device cpu` hides it)."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def eval_arguments(final: FinalEvalSettings, prompt_style: str, seed: int) -> Any:
     """`castrl eval`'s arguments for a final evaluation (spec §7 sampling: EvalArguments' defaults)."""
     from castrl.commands.eval import EvalArguments
 
-    device = eval_device()
+    device = bench_device()
     return EvalArguments(k=final.k, n=final.k, max_new_tokens=final.max_new_tokens,
                          budgets=",".join(str(b) for b in sorted(final.budgets)),
                          batch_size=EVAL_BATCH_SIZE[device], prompt_style=prompt_style, seed=seed, dtype=final.dtype,

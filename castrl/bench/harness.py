@@ -324,10 +324,8 @@ def trainer_config(settings: RLSettings, overrides: Mapping[str, Any], seed: int
     from castrl.trl import CASTTrainerConfig
 
     per_device, accumulation = settings.batch_layout()
-    import torch
-
     fixed = dict(  # fp32 training on either device; the GPU, when visible, only runs it faster
-        output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=False, report_to="none", save_strategy="no",
+        output_dir=output_dir, use_cpu=bench_device() == "cpu", bf16=False, report_to="none", save_strategy="no",
         max_steps=settings.steps, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
         num_generations=settings.num_generations, max_completion_length=settings.max_completion_length,
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
@@ -375,16 +373,18 @@ class TierArguments:
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise ValueError(f"--learning_rate must be in (0, 1), got {self.learning_rate}")
         _check_time_budget(self.time_budget)
-        if self.device == "cuda" and not _cuda_visible():
+        if self.device == "cuda" and bench_device() != "cuda":
             raise ValueError("--device cuda: no CUDA device is visible; use --device cpu or auto")
         if self.shard is not None:
             shard_of(self.shard)
 
 
-def _cuda_visible() -> bool:
+def bench_device() -> str:
+    """Where cells train and evaluate: "cuda" when a GPU is visible, else "cpu" (`--device cpu` hides the GPU).
+    The one place the bench decides it, so training and the final evaluation always agree."""
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def shard_of(text: str) -> tuple[int, int]:
