@@ -806,8 +806,11 @@ def _trainer(verl_prompt_rows, tokenizer, overrides=()):
     return trainer, _FakeTransferQueue(rows), workers
 
 
-def _expected_hook_advantages(trainer, store, keys, model, tokenizer, context, peers=None, step=None):
-    """castrl.core on the stored rows, the teacher scored directly with `model` (peers: row -> text)."""
+def _expected_hook_advantages(
+    trainer, store, keys, model, tokenizer, context, peers=None, step=None, masked_rows=()
+):
+    """castrl.core on the stored rows, the teacher scored directly with `model` (peers: row -> text);
+    `masked_rows` (indices into `keys`) have their whole mask at 0, their rewards still in the groups."""
     width = max(len(store.rows[k]["responses"]) for k in keys)
     teacher = torch.zeros(len(keys), width)
     student, mask, rewards = torch.zeros_like(teacher), torch.zeros_like(teacher), torch.zeros(len(keys))
@@ -818,7 +821,8 @@ def _expected_hook_advantages(trainer, store, keys, model, tokenizer, context, p
         ids = _expected_prompt_ids(*args, context, peer)
         length = len(row["responses"])
         teacher[i, :length] = _direct_teacher_logps(model, ids, row["responses"], 0.7)
-        student[i, :length], mask[i, :length], rewards[i] = row["old_log_probs"], 1, row["rm_scores"].sum()
+        student[i, :length], rewards[i] = row["old_log_probs"], row["rm_scores"].sum()
+        mask[i, :length] = 0 if i in masked_rows else 1
     gids = group_ids_from_uids(np.array([store.rows[k]["uid"] for k in keys], dtype=object))
     step = trainer.castrl_step if step is None else step
     settings = trainer.castrl
@@ -946,3 +950,121 @@ def test_castrl_sync_runs_as_verls_sync_mode(verl_prompt_rows, tokenizer):
     trainer, _, _ = _trainer(verl_prompt_rows, tokenizer)
     assert trainer.trainer_mode == "sync" and type(trainer.replay_buffer) is ReplayBuffer
     assert trainer.castrl.estimator == "cast"
+
+
+# -- truncated completions (spec §4): masked from the loss, rewards kept in the groups -------------
+
+
+def test_truncated_rows_need_the_full_budget_and_no_end_token():
+    from castrl.integrations.verl.truncation import truncated_rows
+
+    lengths = torch.tensor([8, 8, 5, 0, 9])
+    last = torch.tensor([7, 2, 7, -1, 7])  # 2 = an end token
+    got = truncated_rows(lengths, last, max_length=8, end_token_ids={2})
+    assert got.tolist() == [True, False, False, False, True]
+    assert truncated_rows(lengths, last, 8, set()).tolist() == [True, True, False, False, True]
+    with pytest.raises(ValueError, match="max_length"):
+        truncated_rows(lengths, last, 0, {2})
+    with pytest.raises(ValueError, match=r"\(B,\)"):
+        truncated_rows(lengths, last[:2], 8, {2})
+
+
+def test_mask_rows_keeps_lengths_and_other_rows():
+    from castrl.integrations.verl.truncation import last_tokens_of, mask_rows
+
+    rows = [torch.tensor([5, 6, 7]), torch.tensor([], dtype=torch.long), torch.tensor([8, 2])]
+    responses = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+    assert last_tokens_of(responses).tolist() == [7, -1, 2]
+    mask = torch.nested.as_nested_tensor([torch.ones(len(r), dtype=torch.long) for r in rows], layout=torch.jagged)
+    masked = mask_rows(mask, torch.tensor([True, False, False]))
+    assert masked.offsets().tolist() == mask.offsets().tolist()
+    assert [m.tolist() for m in masked.unbind()] == [[0, 0, 0], [], [1, 1]]
+    with pytest.raises(ValueError, match="rows must be"):
+        mask_rows(mask, torch.tensor([True]))
+
+
+def _truncate_some(store, budget: int, eos: int) -> list[int]:
+    """Make every other stored row a full-budget completion without an end token; their indices."""
+    chosen = []
+    for i, key in enumerate(store.rows):
+        if i % 2:
+            continue
+        row = store.rows[key]
+        tokens = torch.full((budget,), 5 if eos != 5 else 6, dtype=row["responses"].dtype)
+        row.update(
+            responses=tokens,
+            response_mask=torch.ones(budget, dtype=torch.long),
+            rm_scores=torch.cat([torch.zeros(budget - 1), row["rm_scores"][-1:]]),
+            old_log_probs=torch.full((budget,), -4.5),
+        )
+        chosen.append(i)
+    return chosen
+
+
+@pytest.mark.parametrize("estimator", ["cast", "castrl_grpo"])
+def test_trainer_hook_masks_truncated_completions_from_advantages_and_loss(
+    verl_prompt_rows, tokenizer, monkeypatch, estimator
+):
+    budget = 8
+    overrides = (f"algorithm.adv_estimator={estimator}", f"data.max_response_length={budget}")
+    trainer, store, workers = _trainer(verl_prompt_rows, tokenizer, overrides)
+    assert int(trainer.config.actor_rollout_ref.rollout.response_length) == budget
+    _patch_tq(monkeypatch, store)
+    keys = list(store.rows)
+    chosen = _truncate_some(store, budget, tokenizer.eos_token_id)
+    ended = keys[1]  # a full-budget row that ends on the end token is a finished completion
+    store.rows[ended]["responses"] = torch.cat(
+        [torch.full((budget - 1,), 5), torch.tensor([tokenizer.eos_token_id])]
+    )
+    store.rows[ended]["response_mask"] = torch.ones(budget, dtype=torch.long)
+    store.rows[ended]["rm_scores"] = torch.zeros(budget)
+    store.rows[ended]["old_log_probs"] = torch.full((budget,), -4.0)
+    rows = [store.rows[k]["responses"] for k in keys]  # some random rows fill the budget too
+    truncated = [i for i, r in enumerate(rows) if len(r) == budget and int(r[-1]) != tokenizer.eos_token_id]
+    assert set(chosen) <= set(truncated) and 1 not in truncated and len(truncated) < len(keys)
+    metrics: dict = {}
+    trainer._compute_advantage(_meta(keys), metrics)
+
+    for i, key in enumerate(keys):  # verl's actor loss reads this mask
+        assert bool(store.rows[key]["response_mask"].any()) == (i not in truncated), key
+        assert len(store.rows[key]["response_mask"]) == len(store.rows[key]["responses"])
+    assert metrics["cast/frac_truncated"] == pytest.approx(len(truncated) / len(keys))
+    got = _stored_advantages(store, keys)
+    assert got[truncated].abs().sum() == 0
+    context = "answer_free"
+    expected, _ = _expected_hook_advantages(
+        trainer, store, keys, workers.model, tokenizer, context, masked_rows=set(truncated)
+    )
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+    # their rewards count: leaving the truncated rows out of the groups would change the others' advantages
+    kept = [key for i, key in enumerate(keys) if i not in truncated]
+    dropped, _ = _expected_hook_advantages(trainer, store, kept, workers.model, tokenizer, context)
+    width = dropped.shape[1]
+    assert not torch.allclose(got[[i for i in range(len(keys)) if i not in truncated], :width], dropped, atol=1e-4)
+
+
+def test_trainer_hook_leaves_truncated_rows_in_the_loss_when_asked(verl_prompt_rows, tokenizer, monkeypatch):
+    budget = 8
+    overrides = (f"data.max_response_length={budget}", "castrl.mask_truncated_completions=false")
+    trainer, store, workers = _trainer(verl_prompt_rows, tokenizer, overrides)
+    _patch_tq(monkeypatch, store)
+    keys = list(store.rows)
+    truncated = _truncate_some(store, budget, tokenizer.eos_token_id)
+    metrics: dict = {}
+    trainer._compute_advantage(_meta(keys), metrics)
+    assert all(bool(store.rows[k]["response_mask"].all()) for k in keys)
+    assert "cast/frac_truncated" not in metrics
+    got = _stored_advantages(store, keys)
+    expected, _ = _expected_hook_advantages(trainer, store, keys, workers.model, tokenizer, "answer_free")
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+    assert got[truncated].abs().sum() > 0
+
+
+def test_truncation_masking_needs_the_castrl_trainer():
+    config = _compose("algorithm.adv_estimator=castrl_grpo", "trainer.v1.trainer_mode=sync")
+    with pytest.raises(ValueError, match="mask_truncated_completions=false"):
+        check_verl_config(config)
+    plain = _compose(
+        "algorithm.adv_estimator=castrl_grpo", "trainer.v1.trainer_mode=sync", "castrl.mask_truncated_completions=false"
+    )
+    assert check_verl_config(plain).estimator == "grpo"

@@ -70,6 +70,14 @@ class CastrlVerlConfig:
         default="solution",
         metadata={"help": "extra_info key with a reference solution (with_solution only)."},
     )
+    mask_truncated_completions: bool = field(
+        default=True,
+        metadata={
+            "help": "Mask completions that reach actor_rollout_ref.rollout.response_length without an end token "
+            "from the loss, for every estimator (the paper's §8.4, spec §4); their rewards still count in the "
+            "group statistics. Needs trainer.v1.trainer_mode=castrl_sync (verl 0.9 has no such option). [P]"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.estimator_config is None:
@@ -239,15 +247,18 @@ def check_verl_config(config: Any) -> CastrlVerlConfig:
             f"actor_rollout_ref.rollout.n={arr['rollout']['n']}: group advantages need >= 2 rollouts"
         )
     trainer = config["trainer"]
-    if settings.needs_teacher and not trainer.get("use_v1", True):
+    hook_needs = _trainer_hook_needs(settings)
+    if hook_needs and not trainer.get("use_v1", True):
         raise ValueError(
-            "trainer.use_v1=False (legacy RayPPOTrainer) is not supported; set trainer.use_v1=True"
+            f"trainer.use_v1=False (legacy RayPPOTrainer) has no castrl hook, needed for {hook_needs}; "
+            "set trainer.use_v1=True"
         )
     mode = trainer.get("v1", {}).get("trainer_mode", "sync")
-    if settings.needs_teacher and not str(mode).startswith(PREFIX):
+    if hook_needs and not str(mode).startswith(PREFIX):
         raise ValueError(
-            f"trainer.v1.trainer_mode={mode!r} has no teacher pass; estimator {settings.estimator!r} needs "
+            f"trainer.v1.trainer_mode={mode!r} has no castrl hook, needed for {hook_needs}; set "
             "trainer.v1.trainer_mode=castrl_sync"
+            + ("" if settings.needs_teacher else " (or castrl.mask_truncated_completions=false)")
         )
     if settings.needs_teacher and settings.teacher_is_reference and not _has_reference(config):
         raise ValueError(
@@ -271,6 +282,16 @@ def check_verl_config(config: Any) -> CastrlVerlConfig:
             f"actor_rollout_ref.rollout.temperature must be > 0 for log-probs, got {temperature}"
         )
     return settings
+
+
+def _trainer_hook_needs(settings: CastrlVerlConfig) -> str:
+    """What of `settings` only castrl's trainer (`castrl_sync`) does, in words; "" = nothing."""
+    needs = []
+    if settings.needs_teacher:
+        needs.append(f"estimator {settings.estimator!r}'s teacher pass")
+    if settings.mask_truncated_completions:
+        needs.append("castrl.mask_truncated_completions=true")
+    return " and ".join(needs)
 
 
 def _has_reference(config: Any) -> bool:

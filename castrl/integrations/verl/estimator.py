@@ -45,6 +45,9 @@ class BoundInputs:
     settings: CastrlVerlConfig
     step: int = 0  # completed training steps (verl's global_steps - 1): anneals, shaping_cutoff_step
     rewards: torch.Tensor | None = None  # (B,) float; None = sum of token_level_rewards
+    # (B,) bool: rows in the group statistics (truncated rows whose mask the trainer zeroed count);
+    # None = rows with a response token in `response_mask`
+    in_groups: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)  # filled by the estimator call
 
 
@@ -81,13 +84,16 @@ def estimate_token_advantages(
     response_mask: torch.Tensor,
     config: EstimatorConfig | None = None,
     step: int = 0,
+    in_groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(B, T) fp32 advantages of castrl estimator `name` on verl tensors, and its `cast/...` stats.
 
     Rows without a single response token (verl's synthetic padding samples, which share one `uid`)
-    are left out of the group statistics and get advantage 0. `student_logps` may be None for
-    estimators that ignore it; the result is detached and 0 where `response_mask` is 0. `step` is
-    the optimizer step the estimator's schedules read (anneals, CAST's `shaping_cutoff_step`).
+    are left out of the group statistics and get advantage 0. `in_groups` ((B,) bool) overrides which
+    rows count: the trainer passes it so that truncated rows, whose `response_mask` it zeroed, keep
+    their rewards in their group (spec §4). `student_logps` may be None for estimators that ignore it;
+    the result is detached and 0 where `response_mask` is 0. `step` is the optimizer step the
+    estimator's schedules read (anneals, CAST's `shaping_cutoff_step`).
     """
     mask = response_mask.float()
     rewards = rewards.float()
@@ -96,7 +102,9 @@ def estimate_token_advantages(
     group_ids = group_ids_from_uids(index)
     if group_ids.shape[0] != mask.shape[0]:
         raise ValueError(f"uid has {group_ids.shape[0]} entries for {mask.shape[0]} rows")
-    has_tokens = (mask > 0).any(dim=1)
+    has_tokens = (mask > 0).any(dim=1) if in_groups is None else in_groups.to(torch.bool)
+    if has_tokens.shape != mask.shape[:1]:
+        raise ValueError(f"in_groups must be ({mask.shape[0]},), got {tuple(has_tokens.shape)}")
     student = torch.zeros_like(mask) if student_logps is None else student_logps.float()
     teacher = None if teacher_logps is None else teacher_logps.float()
     full, stats = run_on_rows(
@@ -183,6 +191,7 @@ def _make_verl_estimator(name: str):
                 response_mask,
                 bound.settings.estimator_config,
                 bound.step,
+                bound.in_groups,
             )
             bound.stats.update(stats)
         adv = adv.to(token_level_rewards.dtype)

@@ -2,6 +2,9 @@
 
 One method is overridden, `_compute_advantage`, which verl runs after `old_log_probs` (and the
 reference / critic passes) and before the actor update; it calls `super()` for everything verl does:
+0. with `castrl.mask_truncated_completions` (the default), zero the `response_mask` of completions that
+   used the whole response budget without an end token (`truncation.py`), in TransferQueue, so that
+   the estimator and verl's actor update both leave them out; their rewards still count in groups;
 1. read `responses`, `raw_prompt`, `reward_model`, `extra_info` of the batch from TransferQueue and
    build the teacher inputs (`teacher_inputs.py`); for a context that reads `{peer}` (RLRT's
    `with_peer_success`) also `uid` and the verifier's `rm_scores`, to give each row a successful
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 import transfer_queue as tq
 from omegaconf import open_dict
+from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl import DataProto
 from verl.trainer.ppo.v1.trainer_base import register_trainer
@@ -47,6 +51,7 @@ from .teacher_inputs import (
     padded,
     teacher_batch_from_dataproto,
 )
+from .truncation import last_tokens_of, mask_rows, truncated_rows
 
 TRAINER_NAME = "castrl_sync"
 
@@ -74,17 +79,36 @@ class CastrlTrainerMixin:
     # -- hook -------------------------------------------------------------------------------------
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        in_groups = None
+        if self.castrl.mask_truncated_completions:
+            batch, in_groups = self._castrl_mask_truncated(batch, metrics)
         start = time.perf_counter()
         teacher = self._castrl_teacher_log_probs(batch, metrics) if self.castrl.needs_teacher else None
         metrics["cast/time_teacher_s"] = time.perf_counter() - start
         uids, student, rewards = self._castrl_student_inputs(batch)
-        bound = BoundInputs(uids, student, teacher, self.castrl, self.castrl_step, rewards)
+        bound = BoundInputs(uids, student, teacher, self.castrl, self.castrl_step, rewards, in_groups)
         start = time.perf_counter()
         with bind_estimator_inputs(bound):
             batch = super()._compute_advantage(batch, metrics)  # type: ignore[misc]
         metrics["cast/time_advantage_s"] = time.perf_counter() - start
         metrics.update(bound.stats)
         return batch
+
+    def _castrl_mask_truncated(self, batch: KVBatchMeta, metrics: dict) -> tuple[KVBatchMeta, torch.Tensor]:
+        """Zero truncated rows' `response_mask` in TransferQueue; (batch, (B,) rows that form groups)."""
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses", "response_mask"]
+        )
+        lengths = data["responses"].offsets().diff()
+        budget = int(self.config.actor_rollout_ref.rollout.response_length)
+        end_ids = {self.tokenizer.eos_token_id} - {None}
+        truncated = truncated_rows(lengths, last_tokens_of(data["responses"]), budget, end_ids)
+        in_groups = lengths > 0
+        metrics["cast/frac_truncated"] = float(truncated.sum()) / max(int(in_groups.sum()), 1)
+        if truncated.any():
+            masked = TensorDict({"response_mask": mask_rows(data["response_mask"], truncated)}, batch_size=len(lengths))
+            batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=masked)
+        return batch, in_groups
 
     # -- inputs -----------------------------------------------------------------------------------
 
