@@ -222,19 +222,26 @@ def length_rows(view: TierView) -> list[str]:
 
 def wall_rows(view: TierView) -> list[str]:
     """§8.4: CAST's training step time over GRPO's (mean step seconds over each method's cells), per device:
-    a ratio across devices would measure the hardware."""
+    a ratio across devices would measure the hardware. The teacher pass's share of CAST's step separates
+    the method's own cost from its longer rollouts, which make generation and the update slower too."""
     head, base_m = view.headline, view.baseline
     devices = sorted({cell_device(r) for m in (base_m, head) for r in view.cells.get(m, {}).values()})
+    def timing(method: str, key: str, device: str) -> Interval:
+        return mean_ci([r.get("timing", {}).get(key) for r in view.cells.get(method, {}).values()
+                        if cell_device(r) == device])
+
     parts = []
     for device in devices:
-        steps = {m: mean_ci([r.get("timing", {}).get("step_s") for r in view.cells.get(m, {}).values()
-                             if cell_device(r) == device]) for m in (base_m, head)}
+        steps = {m: timing(m, "step_s", device) for m in (base_m, head)}
         if all(iv.n for iv in steps.values()):
+            teacher = timing(head, "teacher_s", device)
             parts.append(f"on {device}, {head} {fmt_ci(steps[head], digits=1)} s (n={steps[head].n}), {base_m} "
                          f"{fmt_ci(steps[base_m], digits=1)} s (n={steps[base_m].n}): "
-                         f"{steps[head].mean / steps[base_m].mean:.2f}×")
+                         f"{steps[head].mean / steps[base_m].mean:.2f}×, of which {head}'s teacher pass "
+                         f"{num(teacher.mean, 1)} s ({num(teacher.mean / steps[head].mean, 2)} of its step)")
     if not parts:
         return [f"Wall clock (§8.4): no {head} and {base_m} cells on one device yet."]
     return [f"Wall clock (§8.4; paper: CAST {PAPER_WALL_RATIO}× GRPO), mean training step: {'; '.join(parts)} "
             "(means over cells of different invocations, whose machine load may differ; the step-time table pairs "
-            "cells of one invocation)."]
+            "cells of one invocation). The rest of the difference is in generation and the update (step-time "
+            "table below), on longer completions (output length above)."]
