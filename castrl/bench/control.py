@@ -115,13 +115,18 @@ def teacher_of(method: str) -> str:
 # --- the ladder and its characterisation ---------------------------------------------------------------
 
 
+def ladder_folder(settings: ControlSettings, scratch_dir: str) -> Path:
+    """The scratch folder holding every rung's checkpoint and `ladder.json` (how they were trained)."""
+    return Path(scratch_dir) / "control_ladder" / settings.ladder.key(settings.sft)
+
+
 def teacher_ladder(settings: ControlSettings, sft_dir: Path, scratch_dir: str, progress: bool) -> dict[str, Path]:
     """name -> checkpoint folder of every rung, trained (once, cached under the scratch folder) by
     continuing the student's SFT; `ladder.json` beside them records the accuracy history."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     ladder = settings.ladder
-    folder = Path(scratch_dir) / "control_ladder" / ladder.key(settings.sft)
+    folder = ladder_folder(settings, scratch_dir)
     paths = {name: folder / name for name in ladder.names()}
     if (folder / LADDER_INFO_FILE).exists():
         return paths
@@ -227,7 +232,7 @@ def prepare(settings: ControlSettings, cache_dir: str, scratch_dir: str, progres
     ready = Prepared(sft_dir, teacher_ladder(settings, sft_dir, scratch_dir, progress))
     record = ladder_record_path(settings, cache_dir)
     if not record.exists() or "heldout_accuracy" not in json.loads(record.read_text()):
-        info = json.loads((next(iter(ready.teacher_dirs.values())).parent / LADDER_INFO_FILE).read_text())
+        info = json.loads((ladder_folder(settings, scratch_dir) / LADDER_INFO_FILE).read_text())
         info["heldout_accuracy"] = {name: rung_heldout_accuracy(settings, folder)
                                     for name, folder in ready.teacher_dirs.items()}
         record.parent.mkdir(parents=True, exist_ok=True)
