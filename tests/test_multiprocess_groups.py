@@ -59,9 +59,12 @@ trainer._teacher_logps, trainer._generate_and_score_completions = teacher_logps,
 trainer._fused_token_advantages = fused
 trainer.train()
 torch.save(record, os.path.join({tmp!r}, f"rank{{rank}}.pt"))
-# Tear the gloo group down before exit: left to interpreter shutdown, its threads can abort the process
-# ("terminate called without an active exception", SIGABRT) after the work is done.
-torch.distributed.destroy_process_group()
+# Leave without C++ teardown: gloo's threads, destroyed at interpreter shutdown (or even by an explicit
+# destroy_process_group while the other rank exits), can abort a finished process ("terminate called
+# without an active exception", SIGABRT, exit -6). Both ranks wait here until both records are on disk.
+torch.distributed.barrier()
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(0)
 """
 
 
