@@ -983,6 +983,16 @@ def test_mask_rows_keeps_lengths_and_other_rows():
         mask_rows(mask, torch.tensor([True]))
 
 
+def test_truncation_helpers_take_transfer_queues_plain_tensors():
+    """TransferQueue returns a plain (B, T) tensor when every row has the same length."""
+    from castrl.integrations.verl.truncation import last_tokens_of, mask_rows
+
+    responses = torch.tensor([[5, 6, 7], [8, 9, 2]])
+    assert last_tokens_of(responses).tolist() == [7, 2]
+    masked = mask_rows(torch.ones(2, 3, dtype=torch.long), torch.tensor([False, True]))
+    assert not masked.is_nested and masked.tolist() == [[1, 1, 1], [0, 0, 0]]
+
+
 def _truncate_some(store, budget: int, eos: int) -> list[int]:
     """Make every other stored row a full-budget completion without an end token; their indices."""
     chosen = []

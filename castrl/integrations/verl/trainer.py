@@ -49,6 +49,7 @@ from .teacher_inputs import (
     batch_peer_texts,
     dataproto_from_nested,
     padded,
+    row_lengths,
     teacher_batch_from_dataproto,
 )
 from .truncation import last_tokens_of, mask_rows, truncated_rows
@@ -99,15 +100,17 @@ class CastrlTrainerMixin:
         data = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses", "response_mask"]
         )
-        lengths = data["responses"].offsets().diff()
+        lengths = row_lengths(data["responses"])
+        # rows in the groups: those with a response token before masking (verl's padding rows have none)
+        in_groups = padded(data["response_mask"], 0).bool().any(dim=1)
         budget = int(self.config.actor_rollout_ref.rollout.response_length)
         end_ids = {self.tokenizer.eos_token_id} - {None}
-        truncated = truncated_rows(lengths, last_tokens_of(data["responses"]), budget, end_ids)
-        in_groups = lengths > 0
+        truncated = truncated_rows(lengths, last_tokens_of(data["responses"]), budget, end_ids) & in_groups
         metrics["cast/frac_truncated"] = float(truncated.sum()) / max(int(in_groups.sum()), 1)
         if truncated.any():
-            masked = TensorDict({"response_mask": mask_rows(data["response_mask"], truncated)}, batch_size=len(lengths))
-            batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=masked)
+            masked = mask_rows(data["response_mask"], truncated)
+            fields = TensorDict({"response_mask": masked}, batch_size=len(lengths))
+            batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
         return batch, in_groups
 
     # -- inputs -----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ default); verl 0.9 has no such option, so `castrl_sync` zeroes their `response_m
 the advantage estimator and the actor update read it. Their rewards still count in the group statistics
 (spec §4), so the trainer tells the estimator which rows form groups (`rows_in_groups`): rows with a response
 token, before masking. verl's own padding rows (no response token) stay out, as before.
-Pure torch on TransferQueue's jagged tensors; no TransferQueue calls here.
+Pure torch on what TransferQueue returns (jagged tensors, or plain ones when every row has one length);
+no TransferQueue calls here.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ def truncated_rows(
 
 
 def last_tokens_of(responses: torch.Tensor) -> torch.Tensor:
-    """(B,) last token of each row of a jagged (B, *) `responses` tensor; -1 for an empty row."""
+    """(B,) last token of each row of a jagged (B, *) `responses` tensor; -1 for an empty row.
+
+    A plain (B, T) tensor (TransferQueue returns one when every row has the same length) is full width."""
+    if not responses.is_nested:
+        return responses[:, -1] if responses.shape[1] else torch.full(responses.shape[:1], -1, dtype=responses.dtype)
     lengths = responses.offsets().diff()
     values = responses.values()
     ends = responses.offsets()[1:] - 1
@@ -55,8 +60,13 @@ def mask_rows(response_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The jagged `response_mask` with every token of `rows` ((B,) bool) set to 0; lengths unchanged.
 
     verl recovers row lengths from the jagged offsets (`response_to_nested`), not from the mask's
-    values, so a masked row keeps its length, its rewards and its log-probs.
+    values, so a masked row keeps its length, its rewards and its log-probs. A plain (B, T) mask
+    (every row of one length) stays plain.
     """
+    if not response_mask.is_nested:
+        if rows.shape != response_mask.shape[:1]:
+            raise ValueError(f"rows must be ({response_mask.shape[0]},), got {tuple(rows.shape)}")
+        return response_mask * (~rows).unsqueeze(1).to(response_mask.dtype)
     lengths = response_mask.offsets().diff()
     if rows.shape != lengths.shape:
         raise ValueError(f"rows must be ({lengths.shape[0]},), got {tuple(rows.shape)}")
