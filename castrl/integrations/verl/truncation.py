@@ -4,8 +4,8 @@ A completion is truncated when it used the whole response budget (`actor_rollout
 without ending on an end token. castrl's TRL trainer masks such rows (`mask_truncated_completions`, on by
 default); verl 0.9 has no such option, so `castrl_sync` zeroes their `response_mask` in TransferQueue before
 the advantage estimator and the actor update read it. Their rewards still count in the group statistics
-(spec §4), so the trainer tells the estimator which rows form groups (`rows_in_groups`): rows with a response
-token, before masking. verl's own padding rows (no response token) stay out, as before.
+(spec §4), so the trainer tells the estimator which rows form groups (`BoundInputs.in_groups`): rows with a
+response token, before masking. verl's own padding rows (no response token) stay out, as before.
 Pure torch on what TransferQueue returns (jagged tensors, or plain ones when every row has one length);
 no TransferQueue calls here.
 """
@@ -63,12 +63,10 @@ def mask_rows(response_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     values, so a masked row keeps its length, its rewards and its log-probs. A plain (B, T) mask
     (every row of one length) stays plain.
     """
+    if rows.shape != response_mask.shape[:1]:
+        raise ValueError(f"rows must be ({response_mask.shape[0]},), got {tuple(rows.shape)}")
     if not response_mask.is_nested:
-        if rows.shape != response_mask.shape[:1]:
-            raise ValueError(f"rows must be ({response_mask.shape[0]},), got {tuple(rows.shape)}")
         return response_mask * (~rows).unsqueeze(1).to(response_mask.dtype)
     lengths = response_mask.offsets().diff()
-    if rows.shape != lengths.shape:
-        raise ValueError(f"rows must be ({lengths.shape[0]},), got {tuple(rows.shape)}")
     keep = (~rows).repeat_interleave(lengths).to(response_mask.values().dtype)
     return torch.nested.nested_tensor_from_jagged(response_mask.values() * keep, response_mask.offsets())
