@@ -48,3 +48,13 @@ def test_method_flags():
         method_flags("cast@lam")
     with pytest.raises(ValueError, match="unknown advantage estimator 'bogus'"):
         method_flags("bogus")
+
+
+def test_help_states_what_is_measured(capsys):
+    """The description is the module docstring's whole first sentence, not its first wrapped line."""
+    from castrl.bench.steptime import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "advantage / train, for several estimators" in text and "Any other flag" in text

@@ -202,7 +202,9 @@ def headline(view: TierView, ratios: dict[str, Interval]) -> list[str]:
          fmt_ci(delta, signed=True)],
         [f"steps to reach {baseline}'s final accuracy", f"≤ 0.6× {baseline}'s", steps_text],
         [f"rollouts with a non-zero advantage ({head})", "100%", fmt_ci(nonzero)],
-        [f"step time {head} ÷ {baseline} (same invocation)", "≤ 1.10", fmt_ci(ratio, digits=2)],
+        [f"step time {head} ÷ {baseline} (same invocation)", "≤ 1.10",
+         fmt_ci(ratio, digits=2) if ratio.n else "no cell pair of one invocation; a controlled pair: "
+         "`castrl bench steptime` ([steptime.md](steptime.md))"],
     ]
     return _table(["measure", "target", "measured"], rows)
 

@@ -244,4 +244,5 @@ def wall_rows(view: TierView) -> list[str]:
     return [f"Wall clock (§8.4; paper: CAST {PAPER_WALL_RATIO}× GRPO), mean training step: {'; '.join(parts)} "
             "(means over cells of different invocations, whose machine load may differ; the step-time table pairs "
             "cells of one invocation). The rest of the difference is in generation and the update (step-time "
-            "table below), on longer completions (output length above)."]
+            "table below), on longer completions (output length above). A controlled pair, one invocation on an "
+            "idle machine and the same first-step rollouts: `castrl bench steptime` ([steptime.md](steptime.md))."]

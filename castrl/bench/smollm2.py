@@ -64,8 +64,8 @@ class SmolSettings(RLSettings):
         return {"gradient_checkpointing": self.gradient_checkpointing}
 
     def code_paths(self) -> dict[str, Any]:
-        """The trainer's defaults (fused student pass, shared prompt KV cache): CAST's step 1.09x GRPO's
-        instead of 1.65x with the v1 grids' separate passes (docs/steptime.md), same advantages."""
+        """The trainer's defaults (fused student pass, shared prompt KV cache): CAST's step 1.06x GRPO's
+        instead of 1.39x with separate passes at this tier's budget (docs/steptime.md), same advantages."""
         return {}
 
     def base_cell(self) -> Cell:

@@ -55,7 +55,7 @@ def parse_args(argv: list[str]) -> tuple[SteptimeArguments, list[str]]:
 
     `--config run.yaml` is left to `castrl train`'s parser, which reads it with the types of its fields."""
     parser = dataclass_parser([SteptimeArguments], prog="castrl bench steptime",
-                              description=__doc__.splitlines()[0] + " Any other flag (--config included) is "
+                              description=" ".join(__doc__.split("\n\n")[0].split()) + " Any other flag (--config included) is "
                               "castrl train's and applies to every method.")
     args, train_flags = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
     return args, list(train_flags)
