@@ -54,8 +54,9 @@ def parse_args(argv: list[str]) -> tuple[SteptimeArguments, list[str]]:
     """The bench's own flags and the rest (`castrl train` flags, shared by every method).
 
     `--config run.yaml` is left to `castrl train`'s parser, which reads it with the types of its fields."""
+    first_paragraph = " ".join(__doc__.split("\n\n")[0].split())
     parser = dataclass_parser([SteptimeArguments], prog="castrl bench steptime",
-                              description=" ".join(__doc__.split("\n\n")[0].split()) + " Any other flag (--config included) is "
+                              description=first_paragraph + " Any other flag (--config included) is "
                               "castrl train's and applies to every method.")
     args, train_flags = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
     return args, list(train_flags)
