@@ -27,6 +27,7 @@ from castrl.teacher import left_pad, successful_peers
 from castrl.teacher import teacher_prompt_ids as shared_teacher_prompt_ids
 
 from .config import CastrlVerlConfig
+from .jagged import padded, row_lengths
 
 NON_TENSOR_KEYS = ("raw_prompt", "reward_model", "extra_info")
 
@@ -233,18 +234,6 @@ def object_array(values: Sequence[Any]) -> np.ndarray:
     for i, value in enumerate(values):
         out[i] = value
     return out
-
-
-def padded(tensor: torch.Tensor, padding: float) -> torch.Tensor:
-    """(B, T) from a jagged per-row tensor; TransferQueue returns a plain tensor when all rows match."""
-    return tensor.to_padded_tensor(padding=padding) if tensor.is_nested else tensor
-
-
-def row_lengths(tensor: torch.Tensor) -> torch.Tensor:
-    """(B,) long length of each row of a jagged (or plain, full-width) tensor."""
-    if tensor.is_nested:
-        return tensor.offsets().diff()
-    return torch.full((tensor.shape[0],), tensor.shape[1], dtype=torch.long)
 
 
 def dataproto_from_nested(td: Any, pad_token_id: int) -> DataProto:

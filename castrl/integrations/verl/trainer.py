@@ -44,12 +44,11 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 
 from .config import CastrlVerlConfig, check_verl_config
 from .estimator import BoundInputs, bind_estimator_inputs
+from .jagged import padded, row_lengths
 from .teacher_inputs import (
     NON_TENSOR_KEYS,
     batch_peer_texts,
     dataproto_from_nested,
-    padded,
-    row_lengths,
     teacher_batch_from_dataproto,
 )
 from .truncation import last_tokens_of, mask_rows, truncated_rows

@@ -16,6 +16,8 @@ from collections.abc import Collection
 
 import torch
 
+from .jagged import padded, row_lengths
+
 
 def truncated_rows(
     lengths: torch.Tensor, last_tokens: torch.Tensor, max_length: int, end_token_ids: Collection[int]
@@ -42,18 +44,12 @@ def truncated_rows(
 
 
 def last_tokens_of(responses: torch.Tensor) -> torch.Tensor:
-    """(B,) last token of each row of a jagged (B, *) `responses` tensor; -1 for an empty row.
-
-    A plain (B, T) tensor (TransferQueue returns one when every row has the same length) is full width."""
-    if not responses.is_nested:
-        return responses[:, -1] if responses.shape[1] else torch.full(responses.shape[:1], -1, dtype=responses.dtype)
-    lengths = responses.offsets().diff()
-    values = responses.values()
-    ends = responses.offsets()[1:] - 1
-    last = torch.full(lengths.shape, -1, dtype=values.dtype, device=values.device)
-    has = lengths > 0
-    last[has] = values[ends[has]]
-    return last
+    """(B,) last token of each row of a jagged (B, *) or plain (B, T) `responses` tensor; -1 for an empty row."""
+    lengths, dense = row_lengths(responses), padded(responses, -1)
+    if dense.shape[1] == 0:  # every row empty
+        return torch.full(lengths.shape, -1, dtype=dense.dtype)
+    last = dense.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    return torch.where(lengths > 0, last, torch.full_like(last, -1))
 
 
 def mask_rows(response_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -67,6 +63,5 @@ def mask_rows(response_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"rows must be ({response_mask.shape[0]},), got {tuple(rows.shape)}")
     if not response_mask.is_nested:
         return response_mask * (~rows).unsqueeze(1).to(response_mask.dtype)
-    lengths = response_mask.offsets().diff()
-    keep = (~rows).repeat_interleave(lengths).to(response_mask.values().dtype)
+    keep = (~rows).repeat_interleave(row_lengths(response_mask)).to(response_mask.values().dtype)
     return torch.nested.nested_tensor_from_jagged(response_mask.values() * keep, response_mask.offsets())
