@@ -74,3 +74,13 @@ def test_a_loss_that_bypasses_the_hook_fails_loudly(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", bypass)
     with pytest.raises(RuntimeError, match="fuse_student_pass=False"):
         trainer.compute_loss(trainer.model, inputs)
+
+
+def test_a_gap_control_takes_the_whole_batch_not_a_micro_batch(tmp_path):
+    """gap_control=shuffle permutes gaps across the batch's rollouts, so its token step cannot run per
+    micro-batch: the trainer scores the student separately, and the shuffled gaps reach the advantages."""
+    trainer = _trainer(tmp_path, gap_control="shuffle")
+    torch.manual_seed(0)
+    inputs = trainer._generate_and_score_completions(_batch(trainer))
+    assert "castrl_row" not in inputs and inputs["old_per_token_logps"] is not None
+    assert torch.isfinite(inputs["advantages"]).all()

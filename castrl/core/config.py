@@ -39,6 +39,9 @@ def _check_steps(obj: object, name: str, allow_none: bool = False) -> None:
         raise ValueError(f"{type(obj).__name__}.{name} must be an integer >= 0, got {value!r}")
 
 
+GAP_CONTROLS: tuple[str, ...] = ("none", "shuffle")
+
+
 def linear_anneal(start: float, end: float, steps: int, step: int) -> float:
     """start -> end linearly over `steps` optimizer steps, then `end` (steps = 0: `end` at once)."""
     if steps == 0:
@@ -62,9 +65,27 @@ class EstimatorConfig:
         default=20.0,
         metadata={"help": "Teacher-student log-prob gaps g are clamped to [-gap_clip, gap_clip] (spec §1). [R]"},
     )
+    gap_control: Literal["none", "shuffle"] = field(
+        default="none",
+        metadata={
+            "help": "A control of ours, not a method: 'shuffle' permutes the valid tokens' gaps across tokens and "
+            "rollouts of the batch before the estimator's rule, seeded by the optimizer step: same magnitudes and "
+            "sign shares, no information about which token. If an estimator does as well with it, the "
+            "teacher's token ranking is not what drives its result. 'none' = the method as written. [R]"
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_nonneg(self, "std_eps", "gap_clip")
+        if self.gap_control not in GAP_CONTROLS:
+            raise ValueError(f"gap_control must be one of {', '.join(GAP_CONTROLS)}, got {self.gap_control!r}")
+
+    @property
+    def row_local(self) -> bool:
+        """Whether the token step of a row depends on that row alone. A `gap_control` other than 'none'
+        mixes gaps across the rows of the call, so a host must hand it the whole batch at once (a trainer
+        then cannot run the token step per micro-batch)."""
+        return self.gap_control == "none"
 
 
 @dataclass(frozen=True)

@@ -132,14 +132,14 @@ class _Estimator:
             stats.update(gap_metrics(batch))
         return adv, stats
 
-    def _prepare(self, rewards, group_ids, student_logps, teacher_logps, mask, config) -> PreparedBatch:
+    def _prepare(self, rewards, group_ids, student_logps, teacher_logps, mask, config, step) -> PreparedBatch:
         return prepare_batch(
-            rewards, group_ids, student_logps, teacher_logps, mask, config, self.needs_teacher, self.name
+            rewards, group_ids, student_logps, teacher_logps, mask, config, self.needs_teacher, self.name, step
         )
 
     def full(self, rewards, group_ids, student_logps, teacher_logps, mask, config=None, step=0):
         config = self.config(config)
-        batch = self._prepare(rewards, group_ids, student_logps, teacher_logps, mask, config)
+        batch = self._prepare(rewards, group_ids, student_logps, teacher_logps, mask, config, step)
         adv, stats = self._tokens(batch, self.base_rule(batch, config, step), student_logps, config, step)
         return adv, {**group_metrics(batch), **stats}
 
@@ -154,7 +154,7 @@ class _Estimator:
         is_tensor = isinstance(rewards, torch.Tensor) and rewards.ndim >= 1
         n = rewards.shape[0] if is_tensor else 0
         rows = torch.arange(n, device=rewards.device if is_tensor else None)
-        batch = self._prepare(rewards, rows, student_logps, teacher_logps, mask, config)
+        batch = self._prepare(rewards, rows, student_logps, teacher_logps, mask, config, step)
         return self._tokens(batch, _check_base(base_adv, batch.rewards.shape[0]), student_logps, config, step)
 
 
@@ -222,5 +222,6 @@ def compute_token_advantages(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Second half of estimator `name`: (B, T) token advantages from the rows' `base` (from
     `compute_base_advantages`) and log-probs. Row-local: any subset of rows gives those rows'
-    advantages of the full-batch `compute_advantages`. `rewards` only tell correct from wrong rows."""
+    advantages of the full-batch `compute_advantages` (unless `config.row_local` is False: a gap
+    control permutes gaps across the rows it is given). `rewards` only tell correct from wrong rows."""
     return get_estimator(name).token_step(base, rewards, student_logps, teacher_logps, mask, config, step)

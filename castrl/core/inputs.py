@@ -14,6 +14,9 @@ import torch
 from .config import EstimatorConfig
 from .groups import GroupStats, group_stats
 
+# Offset of the shuffle control's seed (the optimizer step is added), so it draws no stream a user seeds.
+SHUFFLE_SEED = 0x5EED_CA57
+
 
 @dataclass(frozen=True)
 class PreparedBatch:
@@ -87,8 +90,11 @@ def prepare_batch(
     config: EstimatorConfig,
     needs_teacher: bool,
     estimator: str,
+    step: int = 0,
 ) -> PreparedBatch:
-    """Validate shapes/dtypes/values and build the fp32, detached view the estimators use."""
+    """Validate shapes/dtypes/values and build the fp32, detached view the estimators use.
+
+    `step` (the optimizer step) seeds `config.gap_control`'s permutation; nothing else reads it."""
     rewards, group_ids = _check_rewards(rewards, group_ids)
     student_logps = _check_tensor("student_logps", student_logps, 2)
     if not student_logps.is_floating_point():
@@ -106,6 +112,8 @@ def prepare_batch(
                 f"got {tuple(teacher_logps.shape)}"
             )
         gap, n_bad = sanitize_gap(teacher_logps, student_logps, real, config.gap_clip)
+        if config.gap_control == "shuffle":
+            gap = shuffle_gap(gap, real, step)
     elif needs_teacher:
         raise ValueError(f"advantage estimator {estimator!r} needs teacher_logps, got None")
     return PreparedBatch(
@@ -138,3 +146,16 @@ def sanitize_gap(
     n_bad = int((real & ~finite).sum().item())
     gap = torch.where(real & finite, gap, torch.zeros_like(gap)).clamp(-clip, clip)
     return gap, n_bad
+
+
+def shuffle_gap(gap: torch.Tensor, real: torch.Tensor, step: int) -> torch.Tensor:
+    """`gap` (B, T) with its real tokens' values permuted among the real tokens of every row (padding
+    stays 0): the control `gap_control="shuffle"`. The multiset of gaps, hence every sign share and
+    magnitude, is kept; which token and which rollout a gap belongs to is not. Seeded by `step` on a
+    CPU generator, so every process and device that sees the same batch draws the same permutation."""
+    where = real.reshape(-1).nonzero().squeeze(1)
+    generator = torch.Generator().manual_seed(SHUFFLE_SEED + max(int(step), 0))
+    order = torch.randperm(where.numel(), generator=generator).to(where.device)
+    flat = torch.zeros_like(gap).reshape(-1)
+    flat[where] = gap.reshape(-1)[where[order]]
+    return flat.view_as(gap)

@@ -18,6 +18,7 @@ from castrl.data import build_prompt
 from castrl.models import load_checked
 from castrl.teacher import (
     PEER_FALLBACK_CONTEXT,
+    TeacherConfig,
     context_uses,
     load_external_teacher,
     successful_peers,
@@ -138,20 +139,22 @@ def peer_texts(
 def _teacher_prompt_ids(
     tokenizer: Any,
     examples: Sequence[dict[str, Any]],
-    context: str,
+    teacher: TeacherConfig,
     rows: list[int],
     peers: Sequence[str | None],
-    max_length: int,
 ) -> tuple[list[list[int]], int]:
     """The teacher prompt ids of every row (`castrl.teacher.teacher_prompt_ids`, tokenised as the
-    student's prompts are), cut from the left to `max_length`, and how many were cut. One prompt per
-    problem, or per row for contexts that read a peer rollout (without a peer they fall back to
-    PEER_FALLBACK_CONTEXT)."""
+    student's prompts are), cut from the left to the teacher's max_prompt_length, and how many were cut.
+    One prompt per problem, or per row for contexts that read a peer rollout (without a peer they fall
+    back to PEER_FALLBACK_CONTEXT)."""
     tokenize = partial(chat_prompt_ids, tokenizer)
+    context, max_length = teacher.context, teacher.max_prompt_length
+    placement = dict(placement=teacher.tag_placement,
+                     encode_text=lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
     if context_uses(context, "peer"):
-        ids = teacher_prompt_ids([examples[i] for i in rows], context, tokenize, peers)
+        ids = teacher_prompt_ids([examples[i] for i in rows], context, tokenize, peers, **placement)
     else:
-        per_problem = teacher_prompt_ids(examples, context, tokenize)
+        per_problem = teacher_prompt_ids(examples, context, tokenize, **placement)
         ids = [per_problem[i] for i in rows]
     n_cut = sum(len(r) > max_length for r in ids)
     return [r[len(r) - min(len(r), max_length) :] for r in ids], n_cut
@@ -186,10 +189,8 @@ def _score_all(
     examples = [{**p, "prompt": prompt} for p, prompt in zip(problems, student_prompts, strict=True)]
     external = None if settings.teacher_model is None else load_external_teacher(settings.teacher_model, tokenizer, model)
     teachers = {}
-    for context in settings.teachers:
-        ids, n_cut = _teacher_prompt_ids(
-            tokenizer, examples, context, rows, peers, settings.teacher_max_prompt_length
-        )
+    for context in settings.teachers:  # a context name, or context@placement
+        ids, n_cut = _teacher_prompt_ids(tokenizer, examples, settings.teacher_config(context), rows, peers)
         prompts_cut[context] = n_cut
         start = time.perf_counter()
         with teacher_scope(settings.teacher_weights, model) if external is None else external.scoring(model):
@@ -289,7 +290,7 @@ def run_diagnostics(
                 f"{settings.teacher_max_prompt_length} and were cut from the left"
             )
     for context in settings.teachers:
-        if context_uses(context, "peer"):
+        if context_uses(settings.teacher_config(context).context, "peer"):
             fallback = sum(
                 1 for keep, peer in zip(kept.tolist(), peers, strict=True) if keep and peer is None
             )

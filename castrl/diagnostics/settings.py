@@ -15,20 +15,28 @@ from castrl.config_fields import with_fields_of
 from castrl.core import CastConfig
 from castrl.data import STYLES, load_problems
 from castrl.models import DEFAULT_MODEL
-from castrl.teacher import TEACHER_CONTEXTS, TeacherConfig, WeightsSpec, context_uses
+from castrl.teacher import TAG_PLACEMENTS, TEACHER_CONTEXTS, TeacherConfig, WeightsSpec, context_uses
 
 # The contexts a default diagnosis scores with: the paper's answer-free teacher (CAST's default, spec §3)
 # and its ablation with the ground-truth answer (Table 7).
 DEFAULT_TEACHERS: tuple[str, ...] = ("answer_free", "with_reference")
 
 
+# CastConfig's fields a diagnosis applies: the flip rule, the correctness threshold and the gap control.
+CAST_FIELDS: tuple[str, ...] = ("flip_margin", "flip_correct", "flip_incorrect", "correct_threshold", "gap_control")
+
+
 @dataclass(frozen=True)
-@with_fields_of(TeacherConfig, prefix="teacher_", only=("weights", "max_prompt_length", "model"))
+@with_fields_of(CastConfig, only=CAST_FIELDS)
+@with_fields_of(TeacherConfig, prefix="teacher_", only=("weights", "max_prompt_length", "model", "tag_placement"))
 class DiagnoseSettings:
     """What to diagnose and how; every field is a `castrl diagnose` flag (`group_size` -> --group_size).
 
-    `teacher_weights`, `teacher_max_prompt_length` and `teacher_model` are `castrl.teacher.TeacherConfig`'s;
-    `teachers` lists several contexts, each checked as a `TeacherConfig` with those settings."""
+    `teacher_weights`, `teacher_max_prompt_length`, `teacher_model` and `teacher_tag_placement` are
+    `castrl.teacher.TeacherConfig`'s; `flip_margin`, `flip_correct`, `flip_incorrect`, `correct_threshold`
+    and `gap_control` are `castrl.core.CastConfig`'s. `teachers` lists several contexts, each checked as a
+    `TeacherConfig` with those settings; `context@placement` scores one context with another tag placement,
+    so several placements are compared on the very same rollouts."""
 
     model: str = field(
         default=DEFAULT_MODEL, metadata={"help": "HF id, local folder, or 'smollm2-135m' (bundled)."}
@@ -55,7 +63,9 @@ class DiagnoseSettings:
         metadata={
             "help": "Teacher contexts to score with, space- or comma-separated: "
             f"{', '.join(TEACHER_CONTEXTS)} (spec §3). with_peer_success reads another correct "
-            "rollout of the same group (rows without one fall back to answer_free)."
+            "rollout of the same group (rows without one fall back to answer_free). context@placement scores "
+            f"a context with another --teacher_tag_placement ({', '.join(TAG_PLACEMENTS)}), e.g. "
+            "answer_free@every_user."
         },
     )
     n_prompts: int = field(default=16, metadata={"help": "Problems drawn (seeded) from the data."})
@@ -65,29 +75,11 @@ class DiagnoseSettings:
     )
     gen_batch_size: int = field(default=32, metadata={"help": "Rollouts per generate call (whole groups)."})
     score_batch_size: int = field(default=16, metadata={"help": "Rollouts per scoring forward pass."})
-    flip_margin: float = field(
-        default=0.0,
-        metadata={
-            "help": "CastConfig.flip_margin: a token flips only when |g| > this; 0 = the paper's rule "
-            "(every token whose gap sign disagrees with B's flips)."
-        },
-    )
-    flip_correct: bool = field(
-        default=True,
-        metadata={"help": "CastConfig.flip_correct: correct-path negative reversal (B > 0, g < 0)."},
-    )
-    flip_incorrect: bool = field(
-        default=True,
-        metadata={"help": "CastConfig.flip_incorrect: incorrect-path positive reversal (B < 0, g > 0)."},
-    )
     mask_truncated_completions: bool = field(
         default=True,
         metadata={"help": "Leave completions that hit --max_new_tokens without an end token out of every token "
                   "statistic, as the trainer leaves them out of the loss (spec §4); their rewards still count in "
                   "the group statistics, as in training."},
-    )
-    correct_threshold: float = field(
-        default=0.5, metadata={"help": "A rollout is correct when reward >= this."}
     )
     position_bins: int = field(default=10, metadata={"help": "Bins of relative position in the completion."})
     dtype: str = field(default="float32", metadata={"help": "Model dtype: float32 or bfloat16."})
@@ -133,17 +125,21 @@ class DiagnoseSettings:
     def _check_teachers(self) -> None:
         if not self.teachers:
             raise ValueError(f"--teachers is empty; name one or more of {', '.join(TEACHER_CONTEXTS)}")
-        unknown = [t for t in self.teachers if t not in TEACHER_CONTEXTS]
+        unknown = [t for t in self.teachers if t.partition("@")[0] not in TEACHER_CONTEXTS]
         if unknown:
             raise ValueError(
                 f"--teachers: unknown teacher context(s) {unknown}; valid: {', '.join(TEACHER_CONTEXTS)}"
             )
         if len(set(self.teachers)) != len(self.teachers):
             raise ValueError(f"--teachers lists a context twice: {list(self.teachers)}")
-        for context in self.teachers:
-            self.teacher_config(context).check_host("diagnose")
+        for name in self.teachers:
+            try:
+                self.teacher_config(name).check_host("diagnose")
+            except ValueError as err:
+                raise ValueError(f"--teachers {name}: {err}") from err
         kind = WeightsSpec.parse(self.teacher_weights).kind
-        if "student" in self.teachers and not (kind == "frozen" and self.adapter) and self.teacher_model is None:
+        contexts = [self.teacher_config(name).context for name in self.teachers]
+        if "student" in contexts and not (kind == "frozen" and self.adapter) and self.teacher_model is None:
             # without training, refresh / ema / frozen-without-adapter weights are the policy's
             raise ValueError(
                 f"--teachers student with --teacher_weights {self.teacher_weights} scores with the student's own "
@@ -151,11 +147,13 @@ class DiagnoseSettings:
                 "--adapter (the base model as teacher), or drop student from --teachers"
             )
 
-    def teacher_config(self, context: str) -> TeacherConfig:
-        """The validated settings of the teacher reading `context` (without training, refresh:K and
-        ema weights equal the policy; frozen differs only with --adapter)."""
+    def teacher_config(self, name: str) -> TeacherConfig:
+        """The validated settings of the teacher `name` of --teachers: a context, or `context@placement`
+        (without training, refresh:K and ema weights equal the policy; frozen differs only with --adapter)."""
+        context, _, placement = name.partition("@")
         return TeacherConfig(context=context, weights=self.teacher_weights,
-                             max_prompt_length=self.teacher_max_prompt_length, model=self.teacher_model)  # fmt: skip
+                             max_prompt_length=self.teacher_max_prompt_length, model=self.teacher_model,
+                             tag_placement=placement or self.teacher_tag_placement)  # fmt: skip
 
     def _check_model_paths(self) -> None:
         if os.path.isfile(os.path.join(os.path.expanduser(self.model), "adapter_config.json")):
@@ -171,16 +169,12 @@ class DiagnoseSettings:
             )
 
     def cast_config(self) -> CastConfig:
-        """The CastConfig whose flip rule and correctness threshold the report applies (defaults otherwise)."""
+        """The CastConfig whose flip rule, correctness threshold and gap control the report applies
+        (defaults otherwise)."""
         try:
-            return CastConfig(
-                flip_margin=self.flip_margin,
-                flip_correct=self.flip_correct,
-                flip_incorrect=self.flip_incorrect,
-                correct_threshold=self.correct_threshold,
-            )
+            return CastConfig(**{name: getattr(self, name) for name in CAST_FIELDS})
         except (TypeError, ValueError) as err:
-            raise ValueError(f"--flip_margin / --correct_threshold: {err}") from err
+            raise ValueError(f"--{' / --'.join(CAST_FIELDS)}: {err}") from err
 
 
 def select_problems(settings: DiagnoseSettings) -> list[dict[str, Any]]:
@@ -192,7 +186,7 @@ def select_problems(settings: DiagnoseSettings) -> list[dict[str, Any]]:
             f"{len(problems)} problems; lower --n_prompts"
         )
     chosen = random.Random(settings.seed).sample(problems, settings.n_prompts)
-    check_context_columns(chosen, settings.teachers, settings.data)
+    check_context_columns(chosen, [settings.teacher_config(t).context for t in settings.teachers], settings.data)
     return chosen
 
 

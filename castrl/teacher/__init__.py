@@ -8,15 +8,18 @@ g = u - s is zero unless its context or its weights differ from the student's.
 
 from .config import HOST_WEIGHTS, TeacherConfig, check_teacher_config
 from .contexts import (
+    ASSISTANT_PREFIX,
     BOXED_FORMAT,
     DEFAULT_TEACHER_CONTEXT,
     PEER_FALLBACK_CONTEXT,
     PRIVILEGED_CONTEXTS,
     STUDENT_RESPONSE_TAG,
+    TAG_PLACEMENTS,
     TEACHER_CONTEXTS,
     build_teacher_prompt,
     context_uses,
     successful_peers,
+    validate_tag_placement,
     validate_teacher_context,
 )
 from .external import ExternalTeacher, build_teacher, check_same_tokenizer, load_external_teacher
@@ -24,6 +27,7 @@ from .prompts import left_pad, teacher_prompt_batch, teacher_prompt_ids
 from .weights import DEFAULT_TEACHER_WEIGHTS, TeacherWeights, WeightsSpec, has_adapter
 
 __all__ = [
+    "ASSISTANT_PREFIX",
     "BOXED_FORMAT",
     "DEFAULT_TEACHER_CONTEXT",
     "DEFAULT_TEACHER_WEIGHTS",
@@ -32,6 +36,7 @@ __all__ = [
     "PEER_FALLBACK_CONTEXT",
     "PRIVILEGED_CONTEXTS",
     "STUDENT_RESPONSE_TAG",
+    "TAG_PLACEMENTS",
     "TEACHER_CONTEXTS",
     "TeacherConfig",
     "TeacherWeights",
@@ -47,5 +52,6 @@ __all__ = [
     "successful_peers",
     "teacher_prompt_batch",
     "teacher_prompt_ids",
+    "validate_tag_placement",
     "validate_teacher_context",
 ]

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .contexts import DEFAULT_TEACHER_CONTEXT, validate_teacher_context
+from .contexts import (
+    DEFAULT_TAG_PLACEMENT,
+    DEFAULT_TEACHER_CONTEXT,
+    validate_tag_placement,
+    validate_teacher_context,
+)
 from .weights import DEFAULT_TEACHER_WEIGHTS, WeightsSpec
 
 # Weight kinds each host can score with, and why a host cannot do the others.
@@ -75,9 +80,18 @@ class TeacherConfig:
             "paper's self-teacher. [R]"
         },
     )
+    tag_placement: str = field(
+        default=DEFAULT_TAG_PLACEMENT,
+        metadata={
+            "help": "Where the '[Student response]' tag of teacher_context goes in a chat prompt: last_user (it "
+            "closes the problem's user turn; the paper's single-turn reading, default), every_user (every user "
+            "turn, few-shot examples included) or assistant_prefix (it opens the assistant turn). [R]"
+        },
+    )
 
     def __post_init__(self) -> None:
         validate_teacher_context(self.context)
+        validate_tag_placement(self.tag_placement, self.context)
         spec = WeightsSpec.parse(self.weights)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"teacher_ema_decay must be in [0, 1), got {self.ema_decay}")

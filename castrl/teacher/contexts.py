@@ -34,6 +34,15 @@ TEACHER_CONTEXTS: dict[str, str | None] = {
     "with_solution": "{problem}\nHere is a reference solution:\n{solution}\nNow write your own solution.{format}",
 }
 DEFAULT_TEACHER_CONTEXT = "answer_free"
+# Where the `[Student response]` tag goes in a chat prompt (`teacher_tag_placement`), three readings of the
+# paper's x ∥ tag [R]: `last_user` (the tag closes the last user turn, the problem's; the default: the
+# paper's prompt is one user turn, and T_AF appends the tag to it), `every_user` (every user turn closes
+# with it, few-shot examples included, so their answers read as student responses too) and
+# `assistant_prefix` (the tag opens the assistant turn, right before the completion). The paper's
+# single-turn prompts make the first two identical; a plain-text prompt has one place only.
+TAG_PLACEMENTS: tuple[str, ...] = ("last_user", "every_user", "assistant_prefix")
+DEFAULT_TAG_PLACEMENT = "last_user"
+ASSISTANT_PREFIX = STUDENT_RESPONSE_TAG.lstrip("\n")  # "[Student response]\n": it opens a turn
 PRIVILEGED_CONTEXTS = ("with_reference", "with_answer", "with_solution")
 PEER_FALLBACK_CONTEXT = "answer_free"  # a row with no successful peer in its group [R]
 _FIELDS = re.compile(r"\{(\w+)\}")
@@ -71,21 +80,51 @@ def _last_user_text(prompt: Any) -> str:
     raise ValueError("cannot find a user message with text content in the prompt")
 
 
-def build_teacher_prompt(example: Mapping[str, Any], context: str, peer: str | None = None) -> Any:
+def places_tag(context: str) -> bool:
+    """Whether `context` ends with the `[Student response]` tag, so `teacher_tag_placement` can move it."""
+    template = TEACHER_CONTEXTS.get(context, context)
+    return template is not None and template.endswith(STUDENT_RESPONSE_TAG)
+
+
+def validate_tag_placement(placement: str, context: str) -> None:
+    """Raise ValueError for an unknown placement, or one other than the default for a context without the tag."""
+    if placement not in TAG_PLACEMENTS:
+        raise ValueError(f"teacher_tag_placement must be one of {', '.join(TAG_PLACEMENTS)}, got {placement!r}")
+    if placement != DEFAULT_TAG_PLACEMENT and not places_tag(context):
+        raise ValueError(
+            f"teacher_tag_placement={placement!r} moves the {STUDENT_RESPONSE_TAG.strip()!r} tag, but "
+            f"teacher_context={context!r} does not end with it; use {DEFAULT_TAG_PLACEMENT!r} or a context "
+            "that does (answer_free, with_reference, with_peer_success)"
+        )
+
+
+def needs_assistant_prefix(prompt: Any, placement: str) -> bool:
+    """Whether the tag of this teacher prompt opens the assistant turn: it then follows the chat template's
+    generation prompt as token ids (`castrl.teacher.prompts`), not as part of any message."""
+    return placement == "assistant_prefix" and not isinstance(prompt, str)
+
+
+def build_teacher_prompt(
+    example: Mapping[str, Any], context: str, peer: str | None = None, placement: str = DEFAULT_TAG_PLACEMENT
+) -> Any:
     """The teacher's prompt for one dataset row: same form (chat list or string) as `example["prompt"]`.
 
     In a chat prompt only the last user turn is replaced, so few-shot turns and the system prompt
     (format cues the student relies on) are kept. `user_turn` is that turn's text; `problem` is the
     row's `problem` column, falling back to `user_turn`. `peer` is the text of a successful rollout
     of the same group, for contexts that read `{peer}`; without one they fall back to
-    `PEER_FALLBACK_CONTEXT` [R].
+    `PEER_FALLBACK_CONTEXT` [R]. `placement` (`TAG_PLACEMENTS`) moves the closing tag of a chat prompt:
+    `every_user` also closes the earlier user turns with it; `assistant_prefix` leaves it out of the
+    messages (`needs_assistant_prefix`: the host appends `ASSISTANT_PREFIX` after the generation prompt).
     """
     prompt = example["prompt"]
     template = TEACHER_CONTEXTS.get(context, context)
     if template is None:
         return prompt
     if "{peer}" in template and not peer:
-        return build_teacher_prompt(example, PEER_FALLBACK_CONTEXT)
+        return build_teacher_prompt(example, PEER_FALLBACK_CONTEXT, placement=placement)
+    if needs_assistant_prefix(prompt, placement) and places_tag(context):
+        template = template.removesuffix(STUDENT_RESPONSE_TAG)
     user_turn = _last_user_text(prompt)
     values = {
         "problem": example.get("problem") or user_turn,
@@ -102,7 +141,14 @@ def build_teacher_prompt(example: Mapping[str, Any], context: str, peer: str | N
     if isinstance(prompt, str):
         return text
     last_user = max(i for i, m in enumerate(prompt) if m.get("role") == "user")
-    return [*prompt[:last_user], {**prompt[last_user], "content": text}, *prompt[last_user + 1 :]]
+    earlier = list(prompt[:last_user])
+    if placement == "every_user" and places_tag(context):
+        earlier = [
+            {**m, "content": m["content"] + STUDENT_RESPONSE_TAG}
+            if m.get("role") == "user" and isinstance(m.get("content"), str) else m
+            for m in earlier
+        ]
+    return [*earlier, {**prompt[last_user], "content": text}, *prompt[last_user + 1 :]]
 
 
 def successful_peers(correct: Sequence[bool], group_keys: Sequence[Hashable], seed: int = 0) -> list[int | None]:

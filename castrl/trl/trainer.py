@@ -99,7 +99,8 @@ class CASTTrainer(GRPOTrainer):
         student = teacher = None
         fuse = False
         if self.estimator.needs_teacher:
-            fuse = can_fuse_student_pass(output, self.args.fuse_student_pass)
+            # a gap control mixes rows, so its token step needs the whole batch, not one micro-batch
+            fuse = can_fuse_student_pass(output, self.args.fuse_student_pass and self.estimator_config.row_local)
             start = time.perf_counter()
             if output.get("old_per_token_logps") is None and not fuse:  # TRL skipped it, the gap needs it
                 output["old_per_token_logps"] = self._completion_logps(output["prompt_ids"], output["prompt_mask"], output)
@@ -188,13 +189,16 @@ class CASTTrainer(GRPOTrainer):
     def _tokenize_teacher_prompts(self, teacher_prompts: list) -> list[list[int]]:
         return tokenize_prompts(self.processing_class, teacher_prompts, self.chat_template, self.chat_template_kwargs)
 
+    def _encode_text(self, text: str) -> list[int]:
+        return self._tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def _teacher_logps(self, inputs: list[dict], output: dict) -> torch.Tensor:
         """(B, T) teacher log-probs of the sampled completion tokens under the teacher context/weights."""
         context, device = self.args.teacher_context, self.accelerator.device
         peers = self._peer_texts(output) if context_uses(context, "peer") else None
         prompt_ids, prompt_mask, n_truncated = teacher_prompt_batch(
             inputs, context, self._tokenize_teacher_prompts, self.args.teacher_max_prompt_length,
-            self._tokenizer.pad_token_id, peers,
+            self._tokenizer.pad_token_id, peers, self.args.teacher_tag_placement, self._encode_text,
         )  # fmt: skip
         self._log({"cast/teacher_truncated_count": float(n_truncated)}, self._mode)
         with self.teacher_weights.scoring(self.accelerator.unwrap_model(self.model)) as external:

@@ -96,6 +96,8 @@ def teacher_prompt_ids(
         settings.teacher_context,
         lambda prompts: [tokenize_prompt(p, tokenizer, chat_template_kwargs) for p in prompts],
         peers,
+        settings.teacher_tag_placement,
+        lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
     )
 
 
