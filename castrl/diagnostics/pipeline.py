@@ -7,7 +7,8 @@ Settings and problems are validated in `settings` before the model loads; the de
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -25,6 +26,7 @@ from castrl.teacher import (
     teacher_prompt_ids,
 )
 
+from . import noise
 from .analysis import analyze
 from .scoring import (
     Rollouts,
@@ -160,6 +162,19 @@ def _teacher_prompt_ids(
     return [r[len(r) - min(len(r), max_length) :] for r in ids], n_cut
 
 
+@dataclass
+class Scored:
+    """Every sampled token's log-probs under the student and each teacher, and how they were scored:
+    the prompt rows (one per rollout) and the scope in which a teacher's weights score (`scope(name)`
+    yields the module to run), so other passes (the noise floor) can re-score the same tokens."""
+
+    student: torch.Tensor  # (B_all, T)
+    teachers: dict[str, torch.Tensor]  # name -> (B_all, T)
+    student_rows: list[list[int]]
+    teacher_rows: dict[str, list[list[int]]]
+    scope: Callable[[str], AbstractContextManager[Any]]
+
+
 def _score_all(
     settings: DiagnoseSettings,
     model: Any,
@@ -171,9 +186,9 @@ def _score_all(
     peers: Sequence[str | None],
     timings: dict[str, float],
     prompts_cut: dict[str, int],
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(student (B, T), {context: teacher (B, T)}) log-probs of every sampled token; `prompts_cut`
-    gets, per context, how many teacher prompts were longer than teacher_max_prompt_length."""
+) -> Scored:
+    """The student's and every teacher's log-probs of every sampled token; `prompts_cut` gets, per
+    teacher, how many teacher prompts were longer than teacher_max_prompt_length."""
     rows = rollouts.group_ids.tolist()
     score = dict(
         temperature=settings.temperature,
@@ -182,28 +197,28 @@ def _score_all(
         progress=settings.progress,
     )
     start = time.perf_counter()
-    student = completion_logps(
-        model, [student_ids[i] for i in rows], rollouts.completion_ids, rollouts.mask, desc="student", **score
-    )
+    student_rows = [student_ids[i] for i in rows]
+    student = completion_logps(model, student_rows, rollouts.completion_ids, rollouts.mask, desc="student", **score)
     timings["score_student_s"] = time.perf_counter() - start
     examples = [{**p, "prompt": prompt} for p, prompt in zip(problems, student_prompts, strict=True)]
     external = None if settings.teacher_model is None else load_external_teacher(settings.teacher_model, tokenizer, model)
-    teachers = {}
+
+    @contextmanager
+    def scope(name: str) -> Iterator[Any]:
+        with teacher_scope(settings.teacher_weights, model) if external is None else external.scoring(model):
+            yield model if external is None else external.model
+
+    teachers, teacher_rows = {}, {}
     for context in settings.teachers:  # a context name, or context@placement
         ids, n_cut = _teacher_prompt_ids(tokenizer, examples, settings.teacher_config(context), rows, peers)
-        prompts_cut[context] = n_cut
+        prompts_cut[context], teacher_rows[context] = n_cut, ids
         start = time.perf_counter()
-        with teacher_scope(settings.teacher_weights, model) if external is None else external.scoring(model):
+        with scope(context) as scorer:
             teachers[context] = completion_logps(
-                model if external is None else external.model,
-                ids,
-                rollouts.completion_ids,
-                rollouts.mask,
-                desc=f"teacher {context}",
-                **score,
+                scorer, ids, rollouts.completion_ids, rollouts.mask, desc=f"teacher {context}", **score
             )
         timings[f"score_{context}_s"] = time.perf_counter() - start
-    return student, teachers
+    return Scored(student, teachers, student_rows, teacher_rows, scope)
 
 
 def _analysed_mask(settings: DiagnoseSettings, mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
@@ -263,22 +278,27 @@ def run_diagnostics(
         rollouts.truncated.tolist(),
     )
     prompts_cut: dict[str, int] = {}
-    student, teachers = _score_all(
+    scored = _score_all(
         settings, model, tokenizer, problems, student_prompts, student_ids, rollouts, peers, timings, prompts_cut
     )
     start = time.perf_counter()
     reward_t = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
-    mask, group_ids, student = rollouts.mask[kept], rollouts.group_ids[kept], student[kept]
+    mask, group_ids, student = rollouts.mask[kept], rollouts.group_ids[kept], scored.student[kept]
     mask = _analysed_mask(settings, mask, rollouts.truncated[kept])
-    teachers = {k: v[kept] for k, v in teachers.items()}
+    teachers = {k: v[kept] for k, v in scored.teachers.items()}
     config = settings.cast_config()
     results = analyze(
         reward_t, group_ids, student, teachers, mask, config, position_bins=settings.position_bins
     )
+    timings["analysis_s"] = time.perf_counter() - start
+    if settings.noise_floor:
+        _add_noise_floor(settings, model, tokenizer, rollouts, scored, kept, results, timings,
+                         (reward_t, group_ids, student, teachers, mask, config))  # fmt: skip
+    start = time.perf_counter()
     results["groups"]["unscorable_count"] = float((~kept).sum())
     results["groups"]["truncated_frac"] = float(rollouts.truncated[kept].float().mean())
     _describe_extremes(results, rollouts, kept, tokenizer, problems)
-    timings["analysis_s"] = time.perf_counter() - start
+    timings["analysis_s"] += time.perf_counter() - start
     notes = {"teacher_weights": teacher_weights_note(settings.teacher_weights, model)}
     if settings.teacher_model is not None:
         notes["teacher_weights"] = f"external teacher model {settings.teacher_model!r} (teacher_weights does not apply)"
@@ -311,6 +331,28 @@ def run_diagnostics(
         notes=notes,
         peers=peers,
     )
+
+
+def _add_noise_floor(settings, model, tokenizer, rollouts, scored: Scored, kept, results, timings, analysed) -> None:
+    """Re-score the diagnosis's tokens each `noise.VARIANTS` way; per teacher, `results["teachers"][name]
+    ["noise_floor"]`, and the verdict gets `noise.noise_warning`'s clause when many flips lie below it."""
+    start = time.perf_counter()
+    variants = noise.measure(
+        model, scored.student_rows, scored.teacher_rows, rollouts.completion_ids, rollouts.mask,
+        temperature=settings.temperature, pad_id=tokenizer.pad_token_id, batch_size=settings.score_batch_size,
+        teacher_scope=scored.scope,
+        progress=(lambda v: print(f"[diagnose] noise floor: {v}", flush=True)) if settings.progress else None,
+    )  # fmt: skip
+    rewards, group_ids, student, teachers, mask, config = analysed
+    for name, teacher in teachers.items():
+        rescored = {v: (s["student"][kept], s[name][kept] if name in s else teacher) for v, s in variants.items()}
+        floor = noise.teacher_noise_floor(rewards, group_ids, student, teacher, mask, config, rescored)
+        entry = results["teachers"][name]
+        entry["noise_floor"] = floor
+        warning = noise.noise_warning(floor)
+        if warning:
+            entry["verdict"] = f"{entry['verdict']}; {warning}"
+    timings["noise_floor_s"] = time.perf_counter() - start
 
 
 def _describe_extremes(

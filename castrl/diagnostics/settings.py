@@ -81,6 +81,12 @@ class DiagnoseSettings:
                   "statistic, as the trainer leaves them out of the loss (spec §4); their rewards still count in "
                   "the group statistics, as in training."},
     )
+    noise_floor: bool = field(
+        default=True,
+        metadata={"help": "Re-score the same tokens in ways that should not matter (one rollout per pass, a shared "
+                  "prompt cache, the student's pass with autograd on, bf16) and report how far the gap moves and how "
+                  "many of CAST's flips lie below that (docs/diagnostics.md); false skips these passes."},
+    )
     position_bins: int = field(default=10, metadata={"help": "Bins of relative position in the completion."})
     dtype: str = field(default="float32", metadata={"help": "Model dtype: float32 or bfloat16."})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (0 = torch's default)."})

@@ -58,13 +58,16 @@ def completion_logps_shared_prompts(
     completion_mask: torch.Tensor,
     batch_size: int,
     autocast: Callable[[], AbstractContextManager] | None = None,
+    temperature: float | None = None,
 ) -> torch.Tensor | None:
     """(B, T) log-probs of `completion_ids` after their left-padded prompts, each distinct prompt run once.
 
-    `model` must carry TRL's fused LM head (`add_fused_lm_head`, as GRPOTrainer installs it), so the
-    temperature and logit scaling are TRL's. Padding completion tokens score 0, as in TRL. Prompts must
-    be at least 2 tokens wide (one is cached, one is fed with the completion). Returns None when the
-    model's cache is not plain key/value, so the caller can fall back to the full pass.
+    With `temperature` None, `model` must carry TRL's fused LM head (`add_fused_lm_head`, as GRPOTrainer
+    installs it), so the temperature and logit scaling are TRL's; with a temperature, the plain logits
+    are divided by it before an fp32 log-softmax (`castrl diagnose`'s scoring). Padding completion tokens
+    score 0, as in TRL. Prompts must be at least 2 tokens wide (one is cached, one is fed with the
+    completion). Returns None when the model's cache is not plain key/value, so the caller can fall back
+    to the full pass.
     """
     if prompt_ids.shape != prompt_mask.shape or completion_ids.shape != completion_mask.shape:
         raise ValueError(f"ids/mask shapes differ: prompt {tuple(prompt_ids.shape)} vs {tuple(prompt_mask.shape)}, "
@@ -95,7 +98,12 @@ def completion_logps_shared_prompts(
         input_ids = torch.cat([ids[owner, -1:], completion_ids[rows, :-1]], dim=1)
         attention_mask = torch.cat([mask[owner], completion_mask[rows, :-1]], dim=1)
         with autocast():
-            output = model(input_ids=input_ids, attention_mask=attention_mask, shift_labels=labels[rows],
-                           fused_lm_head=True, **{keyword: cache})  # fmt: skip
-        logps.append(output.log_probs)
+            if temperature is None:
+                output = model(input_ids=input_ids, attention_mask=attention_mask, shift_labels=labels[rows],
+                               fused_lm_head=True, **{keyword: cache})  # fmt: skip
+                logps.append(output.log_probs.float())
+                continue
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, **{keyword: cache}).logits
+        picked = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, completion_ids[rows, :, None])
+        logps.append(picked.squeeze(-1) * completion_mask[rows])
     return torch.cat(logps).float()
