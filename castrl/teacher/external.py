@@ -53,7 +53,8 @@ class ExternalTeacher:
     def state_dict(self) -> dict[str, Any]:
         return {"spec": "external", "model": self.name}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], model: torch.nn.Module | None = None) -> None:
+        """Check the checkpoint names this teacher model (`model`, the policy, is not needed: nothing is loaded)."""
         if state.get("spec") != "external" or state.get("model") != self.name:
             raise ValueError(
                 f"checkpoint teacher state is {state.get('spec')} {state.get('model', '')!r}, but this run's "
@@ -81,10 +82,15 @@ def load_external_teacher(
 
 
 def build_teacher(
-    config: TeacherConfig, policy: torch.nn.Module, student_tokenizer: Any, prepare: Callable[[Any], None] | None = None
+    config: TeacherConfig,
+    policy: torch.nn.Module,
+    student_tokenizer: Any,
+    prepare: Callable[[Any], None] | None = None,
+    zero3: bool = False,
 ) -> TeacherWeights | ExternalTeacher:
     """The teacher a trainer scores with: the self-teacher's weights over `policy` (snapshot, EMA,
-    frozen or the policy itself), or the external `config.model` (`prepare`: see load_external_teacher)."""
+    frozen or the policy itself), or the external `config.model` (`prepare`: see load_external_teacher).
+    `zero3`: the host runs DeepSpeed ZeRO-3, refused for a self-teacher that keeps a copy."""
     if config.model is None:
-        return TeacherWeights(config.weights, policy, config.ema_decay)
+        return TeacherWeights(config.weights, policy, config.ema_decay, zero3=zero3)
     return load_external_teacher(config.model, student_tokenizer, policy, prepare)

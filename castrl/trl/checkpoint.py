@@ -128,12 +128,38 @@ def commit_staged_checkpoint(
                        best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)  # fmt: skip
 
 
-def load_teacher_state(checkpoint: str) -> dict | None:
-    """The teacher state saved in `checkpoint` (on CPU), or None if it holds none."""
+def rank_teacher_state_file(rank: int, world_size: int) -> str:
+    """The file of one rank's teacher shards (FSDP: each rank holds and saves its own)."""
+    return f"castrl_teacher.rank{rank}-of-{world_size}.pt"
+
+
+def save_rank_teacher_state(folder: str, state: dict) -> None:
+    """Every rank of a sharded teacher writes its own state into the staged `folder` (before the
+    barrier that precedes the commit), written to a temporary name and renamed."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, rank_teacher_state_file(state["rank"], state["world_size"]))
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_teacher_state(checkpoint: str, rank: int = 0, world_size: int = 1) -> dict | None:
+    """The teacher state saved in `checkpoint` for this rank (on CPU): the single file of an unsharded
+    teacher, else this rank's shard file; None if the checkpoint holds no teacher state. Raises
+    ValueError when it holds only shard files of another world size (they cannot be re-sharded)."""
     path = os.path.join(checkpoint, TEACHER_STATE_FILE)
-    if not os.path.exists(path):
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if os.path.exists(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    mine = os.path.join(checkpoint, rank_teacher_state_file(rank, world_size))
+    if os.path.exists(mine):
+        return torch.load(mine, map_location="cpu", weights_only=True)
+    others = sorted(n for n in os.listdir(checkpoint) if re.fullmatch(r"castrl_teacher\.rank\d+-of-\d+\.pt", n))
+    if others:
+        raise ValueError(
+            f"{checkpoint} holds the teacher's shards of another run layout ({others[0]}, ...), not "
+            f"{rank_teacher_state_file(rank, world_size)}: a sharded teacher resumes only with the world size it "
+            "was saved with"
+        )
+    return None
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:

@@ -15,18 +15,26 @@ Advantages are computed on the batch gathered from all processes, since a group 
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
 from castrl.core import get_estimator
 from castrl.rows import run_on_rows
 from castrl.teacher import ExternalTeacher, TeacherWeights, build_teacher, context_uses, teacher_prompt_batch
 
-from .checkpoint import commit_staged_checkpoint, load_teacher_state, remove_stale_staging, staging_root
+from .checkpoint import (
+    commit_staged_checkpoint,
+    load_teacher_state,
+    remove_stale_staging,
+    save_rank_teacher_state,
+    staging_root,
+)
 from .config import CASTTrainerConfig
 from .fused import FusedStudentPass, can_fuse_student_pass
 from .nonfinite import guard_nonfinite_steps
@@ -34,7 +42,9 @@ from .scoring import completion_logps, fused_lm_head_for, peer_texts, tokenize_p
 
 
 class _TeacherUpdate(TrainerCallback):
-    """Refreshes the teacher snapshot (`refresh:K`) or its EMA after every optimizer step."""
+    """Refreshes the teacher snapshot (`refresh:K`) or its EMA after every optimizer step. It reads the
+    model as prepared (under FSDP, the wrapped root: the snapshot is shard-local and must be read
+    through the wrapper that owns the shards)."""
 
     def __init__(self, trainer: CASTTrainer) -> None:
         self.trainer = trainer
@@ -42,7 +52,7 @@ class _TeacherUpdate(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
         if trainer.teacher_weights is not None:
-            trainer.teacher_weights.update(trainer.accelerator.unwrap_model(trainer.model), state.global_step)
+            trainer.teacher_weights.update(trainer.model, state.global_step)
 
 
 def _scored_tokens(batch: dict) -> torch.Tensor:
@@ -72,7 +82,8 @@ class CASTTrainer(GRPOTrainer):
         self.teacher_weights: TeacherWeights | ExternalTeacher | None = None
         if self.estimator.needs_teacher:  # an external teacher model gets the policy's fused LM head
             self.teacher_weights = build_teacher(self.args.teacher_config(), self.accelerator.unwrap_model(self.model),
-                                                 self.processing_class, fused_lm_head_for(self.args, self.temperature))
+                                                 self.processing_class, fused_lm_head_for(self.args, self.temperature),
+                                                 zero3=is_deepspeed_zero3_enabled())  # fmt: skip
         self.add_callback(_TeacherUpdate(self))
         self._rewards_per_func: torch.Tensor | None = None
         self._fused = FusedStudentPass(self.estimator, self.estimator_config)
@@ -152,9 +163,13 @@ class CASTTrainer(GRPOTrainer):
             super()._save_checkpoint(model, trial)
         finally:
             del self._get_output_dir
+        sharded = isinstance(self.teacher_weights, TeacherWeights) and self.teacher_weights.sharded
+        if sharded:  # FSDP: each rank holds, and saves, its own shards of the teacher
+            save_rank_teacher_state(os.path.join(staging, f"checkpoint-{self.state.global_step}"),
+                                    self.teacher_weights.state_dict())  # fmt: skip
         self.accelerator.wait_for_everyone()  # every rank's files are in staging before the commit
         if self.args.should_save:
-            teacher_state = None if self.teacher_weights is None else self.teacher_weights.state_dict()
+            teacher_state = None if self.teacher_weights is None or sharded else self.teacher_weights.state_dict()
             commit_staged_checkpoint(run_dir, self.state.global_step, self.state, teacher_state,
                                      self.args.save_total_limit)  # fmt: skip
         self.accelerator.wait_for_everyone()
@@ -163,9 +178,16 @@ class CASTTrainer(GRPOTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None or self.teacher_weights is None:
             return
-        teacher_state = load_teacher_state(checkpoint)
+        accel = self.accelerator
+        teacher_state = load_teacher_state(checkpoint, accel.process_index, accel.num_processes)
+        if teacher_state is None and getattr(self.teacher_weights, "shadow", None) is not None:
+            raise ValueError(
+                f"{checkpoint} holds no teacher state, but teacher_weights={self.args.teacher_weights} keeps a "
+                "snapshot of the policy: resuming would score with the resumed policy instead of the snapshot "
+                "the interrupted run held. Resume from a checkpoint written by this trainer with this teacher"
+            )
         if teacher_state is not None:
-            self.teacher_weights.load_state_dict(teacher_state)
+            self.teacher_weights.load_state_dict(teacher_state, self.model)
 
     # -- glue: the passes, the advantages and the metrics (castrl.trl.scoring, castrl.trl.fused) ---
 
@@ -201,7 +223,7 @@ class CASTTrainer(GRPOTrainer):
             self._tokenizer.pad_token_id, peers, self.args.teacher_tag_placement, self._encode_text,
         )  # fmt: skip
         self._log({"cast/teacher_truncated_count": float(n_truncated)}, self._mode)
-        with self.teacher_weights.scoring(self.accelerator.unwrap_model(self.model)) as external:
+        with self.teacher_weights.scoring(self.model) as external:  # the prepared model: see _TeacherUpdate
             return self._completion_logps(prompt_ids.to(device), prompt_mask.to(device), output, external)
 
     def _peer_texts(self, output: dict) -> list[str | None]:
