@@ -132,7 +132,8 @@ def test_report_pairs_each_teacher_method_with_grpo_by_seed(tmp_path):
     assert points["rlsd"][0][2].n == 1
     lines = control_sections(view, tmp_path / "fig", tmp_path)
     text = "\n".join(lines)
-    assert "| `sft+4` (0.800) | +0.110 [" in text and (tmp_path / "fig" / "control_gain_vs_auc.png").exists()
+    assert "| `sft+4` (AUC 0.800) | +0.110 [" in text and (tmp_path / "fig" / "control_gain_vs_auc.png").exists()
+    assert "(n = 2, not a finding)" in text  # two seeds: shown, never read as a finding
     assert "**From what teacher AUC does `cast` beat `grpo` (final held-out accuracy)?**" in text
     assert "`self` (AUC 0.500): -0.010 [" in text and "(training reward, last" not in text.split("### Conclusions")[1]
 
@@ -159,10 +160,11 @@ def test_conclusions_name_the_lowest_auc_where_the_headline_wins_and_each_compar
             cells[name] = {s: _rec(name, s, grpo[s]["evals"][-1]["accuracy"] + extra + noise[s], teacher, auc,
                                    reward=0.5 - extra + noise[s]) for s in range(3)}
     text = "\n".join(conclusions(TierView("control", "t", "c", cells, [], "grpo", "cast")))
-    assert "From AUC 0.700 (`sft+1`), the lowest teacher AUC whose interval excludes 0; not at AUC 0.500." in text
+    assert ("From AUC 0.700 (`sft+1`), the lowest teacher AUC with a signal at which the difference is a finding "
+            "above 0; not at AUC 0.500.") in text
     assert "**`cast` − `cast@flip=false`** (the flip rule vs the same shaping without sign reversal; final held-out" in text
     assert "`sft+2` (AUC 0.900) +0.100 [" in text
     assert "rlsd" not in text  # no rlsd cells: that comparison is left out, not guessed
     # the reward measure (last 20 steps only: the first steps' reward 0 is outside the window)
-    assert "(training reward, last 20 steps)?** At none of the teachers run" in text
+    assert "(training reward, last 20 steps)?** At none of the teachers with a signal" in text
     assert "`sft+2` (AUC 0.900): -0.200 [" in text

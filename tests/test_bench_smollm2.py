@@ -221,20 +221,22 @@ def _rec(method: str, seed: int, avgs: list[float], lr: float = 2e-4, steps: int
 def test_report_final_sections_and_tuning_table():
     base = {"final": _final([0.25] * 8)}
     cells = {"grpo": {s: _rec("grpo", s, [0.5] * 8) for s in range(3)},
-             "cast": {s: _rec("cast", s, [0.75] * 8) for s in range(3)}}
-    tuning = [_rec("grpo", 0, [0.25, 0.5] * 4, lr=1e-4), _rec("grpo", 0, [0.5] * 8, lr=2e-4)]
+             "cast": {s: _rec("cast", s, [0.75] * 8 if s < 2 else [0.75] * 4 + [1.0] * 4) for s in range(3)}}
+    tuning = [_rec("grpo", 0, [0.25, 0.5] * 4, lr=1e-4), _rec("grpo", 0, [0.5] * 7 + [0.75], lr=2e-4)]
     view = TierView("smollm2", "smollm2", "cmd", cells, [], "grpo", "cast", base=base, tuning=tuning)
     text = "\n".join(final_sections(view))
     assert "| base model | - | 0.250 |" in text and "| grpo | 3 | 0.500 ± 0.000 |" in text
-    assert "| cast | +0.250 [+0.250, +0.250] |" in text  # paired vs grpo over seeds
-    assert "+0.500 [+0.500, +0.500]" in text  # cast vs base, by problem
+    assert "| cast | +0.292 [+0.112, +0.471] |" in text  # paired vs grpo over seeds
+    assert "+0.000 [+0.000, +0.000] (zero-width interval, n = 3, not a finding)" in text  # Pass@4: seeds agree
+    assert "| +0.542 [+0.504, +0.579] |" in text  # cast vs base, by problem
+    assert "+0.250 [+0.250, +0.250] (zero-width interval, n = 8, not a finding)" in text  # grpo vs base
     assert "| ≤ 32 | ≤ 256 |" in text and "Avg@4" in text
     from castrl.bench.report import headline, verdict
 
     assert "held-out Avg@4 (final evaluation), cast − grpo" in "\n".join(headline(view, {}))
     assert "`cast` is better than `grpo` on held-out Avg@4 (final evaluation)" in "\n".join(verdict(view))
     table = "\n".join(tuning_table(view))
-    assert "| 0.0001 | 12 | 0 | 0.375 |" in table and "| 0.0002 | 12 | 0 | 0.500 | +0.250 [+0.250, +0.250] | yes |" in table
+    assert "| 0.0001 | 12 | 0 | 0.375 |" in table and "| 0.0002 | 12 | 0 | 0.531 | +0.281 [+0.207, +0.355] | yes |" in table
     assert "--learning_rate LR --steps N" in table
 
 
@@ -285,7 +287,8 @@ def test_report_sets_the_diagnosis_beside_each_trained_method():
     view = TierView("smollm2", "t", "c", cells, [], "grpo", "cast",
                     diagnosis={"teachers": {"answer_free": teacher}, "groups": {"n_groups": 32, "n_rollouts": 256}})
     text = "\n".join(diagnosis_sections(view, lambda r: r["value"], "Avg@4"))
-    assert "| `cast` | `answer_free` | 0.420 (30) | 0.350 | 0.600 | 0.400 | -0.070 [" in text
+    assert "| `cast` | `answer_free` | 0.420 (30) | not recorded | 0.350 | 0.600 | 0.400 | -0.070 [" in text
+    assert "(n = 2, not a finding)" in text and "[only 30 pairs: a noisy estimate]" in text  # recomputed verdict
     assert "32 training problems x 8 rollouts" in text and "`grpo` |" not in text
 
 
@@ -305,7 +308,7 @@ def test_paper_section_answers_each_claim_with_paired_differences():
     view = TierView("smollm2", "t", "c", cells, [], "grpo", "cast", base=base)
     text = "\n".join(paper_sections(view))
     assert "| Does CAST beat GRPO? (`cast` − `grpo`) | Table 3: AIME24 Avg@16 41.25 vs 21.04 | -0.080 [" in text
-    assert "| 2 | no: the opposite |" in text or "| 2 | not distinguishable |" in text
+    assert "| 2 | not a finding |" in text  # two seeds answer no claim, whatever the interval
     assert text.count("not run yet") == len(CLAIMS) - 1  # only cast vs grpo has both methods cached
     assert "flipped 0.400" in text and "(paper 0.264)" in text
     assert "`cast` 42.0" in text and "1.40× the base model" in text
@@ -316,7 +319,8 @@ def test_paper_section_answers_each_claim_with_paired_differences():
     assert "on cpu, cast 12.5 ± 0.0 s (n=2), grpo 10.0 ± 0.0 s (n=2): 1.25×" in walls and "on cuda" not in walls
     assert "| ≤ 32 | -0.080 [" in text
     # what could explain a disagreement: computed from the cells, the diagnosis when there is one
-    assert "Against the paper's direction (interval excludes 0): none" in text and "The teacher." not in text
+    assert "Against the paper's direction (a finding: interval excludes 0): none" in text and "The teacher." not in text
+    assert "not a finding (fewer than 3 seeds, a zero-width interval or a method that did not train): `cast` − `grpo`" in text
     assert "`cast`'s completions were 2.00× `grpo`'s (42.0 vs 21.0 tokens): longer, as in" in text
     assert "its Avg@k was 0.270 with completions cut at 32 tokens and 0.370 at 64 (+0.100" in text
     diagnosed = TierView("smollm2", "t", "c", cells, [], "grpo", "cast", base=base, diagnosis={"teachers": {

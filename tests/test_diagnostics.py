@@ -333,15 +333,15 @@ def test_rollout_gap_auc_on_a_handmade_batch():
     score = torch.tensor([0.3, 0.1, 0.2, 0.1, -0.5, -0.2, -0.9, -0.5, 1.0, 2.0])
     correct = torch.tensor([1, 1, 0, 0, 1, 0, 0, 0, 1, 1], dtype=torch.bool)
     group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
-    auc, n = rollout_gap_auc(score, correct, group)
-    assert n == 7 and auc == pytest.approx(4 / 7)
+    auc, n, ties = rollout_gap_auc(score, correct, group)
+    assert n == 7 and auc == pytest.approx(4 / 7) and ties == 2  # 0.1 vs 0.1 and -0.5 vs -0.5
     valid = torch.ones(10, dtype=torch.bool)
     valid[3] = False  # drop group 0's wrong rollout at 0.1: 1 + 0, then 0 + 1 + 1/2
-    auc, n = rollout_gap_auc(score, correct, group, valid)
-    assert n == 5 and auc == pytest.approx(2.5 / 5)
+    auc, n, ties = rollout_gap_auc(score, correct, group, valid)
+    assert n == 5 and auc == pytest.approx(2.5 / 5) and ties == 1
     assert rollout_gap_auc(score, correct, torch.zeros(10, dtype=torch.long))[1] == 5 * 5  # all pairs
-    auc, n = rollout_gap_auc(score[8:], correct[8:], group[8:])
-    assert n == 0 and math.isnan(auc)
+    auc, n, ties = rollout_gap_auc(score[8:], correct[8:], group[8:])
+    assert n == 0 and math.isnan(auc) and ties == 0
 
     # the same through analyze: constant gaps per row, different lengths (the mean ignores length);
     # an extra wrong row in group 1 with no valid token (score would be 0 > -0.5) is left out
@@ -355,6 +355,7 @@ def test_rollout_gap_auc_on_a_handmade_batch():
     )
     seq = out["teachers"]["t"]["sequences"]
     assert seq["n_pairs"] == 7 and seq["auc_mean"] == pytest.approx(4 / 7)
+    assert seq["n_ties"] == 2 and seq["tie_share"] == pytest.approx(2 / 7)
     assert seq["auc_sum"] != pytest.approx(4 / 7)  # summed gaps depend on length
     assert out["teachers"]["t"]["verdict"].startswith(
         "the teacher's gap ranks correct rollouts above wrong ones"
@@ -367,7 +368,7 @@ def test_rollout_gap_auc_on_a_handmade_batch():
         (
             0.42,
             "the teacher's gap ranks wrong rollouts above correct ones (AUC 0.42, 120 pairs)",
-            "and this teacher is worse than that one)",
+            "and this teacher is weaker than that one)",
         ),
         (
             0.5 - AUC_BAND,
@@ -390,13 +391,13 @@ def test_verdict_cites_the_positive_control_point_at_or_below_the_auc():
     threshold between 'still worse' and 'no longer worse' is the control's lowest AUC reaching 0."""
     from castrl.diagnostics.analysis import AUC_NO_WORSE, CONTROL_CURVE, control_evidence
 
-    ordered = sorted(CONTROL_CURVE, key=lambda p: p.auc)
+    ordered = sorted((p for p in CONTROL_CURVE if p.signal), key=lambda p: p.auc)  # no-signal points anchor nothing
     assert AUC_NO_WORSE == min((p.auc for p in ordered if p.hi >= 0), default=math.inf)
     for point in ordered:
         text = control_evidence(point.auc + 0.001)
-        assert f"a teacher at AUC {point.auc:.2f} left CAST {point.outcome()} GRPO" in text
+        assert f"a teacher at AUC {point.auc:.3f} left CAST {point.outcome()} GRPO" in text
         assert f"Δ {point.delta:+.3f} [{point.lo:+.3f}, {point.hi:+.3f}]" in text
-    assert f"AUC {ordered[0].auc:.2f}" in control_evidence(0.1)  # below every teacher: the weakest one
+    assert f"AUC {ordered[0].auc:.3f}" in control_evidence(0.1)  # below every teacher: the weakest one
     strongest = gap_verdict(0.99, 100)
     if math.isinf(AUC_NO_WORSE):  # CAST lost with every teacher: no 'precondition holds' branch is reachable
         assert "stronger than any the control measured" in strongest and "left CAST worse than GRPO" in strongest

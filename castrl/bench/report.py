@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from castrl.bench.diagnosis import diagnosis_sections
+from castrl.bench.findings import ACCURACY, RULE, compare, paired, trained
 from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier, tier_descriptions
 from castrl.bench.report_cells import TierView, acc_at, cell_device, final_step, step_mean, steps_to_reach
 from castrl.bench.report_figures import write_figures
 from castrl.bench.report_final import final_measure, final_sections
 from castrl.bench.report_tiers import tier_view
-from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
+from castrl.bench.stats import Interval, fmt_ci, mean_ci
 from castrl.commands import parse_dataclasses, user_input
 from castrl.formatting import num
 
@@ -67,11 +68,12 @@ def accuracy_tables(view: TierView) -> list[str]:
     base = {s: acc_at(r) for s, r in view.cells.get(baseline, {}).items()}
     for m in view.methods:
         per_seed = {s: acc_at(r) for s, r in view.cells[m].items()}
-        rows.append([m, str(len(per_seed))] + [fmt_ci(mean_ci([a.get(k, math.nan) for a in per_seed.values()]))
-                                               for k in steps])
+        rows.append([m, str(len(per_seed))] + [fmt_ci(mean_ci([a.get(k, math.nan) for a in per_seed.values()]),
+                                                      bounds=ACCURACY) for k in steps])
         if m != baseline and base:
-            cells = [fmt_ci(paired_diff({s: a[k] for s, a in per_seed.items() if k in a},
-                                        {s: a[k] for s, a in base.items() if k in a}), signed=True)
+            untrained = tuple(x for x in (m, baseline) if not trained(view.cells.get(x, {})))
+            cells = [paired({s: a[k] for s, a in per_seed.items() if k in a},
+                            {s: a[k] for s, a in base.items() if k in a}, untrained=untrained).text()
                      for k in steps[1:]]
             diffs.append([m] + cells)
     out = ["### Held-out greedy accuracy (mean ± 95% CI over seeds)", ""]
@@ -92,7 +94,8 @@ def level_table(view: TierView) -> list[str]:
     rows = []
     for m in view.methods:
         per_level = [e.get("per_level", {}) for r in view.cells[m].values() for e in r["evals"] if e["step"] == final]
-        rows.append([m] + [fmt_ci(mean_ci([p[lvl] for p in per_level if lvl in p])) for lvl in levels])
+        rows.append([m] + [fmt_ci(mean_ci([p[lvl] for p in per_level if lvl in p]), bounds=ACCURACY)
+                           for lvl in levels])
     head = [f"### Held-out accuracy per level at step {final} (mean ± 95% CI over seeds)", ""]
     return head + _table(["method"] + levels, rows)
 
@@ -102,6 +105,25 @@ def baseline_target(view: TierView) -> float | None:
     base = view.cells.get(view.baseline, {})
     finals = [acc_at(r)[final_step(r)] for r in base.values() if r.get("evals")]
     return sum(finals) / len(finals) if finals else None
+
+
+def start_accuracy(view: TierView) -> float | None:
+    """The baseline's held-out accuracy at step 0, mean over its seeds: the starting model's."""
+    starts = [acc_at(r).get(0, math.nan) for r in view.cells.get(view.baseline, {}).values()]
+    starts = [a for a in starts if math.isfinite(a)]
+    return sum(starts) / len(starts) if starts else None
+
+
+def no_target(view: TierView) -> str | None:
+    """Why 'steps to reach the baseline's final accuracy' has no answer (None when it has one): the
+    baseline has no final accuracy, or it did not end above the start, so every method 'reaches' it
+    before training and a step count or a ratio would measure nothing."""
+    target, start = baseline_target(view), start_accuracy(view)
+    if target is None:
+        return f"no {view.baseline} evaluations"
+    if start is not None and target <= start + 1e-12:
+        return f"no target: {view.baseline} ended at {num(target)}, not above the start ({num(start)}); no ratio"
+    return None
 
 
 def reach(view: TierView, method: str, target: float) -> tuple[list[int], int]:
@@ -116,16 +138,25 @@ def reach_table(view: TierView) -> list[str]:
     if target is None:
         return []
     budget = max(final_step(r) for r in view.cells[baseline].values())
+    title = [f"### Steps to reach {baseline}'s final accuracy", ""]
+    if no_target(view):
+        return title + [f"No target: {baseline}'s final accuracy ({num(target)}, the mean over seeds at step {budget}) "
+                        f"is not above the start ({num(start_accuracy(view))} at step 0). {baseline} did not improve on "
+                        "the starting model, so no method has anything to reach and no step count or ratio is "
+                        "given; the held-out table above has every method's accuracy at each evaluation."]
     rows = []
     for m in view.methods:
+        if not trained(view.cells[m]):
+            rows.append([m, "did not train", "-", "-"])
+            continue
         hits, n = reach(view, m, target)
         mean = sum(hits) / len(hits) if hits else None
         rows.append([m, "not reached" if mean is None else num(mean, 1), f"{len(hits)}/{n}",
                      "-" if mean is None or not budget else num(mean / budget, 2)])
-    head = [f"### Steps to reach {baseline}'s final accuracy", "",
-            f"Target: {num(target)}, the mean over seeds of {baseline}'s held-out accuracy at step {budget}. A seed "
-            "reaches it at its first evaluation at or above the target (evaluations are spaced, so a step count "
-            "is an upper bound); the mean is over the seeds that reach it.", ""]
+    head = title + [f"Target: {num(target)}, the mean over seeds of {baseline}'s held-out accuracy at step {budget}, "
+                    f"above the start ({num(start_accuracy(view))}). A seed reaches it at its first evaluation after "
+                    "step 0 at or above the target (evaluations are spaced, so a step count is an upper bound); the "
+                    "mean is over the seeds that reach it.", ""]
     return head + _table(["method", "steps (mean)", "seeds reached", f"÷ {baseline} budget"], rows)
 
 
@@ -133,7 +164,8 @@ def signal_table(view: TierView) -> list[str]:
     rows = []
     for m in view.methods:
         recs = list(view.cells[m].values())
-        rows.append([m] + [fmt_ci(mean_ci([step_mean(r, key) for r in recs])) for _, key in SIGNAL_KEYS])
+        rows.append([m] + [fmt_ci(mean_ci([step_mean(r, key) for r in recs]), bounds=ACCURACY)
+                           for _, key in SIGNAL_KEYS])
     head = ["### Rollout signal (per-step means, then mean ± 95% CI over seeds)", "",
             "`non-zero adv` is the share of rollouts whose advantage is non-zero on some token; group types "
             "are fractions of prompt groups; flips are fractions of the valid completion tokens of correct / wrong "
@@ -188,20 +220,15 @@ def headline(view: TierView, ratios: dict[str, Interval]) -> list[str]:
     head, baseline = view.headline, view.baseline
     if head not in view.cells or baseline not in view.cells:
         return [f"({head} or {baseline} cells missing: no headline.)"]
-    final = budgets(view)[-1]
     cells = view.cells[head]
     label, value = main_measure(view)
-    delta = paired_diff({s: value(r) for s, r in cells.items()}, {s: value(r) for s, r in view.cells[baseline].items()})
-    reached, n_seeds = reach(view, head, baseline_target(view))
+    delta = compare(view.cells, head, baseline, value)
     nonzero = mean_ci([step_mean(r, "cast/frac_nonzero_adv") for r in cells.values()])
-    steps_text = (f"{sum(reached) / len(reached) / final:.2f}× the budget ({len(reached)}/{n_seeds} seeds reach it)"
-                  if reached else f"not reached (0/{n_seeds} seeds)")
     ratio = ratios.get(head, Interval(math.nan, math.nan, 0))
     rows = [
-        [f"{label}, {head} − {baseline}", f"> 0 ({head} beats {baseline})",
-         fmt_ci(delta, signed=True)],
-        [f"steps to reach {baseline}'s final accuracy", f"≤ 0.6× {baseline}'s", steps_text],
-        [f"rollouts with a non-zero advantage ({head})", "100%", fmt_ci(nonzero)],
+        [f"{label}, {head} − {baseline}", f"> 0 ({head} beats {baseline})", delta.text(name_untrained=True)],
+        [f"steps to reach {baseline}'s final accuracy", f"≤ 0.6× {baseline}'s", _steps_text(view)],
+        [f"rollouts with a non-zero advantage ({head})", "100%", fmt_ci(nonzero, bounds=ACCURACY)],
         [f"step time {head} ÷ {baseline} (same invocation)", "≤ 1.10",
          fmt_ci(ratio, digits=2) if ratio.n else "no cell pair of one invocation; a controlled pair: "
          "`castrl bench steptime` ([steptime.md](steptime.md))"],
@@ -209,23 +236,30 @@ def headline(view: TierView, ratios: dict[str, Interval]) -> list[str]:
     return _table(["measure", "target", "measured"], rows)
 
 
+def _steps_text(view: TierView) -> str:
+    """The headline's steps-to-reach cell: a ratio only when the target lies above the start."""
+    why = no_target(view)
+    if why:
+        return why
+    if not trained(view.cells[view.headline]):
+        return "did not train"
+    reached, n_seeds = reach(view, view.headline, baseline_target(view))
+    if not reached:
+        return f"not reached (0/{n_seeds} seeds)"
+    return f"{sum(reached) / len(reached) / budgets(view)[-1]:.2f}× the budget ({len(reached)}/{n_seeds} seeds reach it)"
+
+
 def verdict(view: TierView) -> list[str]:
-    """One computed sentence per method: is its final-step paired difference vs the baseline outside zero?"""
+    """One computed sentence per method against the baseline on the main measure, worded by the one rule
+    of a finding (`findings.Comparison`): differences that can be read first, then those that are not
+    findings (too few seeds, zero width), then the methods that did not train."""
     steps, baseline = budgets(view), view.baseline
-    base = view.cells.get(baseline, {})
-    if not steps or not base:
+    if not steps or not view.cells.get(baseline):
         return []
-    (label, value), lines = main_measure(view), []
-    for m in view.methods:
-        if m == baseline:
-            continue
-        iv = paired_diff({s: value(r) for s, r in view.cells[m].items()}, {s: value(r) for s, r in base.items()})
-        if iv.n < 2:
-            continue
-        word = "better than" if iv.lo > 0 else "worse than" if iv.hi < 0 else "not distinguishable from"
-        lines.append(f"- `{m}` is {word} `{baseline}` on {label} (paired Δ {fmt_ci(iv, signed=True)}, "
-                     f"{iv.n} seeds, 95% t-interval).")
-    return lines
+    label, value = main_measure(view)
+    found = {m: compare(view.cells, m, baseline, value) for m in view.methods if m != baseline}
+    order = sorted(found, key=lambda m: (not found[m].readable, bool(found[m].untrained)))
+    return [found[m].sentence(m, baseline, label) for m in order if found[m].interval.n or found[m].untrained]
 
 
 def main_measure(view: TierView) -> tuple[str, Callable[[dict], float]]:
@@ -247,7 +281,11 @@ def render_tier(view: TierView, figures: dict[str, str], extra: Sequence[str] = 
     if not view.cells:
         return lines + ["No cells of this configuration are cached yet.", ""] + final_sections(view)
     timing, ratios = timing_table(view)
-    body = ["### Headline", ""] + headline(view, ratios) + [""] + verdict(view) + [""] + list(extra)
+    body = ["### Headline", ""] + headline(view, ratios) + [""]
+    against = verdict(view)
+    if against:
+        body += [f"### Every method against {view.baseline}", "", RULE, ""] + against + [""]
+    body += list(extra)
     label, value = main_measure(view)
     body += final_sections(view) + diagnosis_sections(view, value, label)
     for block in (accuracy_tables(view), level_table(view), reach_table(view), signal_table(view), timing):

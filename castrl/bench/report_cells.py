@@ -89,8 +89,9 @@ def step_mean(rec: dict[str, Any], key: str) -> float:
 
 
 def steps_to_reach(rec: dict[str, Any], target: float) -> int | None:
-    """First evaluated step whose accuracy >= target, or None when never reached."""
+    """First evaluated step after the start whose accuracy >= target, or None when never reached. Step 0
+    never counts: it is the starting model, reached by every method before training."""
     for step, acc in sorted(acc_at(rec).items()):
-        if acc >= target - 1e-12:
+        if step > 0 and acc >= target - 1e-12:
             return step
     return None

@@ -9,7 +9,10 @@ over seeds, with its 95 % t-interval, for two measures (`MEASURES`):
   strongest teacher included, raised held-out accuracy on this testbed, so held-out differences cannot
   rank the rules; the report says so next to the numbers.
 The figure is each table as a curve: gain over GRPO against teacher AUC, one line per method. `curve_points`
-is what `castrl diagnose`'s verdict thresholds are read from.
+is what `castrl diagnose`'s verdict thresholds are read from. A teacher whose gap was 0 on every token
+before RL (the self-teacher: the student's prompt under the student's weights) has an AUC of 0.500 from
+ties alone: it is marked "no signal", left out of the figure and of "from what AUC" answers. A method that
+did not train (`findings.did_not_train`) is named as such and compared with nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from castrl.bench.findings import ACCURACY_DIFF, BETTER, Comparison, trained
 from castrl.bench.report_cells import TierView, acc_at, final_step
-from castrl.bench.stats import Interval, fmt_ci, paired_diff
+from castrl.bench.stats import Interval, paired_diff
+from castrl.diagnostics.verdict import has_signal, stored_tie_share, stored_zero_gap_share, verdict_of
 from castrl.formatting import num
 
 SELF_TEACHER = "self"  # the self-teacher's name (a cell without a teacher_model knob)
@@ -104,33 +109,57 @@ def with_teacher(method: str, teacher: str) -> str:
     return method if teacher == SELF_TEACHER else f"{method}@teacher_model={teacher}"
 
 
+def teacher_label(name: str, profile: dict[str, Any]) -> str:
+    """'`sft+500` (AUC 0.765)'; a teacher without signal says so: its AUC is ties, not a measurement."""
+    return f"`{name}` (AUC {num(profile.get('auc'))}{'' if has_signal(profile) else ', no signal'})"
+
+
+def point_comparison(view: TierView, method: str, teacher: str, diff: Interval) -> Comparison:
+    """A curve point as a `Comparison`: `method` trained with `teacher` against the baseline."""
+    names = (with_teacher(method, teacher), view.baseline)
+    return Comparison(diff, ACCURACY_DIFF, tuple(m for m in names if not trained(view.cells.get(m, {}))))
+
+
 def _headline_answer(view: TierView, label: str, points: list[tuple[str, float, Interval]]) -> str:
-    """'From what teacher AUC does the headline beat the baseline?' on one measure, computed."""
-    wins = [(auc, t) for t, auc, d in points if d.n >= 2 and d.lo > 0]
-    others = [auc for t, auc, d in points if d.n >= 2 and not d.lo > 0]
-    listing = "; ".join(f"`{t}` (AUC {num(auc)}): {fmt_ci(d, signed=True)}" for t, auc, d in points)
+    """'From what teacher AUC does the headline beat the baseline?' on one measure, computed from the teachers
+    with a signal; every teacher is listed, a no-signal one marked."""
+    teachers = profiles(view)
+    found = [(t, auc, point_comparison(view, view.headline, t, d)) for t, auc, d in points]
+    signal = [(t, auc, c) for t, auc, c in found if has_signal(teachers.get(t, {}))]
+    wins = [(auc, t) for t, auc, c in signal if c.status == BETTER]
+    others = [auc for t, auc, c in signal if c.readable and c.status != BETTER]
+    listing = "; ".join(f"{teacher_label(t, teachers.get(t, {}))}: {c.text(name_untrained=True)}" for t, _, c in found)
     question = f"- **From what teacher AUC does `{view.headline}` beat `{view.baseline}` ({label})?**"
     if wins:
         auc, t = min(wins)
         below = sorted(a for a in others if a < auc)
-        return (f"{question} From AUC {num(auc)} (`{t}`), the lowest teacher AUC whose interval excludes 0"
-                + (f"; not at AUC {', '.join(num(a) for a in below)}" if below else "") + f". By teacher: {listing}.")
-    return (f"{question} At none of the teachers run (the highest AUC was {num(max(a for _, a, _ in points))}). "
+        return (f"{question} From AUC {num(auc)} (`{t}`), the lowest teacher AUC with a signal at which the "
+                "difference is a finding above 0" + (f"; not at AUC {', '.join(num(a) for a in below)}" if below else "")
+                + f". By teacher: {listing}.")
+    strongest = max((a for _, a, _ in signal), default=math.nan)
+    return (f"{question} At none of the teachers with a signal (the highest AUC was {num(strongest)}). "
             f"By teacher: {listing}.")
 
 
 def _start_vs_end(view: TierView) -> str:
-    """Whether RL raised held-out accuracy at all on this testbed: each method's mean final accuracy
-    against the (shared) start accuracy at step 0."""
+    """Whether RL raised held-out accuracy at all on this testbed: each trained method's mean final accuracy
+    against the (shared) start accuracy at step 0 (a method that did not train ends at the start)."""
     starts = [acc_at(r).get(0, math.nan) for seeds in view.cells.values() for r in seeds.values()]
     start = sum(starts) / len(starts) if starts else math.nan
-    finals = {m: sum(final_accuracy(r) for r in seeds.values()) / len(seeds) for m, seeds in view.cells.items() if seeds}
+    idle = sorted(m for m, seeds in view.cells.items() if seeds and not trained(seeds))
+    finals = {m: sum(final_accuracy(r) for r in seeds.values()) / len(seeds) for m, seeds in view.cells.items()
+              if seeds and m not in idle}
+    if not finals:
+        return "- **Did RL raise held-out accuracy here?** No method trained."
     above = sorted(m for m, v in finals.items() if v > start + 1e-9)
     low, high = min(finals, key=finals.get), max(finals, key=finals.get)
+    untrained = (f" Left out, as they did not train (advantages or gradient norm 0 at every step): "
+                 f"{', '.join(f'`{m}`' for m in idle)}." if idle else "")
     return (f"- **Did RL raise held-out accuracy here?** Start (step 0) {num(start)}; mean final accuracy by method from "
-            f"{num(finals[low])} (`{low}`) to {num(finals[high])} (`{high}`); {len(above)} of {len(finals)} methods end "
-            f"above the start{(': ' + ', '.join(f'`{m}`' for m in above)) if above else ''}. Where none does, held-out "
-            "differences measure how much each rule hurts, and the training reward is the measure that ranks the rules.")
+            f"{num(finals[low])} (`{low}`) to {num(finals[high])} (`{high}`); {len(above)} of {len(finals)} trained "
+            f"methods end above the start{(': ' + ', '.join(f'`{m}`' for m in above)) if above else ''}.{untrained} "
+            "Where none does, held-out differences measure how much each rule hurts, and the training reward is the "
+            "measure that ranks the rules.")
 
 
 def conclusions(view: TierView) -> list[str]:
@@ -152,9 +181,11 @@ def conclusions(view: TierView) -> list[str]:
                 if ma in view.cells and mb in view.cells:
                     d = paired_diff({s: value(r) for s, r in view.cells[ma].items()},
                                     {s: value(r) for s, r in view.cells[mb].items()})
-                    if d.n == 0:
+                    idle = tuple(m for m in (ma, mb) if not trained(view.cells[m]))
+                    if d.n == 0 and not idle:
                         continue
-                    parts.append(f"`{t}` (AUC {num(teachers[t].get('auc'))}) {fmt_ci(d, signed=True)}")
+                    found = Comparison(d, ACCURACY_DIFF, idle)
+                    parts.append(f"{teacher_label(t, teachers[t])} {found.text(name_untrained=True)}")
             if parts:
                 lines.append(f"- **`{a}` − `{b}`** ({what}; {label}), paired over seeds: " + "; ".join(parts) + ".")
     return lines + [""]
@@ -167,9 +198,10 @@ def _gain_table(view: TierView, teachers: dict[str, dict[str, Any]], label: str,
     for name, p in teachers.items():
         cells = []
         for method in points:
-            hit = [d for t, _, d in points[method] if t == name]
-            cells.append("-" if not hit else fmt_ci(hit[0], signed=True) + (f" (n={hit[0].n})" if hit[0].n > 1 else ""))
-        lines.append(f"| `{name}` ({num(p.get('auc'))}) | " + " | ".join(cells) + " |")
+            hit = [point_comparison(view, method, t, d) for t, _, d in points[method] if t == name]
+            n = f" (n={hit[0].interval.n})" if hit and hit[0].readable else ""
+            cells.append("-" if not hit else hit[0].text() + n)
+        lines.append(f"| {teacher_label(name, p)} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -179,21 +211,41 @@ def control_sections(view: TierView, figures: Path, md_dir: Path) -> list[str]:
     if not teachers:
         return []
     lines = ["### Teachers (diagnosed before RL)", "",
-             "| teacher | gap AUC (pairs) | against verifier | flipped | correct-negative flips | "
-             "incorrect-positive flips | `castrl diagnose` verdict |", "|---|---|---|---|---|---|---|"]
+             "`tied pairs`: the share of the AUC's (correct, wrong) pairs whose mean gaps are equal (each counted ½); "
+             "`g = 0`: the share of valid tokens on which the teacher and the student agree exactly. A teacher with "
+             "g = 0 on every token has no signal: its AUC of 0.500 is ties, CAST with it follows the verifier's "
+             "base advantages, and it is no point of the verdict's curve. The verdict is recomputed from these "
+             "numbers by today's rule.", "",
+             "| teacher | gap AUC (pairs) | tied pairs | g = 0 | against verifier | flipped | correct-negative flips | "
+             "incorrect-positive flips | `castrl diagnose` verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for name, p in teachers.items():
         against = (p.get("against_verifier") or {}).get("frac")
-        lines.append(f"| `{name}` | {num(p.get('auc'))} ({int(p.get('n_pairs') or 0)}) | {num(against)} | "
-                     f"{num(p.get('frac_flipped'))} | {num(p.get('frac_flipped_correct_negative'))} | "
-                     f"{num(p.get('frac_flipped_incorrect_positive'))} | {p.get('verdict', '-')} |")
+        ties = stored_tie_share(p)
+        lines.append(f"| `{name}` | {num(p.get('auc'))} ({int(p.get('n_pairs') or 0)}) | "
+                     f"{'not recorded' if ties is None else num(ties)} | {num(stored_zero_gap_share(p))} | "
+                     f"{num(against)} | {num(p.get('frac_flipped'))} | {num(p.get('frac_flipped_correct_negative'))} | "
+                     f"{num(p.get('frac_flipped_incorrect_positive'))} | {verdict_of(p)} |")
     lines += ["", f"### Gain over `{view.baseline}` by teacher", ""]
     curves = {key: (label, curve_points(view, value)) for key, label, value in MEASURES}
     for label, points in curves.values():
         lines += _gain_table(view, teachers, label, points)
-    path = plot_gain_vs_auc(view, curves, figures)
+    path = plot_gain_vs_auc(view, _plotted(view, curves), figures)
     if path is not None:
         lines += [f"![gain over {view.baseline} vs teacher AUC]({os.path.relpath(path, md_dir)})", ""]
     return lines + conclusions(view)
+
+
+def _plotted(view: TierView, curves: dict[str, tuple[str, dict[str, list[tuple[str, float, Interval]]]]]
+             ) -> dict[str, tuple[str, dict[str, list[tuple[str, float, Interval]]]]]:
+    """The curves without the points the figure must not draw: teachers without signal (their AUC is ties)
+    and methods that did not train."""
+    teachers = profiles(view)
+    out = {}
+    for key, (label, points) in curves.items():
+        kept = {m: [p for p in series if has_signal(teachers.get(p[0], {}))
+                    and not point_comparison(view, m, p[0], p[2]).untrained] for m, series in points.items()}
+        out[key] = (label, {m: series for m, series in kept.items() if series})
+    return out
 
 
 def plot_gain_vs_auc(view: TierView, curves: dict[str, tuple[str, dict[str, list[tuple[str, float, Interval]]]]],

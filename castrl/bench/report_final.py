@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from castrl.bench.final_eval import per_problem_avg
+from castrl.bench.findings import ACCURACY, ACCURACY_DIFF, BETTER, Comparison, compare, trained
 from castrl.bench.report_cells import TierView, cell_device
-from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
+from castrl.bench.stats import Interval, fmt_ci, mean_ci
 from castrl.formatting import num
 
 # (column, key of castrl eval's summary)
@@ -69,9 +70,10 @@ def final_table(view: TierView) -> list[str]:
                     + ["0", num(final["summary"].get("mean_tokens"), 1), num(final.get("truncated_rate"))])
     for m in view.methods:
         recs = list(view.cells[m].values())
-        rows.append([m, str(len(recs))] + [fmt_ci(mean_ci([summary_value(r, key) for r in recs]))
+        untrained = () if trained(view.cells[m]) else (m,)
+        rows.append([m, str(len(recs))] + [fmt_ci(mean_ci([summary_value(r, key) for r in recs]), bounds=ACCURACY)
                                            for _, key in FINAL_KEYS]
-                    + [fmt_ci(vs_base(recs, view.base), signed=True),
+                    + [Comparison(vs_base(recs, view.base), ACCURACY_DIFF, untrained).text(),
                        num(mean_ci([summary_value(r, "mean_tokens") for r in recs]).mean, 1),
                        num(mean_ci([r.get("final", {}).get("truncated_rate", math.nan) for r in recs]).mean)])
     head = ["### Final evaluation (mean ± 95% CI over seeds; Δ vs base: 95% CI over problems)", "",
@@ -88,9 +90,7 @@ def final_diff_table(view: TierView) -> list[str]:
     for m in view.methods:
         if m == view.baseline or not base:
             continue
-        cells = view.cells[m]
-        rows.append([m] + [fmt_ci(paired_diff({s: summary_value(r, key) for s, r in cells.items()},
-                                              {s: summary_value(r, key) for s, r in base.items()}), signed=True)
+        rows.append([m] + [compare(view.cells, m, view.baseline, lambda r, key=key: summary_value(r, key)).text()
                            for _, key in FINAL_KEYS])
     if not rows:
         return []
@@ -113,7 +113,8 @@ def budget_table(view: TierView) -> list[str]:
 
     rows = [["base model"] + [num(at(view.base, b)) for b in budgets]] if view.base else []
     for m in view.methods:
-        rows.append([m] + [fmt_ci(mean_ci([at(r, b) for r in view.cells[m].values()])) for b in budgets])
+        rows.append([m] + [fmt_ci(mean_ci([at(r, b) for r in view.cells[m].values()]), bounds=ACCURACY)
+                           for b in budgets])
     head = [f"### Token-budget sweep: Avg@{_k(view)} with completions cut at each budget (mean ± 95% CI over seeds)",
             ""]
     return head + _table(["method"] + [f"≤ {b}" for b in budgets], rows)
@@ -127,10 +128,10 @@ def tuning_table(view: TierView) -> list[str]:
     for rec in sorted(view.tuning, key=lambda r: (r["config"]["settings"]["learning_rate"],
                                                   r["config"]["settings"]["steps"], r["seed"])):
         s = rec["config"]["settings"]
-        iv = vs_base([rec], view.base)
-        verdict = "yes" if iv.n and iv.lo > 0 else "no"
+        gain = Comparison(vs_base([rec], view.base), ACCURACY_DIFF, () if trained({0: rec}) else (rec["method"],))
+        verdict = "yes" if gain.status == BETTER else "no"
         rows.append([f"{s['learning_rate']:g}", str(s["steps"]), str(rec["seed"]),
-                     num(summary_value(rec, "avg_at_k")), fmt_ci(iv, signed=True), verdict,
+                     num(summary_value(rec, "avg_at_k")), gain.text(), verdict,
                      num(summary_value(rec, "pass_at_k")), num(summary_value(rec, "greedy_accuracy")),
                      num(rec.get("wall_s", math.nan) / 60, 1), f'{cell_device(rec)}, {rec.get("versions", {}).get("threads", "-")}'])
     base_avg, k = num(view.base["final"]["summary"].get("avg_at_k")) if view.base else "not cached", _k(view)

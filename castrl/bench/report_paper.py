@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from castrl.bench.findings import ACCURACY, ACCURACY_DIFF, BETTER, LEVEL, WORSE, Comparison, compare
 from castrl.bench.report_cells import TierView, cell_device, step_mean
 from castrl.bench.report_final import summary_value
-from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff
+from castrl.bench.stats import Interval, fmt_ci, mean_ci
 from castrl.formatting import num
 
 
@@ -56,15 +57,16 @@ PAPER_TEACHER_CONTEXT = "answer_free"  # CAST's own teacher, whose diagnosis exp
 PAPER_BUDGETS = "MATH-500 Avg@16 at 1K tokens base 70.24 / GRPO 70.28 / CAST 61.23; at 2K 81.11 / 81.00 / 77.29; CAST leads from 4K"
 
 
-def _paired(view: TierView, a: str, b: str, value: Callable[[dict[str, Any]], float]) -> Interval:
-    cells_a, cells_b = view.cells.get(a, {}), view.cells.get(b, {})
-    return paired_diff({s: value(r) for s, r in cells_a.items()}, {s: value(r) for s, r in cells_b.items()})
+def _paired(view: TierView, a: str, b: str, value: Callable[[dict[str, Any]], float]) -> Comparison:
+    return compare(view.cells, a, b, value, ACCURACY_DIFF)
 
 
-def _word(iv: Interval) -> str:
-    if iv.n < 2 or not math.isfinite(iv.half):
-        return "too few seeds to tell"
-    return "yes" if iv.lo > 0 else "no: the opposite" if iv.hi < 0 else "not distinguishable"
+NOT_A_FINDING = "not a finding"
+
+
+def _word(found: Comparison) -> str:
+    """castrl's answer to a claim 'a beats b' (the one rule of a finding, `findings.Comparison`)."""
+    return {BETTER: "yes", WORSE: "no: the opposite", LEVEL: "not distinguishable"}.get(found.status, NOT_A_FINDING)
 
 
 def _budget_value(budget: int, key: str) -> Callable[[dict[str, Any]], float]:
@@ -91,7 +93,8 @@ def claim_rows(view: TierView) -> list[str]:
             continue
         d_avg, d_pass = _paired(view, claim.better, claim.worse, avg), _paired(view, claim.better, claim.worse, pas)
         rows.append(f"| {claim.question} (`{claim.better}` − `{claim.worse}`) | {claim.paper} | "
-                    f"{fmt_ci(d_avg, signed=True)} | {fmt_ci(d_pass, signed=True)} | {d_avg.n} | {_word(d_avg)} |")
+                    f"{d_avg.text(name_untrained=True)} | {d_pass.text(name_untrained=True)} | {d_avg.interval.n} | "
+                    f"{_word(d_avg)} |")
     return rows
 
 
@@ -101,7 +104,9 @@ def paper_sections(view: TierView) -> list[str]:
         return []
     lines = ["### castrl vs the paper, point by point", "",
              "Paired differences over seeds (95 % t-interval) of the final evaluation; 'castrl agrees?' is 'yes' "
-             f"only when the interval excludes 0 in the paper's direction. The paper's numbers are for "
+             "only when the difference is a finding (at least 3 seeds, both methods trained, an interval of non-zero "
+             "width) that excludes 0 in the paper's direction; 'not a finding' otherwise, whatever the interval. "
+             "The paper's numbers are for "
              f"{PAPER_SETTING['model']} on {PAPER_SETTING['task']} with {PAPER_SETTING['budget']:,}-token training "
              "budgets; these are for the tier's model and task (below).", ""]
     lines += claim_rows(view) + [""]
@@ -129,9 +134,11 @@ def setting_rows(view: TierView) -> list[str]:
     lines = ["#### Where castrl disagrees, and what in the setting could explain it", ""]
     opposite = answers.get("no: the opposite", [])
     agree = answers.get("yes", [])
-    lines.append(f"- Against the paper's direction (interval excludes 0): {', '.join(opposite) or 'none'}; in the "
-                 f"paper's direction: {', '.join(agree) or 'none'}; the rest are not distinguishable from 0 or have "
-                 "too few seeds.")
+    unread = answers.get(NOT_A_FINDING, [])
+    lines.append(f"- Against the paper's direction (a finding: interval excludes 0): {', '.join(opposite) or 'none'}; "
+                 f"in the paper's direction: {', '.join(agree) or 'none'}; not a finding (fewer than 3 seeds, a "
+                 f"zero-width interval or a method that did not train): {', '.join(unread) or 'none'}; the rest are "
+                 "not distinguishable from 0.")
     teacher = (view.diagnosis or {}).get("teachers", {}).get(PAPER_TEACHER_CONTEXT)
     if teacher:
         flips, no_flip = SIGN_REVERSAL.better, SIGN_REVERSAL.worse
@@ -141,8 +148,8 @@ def setting_rows(view: TierView) -> list[str]:
             vs_base, vs_flips = _paired(view, no_flip, base_m, avg), _paired(view, flips, no_flip, avg)
             cause = {"no: the opposite": "so on this model the loss comes with the flips",
                      "yes": "so the flips helped"}.get(_word(vs_flips), f"{flips} − it: {_word(vs_flips)}")
-            flip_note = (f" The same rule without sign reversal (`{no_flip}`) was {fmt_ci(vs_base, signed=True)} against "
-                         f"`{base_m}` and `{flips}` was {fmt_ci(vs_flips, signed=True)} against it (Avg@k), {cause}.")
+            flip_note = (f" The same rule without sign reversal (`{no_flip}`) was {vs_base.text()} against "
+                         f"`{base_m}` and `{flips}` was {vs_flips.text()} against it (Avg@k), {cause}.")
         lines.append(f"- The teacher. CAST's sign reversal assumes the answer-free teacher's gap ranks correct rollouts "
                      f"above wrong ones. Before training, on this model's own rollouts, its gap AUC was "
                      f"{num(teacher.get('auc'))} ({int(teacher.get('n_pairs') or 0)} pairs; 0.5 is no signal) and "
@@ -188,9 +195,9 @@ def budget_rows(view: TierView) -> list[str]:
     for b in budgets:
         avg, pas = _budget_value(b, "avg_at_k"), _budget_value(b, "pass_at_k")
         base = avg(view.base) if view.base else math.nan
-        vs_base = mean_ci([avg(r) - base for r in view.cells[head].values()])
-        rows.append(f"| ≤ {b} | {fmt_ci(_paired(view, head, base_m, avg), signed=True)} | "
-                    f"{fmt_ci(_paired(view, head, base_m, pas), signed=True)} | {fmt_ci(vs_base, signed=True)} |")
+        vs_base = Comparison(mean_ci([avg(r) - base for r in view.cells[head].values()]), ACCURACY_DIFF)
+        rows.append(f"| ≤ {b} | {_paired(view, head, base_m, avg).text()} | {_paired(view, head, base_m, pas).text()} | "
+                    f"{vs_base.text()} |")
     return rows
 
 
@@ -201,8 +208,9 @@ def flip_rows(view: TierView) -> list[str]:
         return [f"Flip shares (Table 9): no {view.headline} cells yet."]
     flipped = _step_mean(recs, "cast/frac_flipped")
     up = _step_mean(recs, "cast/frac_flipped_incorrect_positive")
-    return [f"Flip shares (Table 9), mean over training steps and seeds: flipped {fmt_ci(flipped)} of valid tokens "
-            f"(paper {PAPER_FLIP_SHARE:.3f}); incorrect-path positive flips {fmt_ci(up)} (paper "
+    return [f"Flip shares (Table 9), mean over training steps and seeds: flipped {fmt_ci(flipped, bounds=ACCURACY)} "
+            f"of valid tokens (paper {PAPER_FLIP_SHARE:.3f}); incorrect-path positive flips "
+            f"{fmt_ci(up, bounds=ACCURACY)} (paper "
             f"{PAPER_INCORRECT_POSITIVE:.3f})."]
 
 

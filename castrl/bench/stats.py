@@ -85,15 +85,29 @@ def paired_diff(a: dict[int, float], b: dict[int, float], level: float = 0.95) -
     return mean_ci([a[k] - b[k] for k in common], level)
 
 
-def fmt_ci(iv: Interval, digits: int = 3, signed: bool = False) -> str:
-    """'0.412 ± 0.031' (or '+0.020 [-0.011, +0.051]' when signed); '-' when there is no value."""
+def ci_text(iv: Interval, digits: int = 3, signed: bool = False,
+            bounds: tuple[float, float] | None = None) -> tuple[str, bool]:
+    """`fmt_ci`'s text without its '(clipped)' mark, and whether the interval was clipped to `bounds`."""
     if iv.n == 0 or not math.isfinite(iv.mean):
-        return "-"
+        return "-", False
     sign = "+" if signed else ""
-    if signed:
-        if not math.isfinite(iv.half):
-            return f"{iv.mean:{sign}.{digits}f} (n=1)"
-        return f"{iv.mean:{sign}.{digits}f} [{iv.lo:{sign}.{digits}f}, {iv.hi:{sign}.{digits}f}]"
     if not math.isfinite(iv.half):
-        return f"{iv.mean:.{digits}f}"
-    return f"{iv.mean:.{digits}f} ± {iv.half:.{digits}f}"
+        return f"{iv.mean:{sign}.{digits}f}" + (" (n=1)" if signed else ""), False
+    lo, hi = iv.lo, iv.hi
+    visible = 0.5 * 10**-digits  # float noise past a bound is not worth a mark
+    clipped = bounds is not None and (lo < bounds[0] - visible or hi > bounds[1] + visible)
+    if clipped:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    if signed or clipped:
+        return f"{iv.mean:{sign}.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]", clipped
+    return f"{iv.mean:.{digits}f} ± {iv.half:.{digits}f}", False
+
+
+def fmt_ci(iv: Interval, digits: int = 3, signed: bool = False, bounds: tuple[float, float] | None = None) -> str:
+    """'0.412 ± 0.031' (or '+0.020 [-0.011, +0.051]' when signed); '-' when there is no value.
+
+    `bounds`: what the measure can take ((0, 1) for an accuracy, (-1, 1) for a difference of two). A
+    t-interval of few seeds can reach past them ('0.333 ± 2.118'); it is then shown clipped, as
+    '0.333 [0.000, 1.000] (clipped)', so no printed interval claims an impossible value."""
+    text, clipped = ci_text(iv, digits, signed, bounds)
+    return text + (" (clipped)" if clipped else "")

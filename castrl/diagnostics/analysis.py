@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
@@ -23,6 +23,20 @@ from castrl.core import CastConfig, cast_advantages, cast_base, cast_flip_masks
 from castrl.core.groups import GROUP_KIND_NAMES
 from castrl.core.inputs import PreparedBatch, prepare_batch
 from castrl.core.stats import flip_metrics, group_metrics
+
+# The gap AUC lives in `separation`, the verdict in `verdict` (it is recomputed from stored numbers too);
+# re-exported for callers of `analysis`.
+from .separation import rollout_gap_auc as rollout_gap_auc
+from .separation import sequence_separation
+from .verdict import AUC_BAND as AUC_BAND
+from .verdict import AUC_NO_WORSE as AUC_NO_WORSE
+from .verdict import AUC_STRONGEST as AUC_STRONGEST
+from .verdict import CONTROL_CURVE as CONTROL_CURVE
+from .verdict import MIN_VERDICT_PAIRS as MIN_VERDICT_PAIRS
+from .verdict import ControlPoint as ControlPoint
+from .verdict import control_evidence as control_evidence
+from .verdict import control_summary as control_summary
+from .verdict import gap_verdict
 
 NAN = float("nan")
 QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -33,40 +47,6 @@ SIGNS: tuple[str, ...] = ("pos", "neg")
 MARGIN_SWEEP: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
 # The paper's Table 9 (Qwen3-4B CAST, means over 300 steps), shares of all valid tokens.
 PAPER_TABLE9: dict[str, float] = {"frac_flipped": 0.264, "frac_flipped_incorrect_positive": 0.070}
-# Verdict band: a within-group gap AUC in [0.5 - AUC_BAND, 0.5 + AUC_BAND] counts as "no separation" (the
-# positive control's self-teacher, which knows nothing the student does not, measures 0.500 exactly).
-AUC_BAND = 0.05
-
-
-@dataclass(frozen=True)
-class ControlPoint:
-    """One teacher of castrl's positive control (`castrl bench control`, docs/results.md): its gap AUC as
-    `rollout_gap_auc` measures it before training, and CAST's paired difference from GRPO (training
-    reward of the last 20 of 80 steps, 5 seeds, 95 % t-interval)."""
-
-    teacher: str
-    auc: float
-    delta: float
-    lo: float
-    hi: float
-
-    def outcome(self) -> str:
-        return "better than" if self.lo > 0 else "worse than" if self.hi < 0 else "not distinguishable from"
-
-
-# The curve the verdict's thresholds come from (docs/results.md, "positive control"; update both together).
-CONTROL_CURVE: tuple[ControlPoint, ...] = (
-    ControlPoint("self", 0.500, -0.188, -0.222, -0.155),
-    ControlPoint("sft+500", 0.765, -0.103, -0.118, -0.088),
-    ControlPoint("sft+2000", 0.839, -0.047, -0.066, -0.027),
-)
-# From this AUC on, CAST stopped doing measurably worse than GRPO in the control (the lowest teacher AUC
-# whose interval reaches 0); below it, a teacher that agrees with the verifier on average still cost CAST.
-# inf: CAST did worse than GRPO with every teacher the control measured.
-AUC_NO_WORSE = min((p.auc for p in CONTROL_CURVE if p.hi >= 0), default=math.inf)
-AUC_STRONGEST = max(p.auc for p in CONTROL_CURVE)
-# Below this many (correct, wrong) pairs the verdict says that the AUC is a noisy estimate.
-MIN_VERDICT_PAIRS = 50
 
 
 def summarize(values: torch.Tensor) -> dict[str, float]:
@@ -333,108 +313,6 @@ def extreme_tokens(batch: PreparedBatch, k: int = 8) -> dict[str, list[tuple[int
     return out
 
 
-def rollout_gap_auc(
-    score: torch.Tensor, correct: torch.Tensor, group: torch.Tensor, valid: torch.Tensor | None = None
-) -> tuple[float, int]:
-    """(AUC, pairs): P(a correct rollout's score > a wrong rollout's of the same group), ties 1/2,
-    pooled over every (correct, wrong) pair within a group (Mann-Whitney style; only mixed groups have
-    such pairs, and the same problem on both sides means difficulty cannot confound it). `score`,
-    `correct`, `group`: (B,); `valid` (B,) bool leaves rows out (e.g. no valid token). NaN with 0 pairs."""
-    score = score.double()
-    keep = torch.ones_like(correct, dtype=torch.bool) if valid is None else valid.bool()
-    ok = keep & correct.bool()
-    bad = keep & ~correct.bool()
-    pairs = ok[:, None] & bad[None, :] & (group[:, None] == group[None, :])
-    n = int(pairs.sum())
-    if n == 0:
-        return NAN, 0
-    above = (score[:, None] > score[None, :]).double() + 0.5 * (score[:, None] == score[None, :]).double()
-    return float(above[pairs].sum()) / n, n
-
-
-def sequence_separation(batch: PreparedBatch) -> dict[str, float]:
-    """Does the teacher prefer the correct rollouts? Per rollout, the summed gap (log u(y) - log s(y))
-    and the mean gap over its valid tokens; `auc_mean` / `auc_sum` = `rollout_gap_auc` over the
-    (correct, wrong) pairs of each mixed group (`n_pairs`), and `auc_mean_all` over every (correct,
-    wrong) pair of the batch (problems mixed). 0.5 = no preference; NaN = no pairs. Rollouts without
-    a valid token are left out."""
-    real = batch.mask > 0
-    n_tokens = real.sum(dim=1)
-    valid = n_tokens > 0
-    total = (batch.gap.double() * real).sum(dim=1)
-    per_token = total / n_tokens.clamp(min=1)
-    correct, group = batch.groups.correct, batch.groups.index
-    out: dict[str, float] = {}
-    for name, score in (("sum", total), ("mean", per_token)):
-        out[f"auc_{name}"], n_pairs = rollout_gap_auc(score, correct, group, valid)
-        for cls, rows in (("correct", correct & valid), ("wrong", ~correct & valid)):
-            out[f"{name}_gap_{cls}"] = float(score[rows].mean()) if rows.any() else NAN
-    auc_all, n_all = rollout_gap_auc(per_token, correct, torch.zeros_like(group), valid)
-    out.update(n_pairs=float(n_pairs), auc_mean_all=auc_all, n_pairs_all=float(n_all))
-    return out
-
-
-def control_summary() -> str:
-    """The positive control's outcome in one clause, computed from `CONTROL_CURVE`."""
-    beat = [p.auc for p in CONTROL_CURVE if p.lo > 0]
-    if math.isinf(AUC_NO_WORSE):
-        return f"CAST did worse than GRPO with every teacher measured (AUC 0.50 to {AUC_STRONGEST:.2f}), less so the stronger the teacher"
-    won = f"beat it from AUC {min(beat):.2f}" if beat else f"beat it with none of the teachers measured (up to AUC {AUC_STRONGEST:.2f})"
-    return f"CAST stopped losing to GRPO from AUC {AUC_NO_WORSE:.2f} and {won}"
-
-
-def control_evidence(auc: float) -> str:
-    """What castrl's positive control measured with the teacher nearest to `auc` (at or below it when
-    there is one): "a teacher at AUC 0.84 left CAST not distinguishable from GRPO (Δ ...)"."""
-    below = [p for p in CONTROL_CURVE if p.auc <= auc + 1e-9]
-    point = max(below, key=lambda p: p.auc) if below else min(CONTROL_CURVE, key=lambda p: p.auc)
-    return (f"in castrl's positive control a teacher at AUC {point.auc:.2f} left CAST {point.outcome()} GRPO "
-            f"(training reward Δ {point.delta:+.3f} [{point.lo:+.3f}, {point.hi:+.3f}], docs/results.md)")
-
-
-def gap_verdict(auc: float, n_pairs: int, band: float = AUC_BAND) -> str:
-    """One line a user can act on, from the within-group gap AUC of a teacher (`rollout_gap_auc` of
-    the mean gap per token), citing what castrl's positive control measured at that AUC
-    (`CONTROL_CURVE`): below 0.5 - band the gap points the wrong way; within the band it carries no
-    signal; above it and below `AUC_NO_WORSE` (inf when CAST lost with every teacher) it agrees with the
-    verifier on average but CAST still did worse than GRPO in the control; from `AUC_NO_WORSE` on the
-    control's CAST matched GRPO. Plus the case with no pair; a caveat is appended below MIN_VERDICT_PAIRS
-    pairs."""
-    if n_pairs <= 0 or not math.isfinite(auc):
-        return (
-            "no mixed group, so no (correct, wrong) pair to rank: the gap AUC is undefined; sample more "
-            "problems (--n_prompts) or larger groups (--group_size), or use data the model solves only sometimes"
-        )
-    measured = f"(AUC {auc:.2f}, {n_pairs} pairs)"
-    if auc < 0.5 - band:
-        line = (
-            f"the teacher's gap ranks wrong rollouts above correct ones {measured}: CAST's flips will push toward "
-            f"wrong behaviour on this model; use GRPO or another teacher ({control_evidence(0.5)}, and this "
-            "teacher is worse than that one)"
-        )
-    elif auc <= 0.5 + band:
-        line = (
-            f"the teacher's gap barely separates correct from wrong rollouts {measured}: {control_evidence(auc)}; "
-            "expect CAST below GRPO, use GRPO or compare with flip=false"
-        )
-    elif auc < AUC_NO_WORSE:
-        above = "" if math.isinf(AUC_NO_WORSE) else f", but below AUC {AUC_NO_WORSE:.2f}, from which CAST stopped losing to GRPO in castrl's positive control"
-        stronger = " (your teacher is stronger than any the control measured)" if auc > AUC_STRONGEST else ""
-        line = (
-            f"the teacher's gap ranks correct rollouts above wrong ones {measured}{above}: "
-            f"{control_evidence(auc)}{stronger}; expect CAST at or below GRPO and compare with flip=false"
-        )
-    else:
-        line = (
-            f"the teacher's gap ranks correct rollouts above wrong ones {measured}, as strongly as the teachers "
-            f"with which CAST stopped losing to GRPO: {control_evidence(auc)}; CAST's precondition holds, "
-            "a gain over GRPO is not established by it"
-        )
-    if n_pairs < MIN_VERDICT_PAIRS:
-        line += f" [only {n_pairs} pairs: a noisy estimate]"
-    return line
-
-
 def group_summary(batch: PreparedBatch) -> dict[str, float]:
     """Group-type fractions and reward mean (core `group_metrics`, keys without `cast/`), plus sizes."""
     real = batch.mask > 0
@@ -477,6 +355,8 @@ def analyze(
         gaps[name], flipped_by[name] = batch.gap, flipped
         adv, cast_metrics = cast_advantages(rewards, group_ids, student_logps, logps, mask, config)
         sequences = sequence_separation(batch)
+        verdict = gap_verdict(sequences["auc_mean"], int(sequences["n_pairs"]), tie_share=sequences["tie_share"],
+                              frac_zero_gap=sequences["frac_zero_gap"])
         teachers[name] = {
             "nonfinite_count": float(batch.n_nonfinite_gap),
             "quadrants": quadrant_stats(batch),
@@ -487,7 +367,7 @@ def analyze(
             "histogram": gap_histogram(batch, hist_bins),
             "extremes": extreme_tokens(batch),
             "sequences": sequences,
-            "verdict": gap_verdict(sequences["auc_mean"], int(sequences["n_pairs"])),
+            "verdict": verdict,
             "cast_metrics": cast_metrics,
         }
     return {

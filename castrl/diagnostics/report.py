@@ -1,41 +1,24 @@
 """Outputs of a diagnosis: diagnostics.json (every number + the command), diagnostics.md, the PNGs,
 and report.html (self-contained: tables inline, PNGs embedded as base64).
 
-Tables are built once as (title, header, rows) and rendered to both markdown and HTML, so the two
-reports cannot disagree. NaN (an empty token set) is written as null in JSON and "n/a" in tables.
+Tables are built here once as (title, header, rows) and rendered to both markdown and HTML by `render`,
+so the two reports cannot disagree. NaN (an empty token set) is written as null in JSON and "n/a" in tables.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from castrl.formatting import num, pct, write_json
 
-from .analysis import (
-    AUC_BAND,
-    CLASSES,
-    MIN_VERDICT_PAIRS,
-    PAPER_TABLE9,
-    QUANTILES,
-    SIGNS,
-    control_summary,
-)
+from .analysis import CLASSES, PAPER_TABLE9, QUANTILES, SIGNS
 from .figures import write_figures
+from .render import Table, render_html, render_markdown
+from .render import verdict_lines as verdict_lines
 
 JSON_FILE, MD_FILE, HTML_FILE = "diagnostics.json", "diagnostics.md", "report.html"
 SIGN_LABEL = {"pos": "teacher-positive", "neg": "teacher-negative", "all": "all"}
-
-
-@dataclass(frozen=True)
-class Table:
-    title: str
-    header: list[str]
-    rows: list[list[str]]
-    note: str = ""
 
 
 def _run_table(payload: dict[str, Any]) -> Table:
@@ -218,6 +201,8 @@ def _sequence_table(results: dict[str, Any]) -> Table:
         "pairs",
         "AUC summed gap",
         "AUC mean gap",
+        "tied pairs (mean gap)",
+        "tokens with g = 0",
         "AUC mean gap (all pairs)",
         "mean gap/token correct",
         "mean gap/token wrong",
@@ -231,6 +216,8 @@ def _sequence_table(results: dict[str, Any]) -> Table:
                 str(int(q["n_pairs"])),
                 num(q["auc_sum"]),
                 num(q["auc_mean"]),
+                pct(q.get("tie_share")),
+                pct(q.get("frac_zero_gap")),
                 num(q["auc_mean_all"]),
                 num(q["mean_gap_correct"]),
                 num(q["mean_gap_wrong"]),
@@ -242,8 +229,10 @@ def _sequence_table(results: dict[str, Any]) -> Table:
         rows,
         "AUC = P(a correct rollout's gap score > a wrong one's, ties 1/2) over the (correct, wrong) pairs of "
         "the same mixed group, pooled over groups; 0.5 = the teacher cannot tell them apart. 'AUC mean gap' "
-        "(mean of g over a rollout's valid tokens) is the one the verdict reads. 'all pairs' mixes problems. "
-        "'mean gap/token' = mean over rollouts of each rollout's mean gap per token.",
+        "(mean of g over a rollout's valid tokens) is the one the verdict reads; 'tied pairs' is the share of "
+        "its pairs whose mean gaps are equal (each counted 1/2: ties pull the AUC toward 0.5). With g = 0 on "
+        "every token every pair ties and the AUC is 0.5 without measuring anything: no teacher signal. "
+        "'all pairs' mixes problems. 'mean gap/token' = mean over rollouts of each rollout's mean gap per token.",
     )
 
 
@@ -326,77 +315,6 @@ def build_tables(payload: dict[str, Any]) -> list[Table]:
         _position_table(results),
         _extremes_table(results),
     ]
-
-
-VERDICT_NOTE = (
-    f"From the within-group AUC of the mean gap per rollout. The band 0.5 +- {AUC_BAND} counts as 'barely "
-    f"separates'; the cut-offs and the evidence quoted come from castrl's positive control (teachers of "
-    f"graded strength on a tiny student, docs/results.md): {control_summary()}. Below {MIN_VERDICT_PAIRS} pairs "
-    "the estimate is noisy."
-)
-
-
-def verdict_lines(results: dict[str, Any]) -> list[str]:
-    """One line per teacher: '<teacher>: <verdict>'."""
-    return [f"{name}: {teacher['verdict']}" for name, teacher in results["teachers"].items()]
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "\\n")
-
-
-def render_markdown(payload: dict[str, Any], tables: list[Table], figures: dict[str, str]) -> str:
-    lines = ["# castrl diagnose: teacher-signal report", "", "```", payload["command"], "```", ""]
-    for table in tables:
-        lines += [
-            f"## {table.title}",
-            "",
-            "| " + " | ".join(table.header) + " |",
-            "|" + "---|" * len(table.header),
-        ]
-        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
-        lines += (["", table.note] if table.note else []) + [""]
-    lines += ["## Figures", ""] + [f"![{cap}]({os.path.basename(p)})" for cap, p in figures.items()] + [""]
-    lines += ["## Verdict", "", VERDICT_NOTE, ""] + [
-        f"- {line}" for line in verdict_lines(payload["results"])
-    ]
-    return "\n".join(lines) + "\n"
-
-
-_CSS = (
-    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}"
-    "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}"
-    "td:first-child,td:nth-child(2){text-align:left}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}"
-    "img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}.note{color:#555;font-size:12px}"
-)
-
-
-def render_html(payload: dict[str, Any], tables: list[Table], figures: dict[str, str]) -> str:
-    """One self-contained HTML page: no external file, script or stylesheet."""
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>castrl diagnose</title>",
-        f"<style>{_CSS}</style></head><body><h1>castrl diagnose: teacher-signal report</h1>",
-        f"<pre>{esc(payload['command'])}</pre>",
-    ]
-    for table in tables:
-        parts.append(
-            f"<h2>{esc(table.title)}</h2><table><tr>"
-            + "".join(f"<th>{esc(h)}</th>" for h in table.header)
-            + "</tr>"
-        )
-        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table.rows]
-        parts.append("</table>" + (f"<p class='note'>{esc(table.note)}</p>" if table.note else ""))
-    parts.append("<h2>Figures</h2>")
-    for caption, path in figures.items():
-        with open(path, "rb") as handle:
-            data = base64.b64encode(handle.read()).decode("ascii")
-        parts.append(f"<h3>{esc(caption)}</h3><img alt='{esc(caption)}' src='data:image/png;base64,{data}'>")
-    parts.append(f"<h2>Verdict</h2><p class='note'>{esc(VERDICT_NOTE)}</p><ul>")
-    parts += [f"<li>{esc(line)}</li>" for line in verdict_lines(payload["results"])]
-    parts.append("</ul></body></html>")
-    return "\n".join(parts)
 
 
 def write_report(payload: dict[str, Any], out_dir: str) -> dict[str, str]:
