@@ -37,7 +37,7 @@ test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
 
 test-verl: $(VERL_VENV)/.installed
-	$(VERL_VENV)/bin/python -m pytest -q tests/test_verl_integration.py
+	$(VERL_VENV)/bin/python -m pytest -q tests/test_verl_integration.py tests/test_verl_teacher.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check castrl tests

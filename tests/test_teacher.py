@@ -200,9 +200,14 @@ def test_teacher_fields_are_declared_once_and_injected_into_the_trl_config():
 @pytest.mark.parametrize(
     ("host", "weights", "ok"),
     [("trl", "refresh:10", True), ("trl", "ema", True), ("verl", "policy", True), ("verl", "refresh:1", True),
-     ("verl", "frozen", True), ("verl", "refresh:10", False), ("verl", "ema", False)],
+     ("verl", "frozen", True), ("verl", "refresh:10", True), ("verl", "ema", True), ("narrow", "ema", False)],
 )  # fmt: skip
-def test_which_weights_each_host_supports(host, weights, ok):
+def test_which_weights_each_host_supports(host, weights, ok, monkeypatch):
+    """Every host scores with every kind since #27 (verl: refresh:K / ema on FSDP actors); a host whose
+    table lacks a kind still refuses it, naming the teacher."""
+    from castrl.teacher import config as teacher_config
+
+    monkeypatch.setitem(teacher_config.HOST_WEIGHTS, "narrow", ("policy",))
     config = TeacherConfig(weights=weights)
     if ok:
         config.check_host(host)

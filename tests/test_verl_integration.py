@@ -584,13 +584,13 @@ def test_defaults_match_the_core_defaults():
     settings = parse_castrl_config(None, "cast")
     assert settings.estimator_config == CastConfig() and settings.teacher_context == DEFAULT_TEACHER_CONTEXT
     assert settings.teacher_context == "answer_free"
-    # castrl's default teacher is the paper's refresh:10, which verl cannot keep: verl's default is
-    # the actor's current weights, and the help text says it differs from the paper
+    # castrl's default teacher is the paper's refresh:10; verl's default stays the actor's current
+    # weights until refresh:K has run on a GPU, and the help text says it differs from the paper
     assert DEFAULT_TEACHER_WEIGHTS == "refresh:10" and settings.teacher_weights == "policy"
     from dataclasses import fields
 
     help_text = {f.name: f.metadata["help"] for f in fields(CastrlVerlConfig)}["teacher_weights"]
-    assert "refresh:10" in help_text and "paper" in help_text
+    assert "refresh:10" in help_text and "paper" in help_text and "GPU" in help_text
     assert parse_castrl_config(
         {"cast": {"band_pos": [0.7, 1.1]}}, "castrl_cast"
     ).estimator_config.band_pos == (0.7, 1.1)
@@ -618,14 +618,6 @@ def test_defaults_match_the_core_defaults():
         ({"grpo_opsd": {"opsd_anneal_steps": "x"}}, "cast", TypeError, r"castrl\.grpo_opsd\.opsd_anneal"),
         ({"cast": {"band_pos": [1.2, 1.5]}}, "cast", ValueError, r"castrl\.cast: band_pos"),
         ({"rlsd": {"rlsd_band": [0.8]}}, "cast", TypeError, r"castrl\.rlsd\.rlsd_band"),
-        ({"teacher_weights": "ema"}, "cast", ValueError, r"teacher_weights='ema' is not supported on verl"),
-        (
-            {"teacher_weights": "refresh:10"},
-            "castrl_rlsd",
-            ValueError,
-            r"'refresh:10' is not supported on verl.*every 10 optimizer steps.*'policy'.*'frozen'.*TRL",
-        ),
-        ({"teacher_weights": "refresh:2"}, "cast", ValueError, "not supported on verl"),
         ({"teacher_model": "big/teacher"}, "cast", ValueError, r"teacher_model='big/teacher' is not supported on verl"),
         ({"teacher_weights": "lagged:5"}, "cast", ValueError, r"castrl: teacher_weights must be 'refresh:<K>'"),
         ({"teacher_weights": "refresh:1", "teacher_context": "student"}, "cast", ValueError, "identical"),
@@ -650,12 +642,16 @@ def test_teacher_free_estimators_ignore_teacher_knobs():
 
 
 @pytest.mark.parametrize(
-    ("weights", "reference"), [("policy", False), ("refresh:1", False), ("frozen", True)]
+    ("weights", "reference", "snapshot"),
+    [("policy", False, False), ("refresh:1", False, False), ("frozen", True, False), ("refresh:10", False, True),
+     ("refresh:2", False, True), ("ema", False, True)],
 )
-def test_supported_teacher_weights(weights, reference):
-    """refresh:1 (a snapshot after every optimizer step) is the current policy: accepted as such."""
+def test_supported_teacher_weights(weights, reference, snapshot):
+    """refresh:1 (a snapshot after every optimizer step) is the current policy: accepted as such; the
+    paper's refresh:K and ema keep a snapshot on the actor workers (tests/test_verl_teacher.py)."""
     settings = parse_castrl_config({"teacher_weights": weights}, "cast")
-    assert settings.teacher_is_reference == reference
+    assert settings.teacher_is_reference == reference and settings.teacher_snapshot == snapshot
+    assert not parse_castrl_config({"teacher_weights": weights}, "castrl_grpo").teacher_snapshot
 
 
 @pytest.mark.parametrize(
@@ -665,7 +661,8 @@ def test_supported_teacher_weights(weights, reference):
         (["trainer.use_v1=false"], "use_v1"),
         (["castrl.teacher_weights=frozen"], "use_kl_loss=True"),
         (["actor_rollout_ref.rollout.n=1"], "rollout.n"),
-        (["castrl.teacher_weights=refresh:10"], "not supported on verl"),
+        (["castrl.teacher_weights=refresh:10", "actor_rollout_ref.actor.strategy=megatron"], "Megatron keeps"),
+        (["castrl.teacher_weights=ema", "actor_rollout_ref.actor.strategy=veomni"], "'veomni' engine"),
         (
             ["algorithm.adv_estimator=castrl_rlrt", "castrl.teacher_context=with_peer_success"],
             r"teacher_max_prompt_length=1024 .* at least .* = 2048",
@@ -922,12 +919,13 @@ def test_trainer_hook_refresh_1_scores_with_the_actor(verl_prompt_rows, tokenize
     assert workers.flags == [("actor", False, 0.7)]
 
 
-def test_trainer_refuses_the_papers_refresh_teacher_before_any_worker_starts(verl_prompt_rows, tokenizer):
+def test_trainer_refuses_a_megatron_snapshot_teacher_before_any_worker_starts(verl_prompt_rows, tokenizer):
     pytest.importorskip("transfer_queue")
     from castrl.integrations.verl import trainer as trainer_module
 
-    with pytest.raises(ValueError, match="refresh:10' is not supported on verl"):
-        trainer_module.CastrlPPOTrainerSync(_compose("castrl.teacher_weights=refresh:10"))
+    overrides = ("castrl.teacher_weights=refresh:10", "actor_rollout_ref.actor.strategy=megatron")
+    with pytest.raises(ValueError, match="refresh:10'.*strategy='megatron'.*fsdp or fsdp2"):
+        trainer_module.CastrlPPOTrainerSync(_compose(*overrides))
 
 
 def test_trainer_hook_frozen_teacher_uses_the_reference_model(verl_prompt_rows, tokenizer, monkeypatch):

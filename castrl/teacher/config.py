@@ -22,7 +22,7 @@ from .weights import DEFAULT_TEACHER_WEIGHTS, WeightsSpec
 HOST_WEIGHTS: dict[str, tuple[str, ...]] = {
     "trl": ("refresh", "policy", "ema", "frozen"),
     "diagnose": ("refresh", "policy", "ema", "frozen"),  # without training, refresh / ema are the policy
-    "verl": ("policy", "frozen"),  # refresh:1 is the policy
+    "verl": ("refresh", "policy", "ema", "frozen"),  # refresh / ema on FSDP actors (castrl.integrations.verl.worker)
 }
 # Hosts that can score with an external teacher model (`teacher_model`), and why the others cannot.
 HOST_EXTERNAL: dict[str, bool] = {"trl": True, "diagnose": True, "verl": False}
@@ -33,16 +33,7 @@ EXTERNAL_WHY: dict[str, str] = {
         "external teacher."
     ),
 }
-UNSUPPORTED_WHY: dict[str, str] = {
-    "verl": (
-        "verl 0.9 holds only the actor's current (FSDP/Megatron-sharded) weights and a reference model that "
-        "never changes (with LoRA, the base model with the adapter off); a snapshot or an EMA would be a "
-        "third set of weights, which would need a custom ActorRolloutRefWorker method per engine, and "
-        "verl's checkpoints would not save it, so a resumed run would score with the wrong teacher. Use "
-        "'policy' (the actor's current weights) or 'frozen' (the reference model), or castrl's TRL trainer "
-        "(castrl.trl) for refresh:<K> and ema."
-    ),
-}
+UNSUPPORTED_WHY: dict[str, str] = {}  # every host scores with every kind of weights
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@
   (`estimator.py`), registered on import of this package;
 - `trainer.v1.trainer_mode=castrl_sync`: verl's sync trainer plus the self-teacher pass
   (`trainer.py`; imported lazily, it needs verl's TransferQueue: `pip install 'verl[verl-core]'`);
-- `castrl:` config section -> `CastrlVerlConfig` (`config.py`; teacher weights `policy` or `frozen`:
-  the paper's `refresh:<K>` and `ema` are rejected there, with the reason); teacher inputs, RLRT's
+- `castrl:` config section -> `CastrlVerlConfig` (`config.py`; teacher weights `policy`, `frozen`, and
+  the paper's `refresh:<K>` / `ema`: a shard-local snapshot on the actor workers, `worker.py`, scheduled
+  in optimizer steps and checkpointed by `teacher_snapshot.py`); teacher inputs, RLRT's
   successful-peer context included (`teacher_inputs.py`);
 - entry point: `python -m castrl.integrations.verl.main` (`main.py`). Guide: docs/verl.md.
 """

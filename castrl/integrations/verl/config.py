@@ -7,10 +7,10 @@ ablation's knobs and a command-line override switches between them. Every sub-se
 validated, the selected one is used. Errors name the full key (`castrl.cast.lam`) and the fix.
 Field meanings: `castrl.core.config`.
 
-Teacher weights on verl: `policy` (the actor's current weights, the default here) and `frozen`
-(verl's reference model = the initial weights); `refresh:1` is `policy` under another name. The
-paper's `refresh:10` (castrl's default elsewhere) and `ema` are rejected at config time
-(`castrl.teacher.TeacherConfig.check_host`, which says why) and in docs/verl.md.
+Teacher weights on verl: `policy` (the actor's current weights, the default here), `frozen`
+(verl's reference model = the initial weights), and the paper's `refresh:<K>` and `ema` (a
+shard-local snapshot on the actor workers: `worker.py`, `teacher_snapshot.py`; FSDP / FSDP2 actors
+only, other engines are refused here with the reason); `refresh:1` is `policy` under another name.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ PREFIX = "castrl_"
 # `castrl_<name>`. A table of names, so no code compares against an estimator's name.
 VERL_ALIASES: dict[str, str] = {"cast": "cast"}
 REWARD_KEYS = ("token_level_rewards", "token_level_scores")
-VERL_DEFAULT_TEACHER_WEIGHTS = "policy"  # castrl's default is the paper's refresh:10, which verl cannot do
+# castrl's default is the paper's refresh:10; verl's stays `policy` until refresh:K has run on a GPU (docs/verl.md)
+VERL_DEFAULT_TEACHER_WEIGHTS = "policy"
+SNAPSHOT_STRATEGIES = ("fsdp", "fsdp2")  # actor engines whose parameters the teacher snapshot can swap
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,10 @@ class CastrlVerlConfig:
     teacher_weights: str = field(
         default=VERL_DEFAULT_TEACHER_WEIGHTS,
         metadata={
-            "help": "policy (the actor's current weights, default) or frozen (verl's reference model = the initial "
-            "weights); refresh:1 = policy. Differs from the paper, whose teacher is a snapshot refreshed every 10 "
-            "optimizer steps (refresh:10): not supported on verl, use castrl's TRL trainer for it. [R]"
+            "help": "policy (the actor's current weights, default), frozen (verl's reference model = the initial "
+            "weights), refresh:<K> (the paper's refresh:10: a shard-local snapshot of the actor re-taken every K "
+            "optimizer steps, FSDP/FSDP2 actors) or ema; refresh:1 = policy. The default differs from the paper's "
+            "until the GPU smoke check of refresh:K has run (docs/verl.md). [R]"
         },
     )
     reward_key: str = field(
@@ -91,6 +94,14 @@ class CastrlVerlConfig:
     def needs_peers(self) -> bool:
         """Whether the teacher context reads a successful rollout of the row's group (`{peer}`)."""
         return self.needs_teacher and context_uses(self.teacher_context, "peer")
+
+    @property
+    def teacher_snapshot(self) -> bool:
+        """True for `refresh:<K>` (K > 1) and `ema`: the actor workers keep a snapshot (`worker.py`)."""
+        spec = WeightsSpec.parse(self.teacher_weights)
+        return self.needs_teacher and self.teacher_model is None and spec.kind in ("refresh", "ema") and (
+            not spec.always_policy()
+        )
 
     @property
     def teacher_is_reference(self) -> bool:
@@ -266,6 +277,8 @@ def check_verl_config(config: Any) -> CastrlVerlConfig:
             "(adapter disabled) or when actor_rollout_ref.actor.use_kl_loss=True or "
             "algorithm.use_kl_in_reward=True; set actor_rollout_ref.actor.use_kl_loss=True with kl_loss_coef=0.0"
         )
+    if settings.teacher_snapshot:
+        _check_snapshot_engine(settings, arr)
     if settings.needs_peers:
         data = config["data"]
         needed = int(data["max_prompt_length"]) + int(data["max_response_length"])
@@ -282,6 +295,24 @@ def check_verl_config(config: Any) -> CastrlVerlConfig:
             f"actor_rollout_ref.rollout.temperature must be > 0 for log-probs, got {temperature}"
         )
     return settings
+
+
+def _check_snapshot_engine(settings: CastrlVerlConfig, arr: Any) -> None:
+    """refresh:K / ema swap FSDP shards by value (`castrl.teacher.shards`); other engines are refused."""
+    strategy = str(arr["actor"].get("strategy", "fsdp"))
+    if strategy in SNAPSHOT_STRATEGIES:
+        return
+    why = (
+        "Megatron keeps the actor's weights tensor/pipeline-parallel, in its own parameter and distributed-optimizer "
+        "buffers, which castrl's snapshot does not swap"
+        if strategy == "megatron"
+        else f"castrl's snapshot swaps FSDP1/FSDP2 shards and was not built for the {strategy!r} engine"
+    )
+    raise ValueError(
+        f"castrl.teacher_weights={settings.teacher_weights!r} keeps a snapshot of the actor on its workers, but "
+        f"actor_rollout_ref.actor.strategy={strategy!r}: {why}. Use actor_rollout_ref.actor.strategy=fsdp or fsdp2, "
+        "or castrl.teacher_weights=policy / frozen"
+    )
 
 
 def _trainer_hook_needs(settings: CastrlVerlConfig) -> str:

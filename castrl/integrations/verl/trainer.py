@@ -12,6 +12,9 @@ reference / critic passes) and before the actor update; it calls `super()` for e
 2. score them without gradient at the rollout temperature: `teacher_weights=policy` -> the actor
    worker's `compute_log_prob` (current weights, as for `old_log_probs`); `frozen` -> the
    reference model (`compute_ref_log_prob`, or the actor with its LoRA adapter disabled);
+   `refresh:<K>` / `ema` -> the actor with its teacher snapshot swapped in
+   (`castrl_compute_teacher_log_prob`, `worker.py`; the snapshot's schedule and checkpoints are
+   `CastrlTeacherSnapshotMixin`'s, `teacher_snapshot.py`);
 3. bind student/teacher log-probs and the step to the registered castrl estimator and call verl's
    `_compute_advantage`, which applies KL-in-reward / rollout correction as usual and writes
    `advantages`; the policy loss and its `loss_agg_mode` stay verl's.
@@ -19,9 +22,7 @@ The step castrl's schedules read (RLSD's and GRPO+OPSD's anneals, CAST's `shapin
 the number of completed verl training steps, `global_steps - 1` (verl counts from 1), as TRL's
 `state.global_step` at the same point.
 The trainer is registered as `castrl_sync` but runs as verl's `sync` mode (its copy of the config
-says so, since verl branches on that name). `refresh:<K>` (the paper's) and `ema` teachers would
-need a third copy of the sharded actor on the workers, updated after `update_actor` and saved with
-checkpoints (a worker-side change); they are rejected at config time (`TeacherConfig.check_host("verl")`).
+says so, since verl branches on that name).
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ from .teacher_inputs import (
     dataproto_from_nested,
     teacher_batch_from_dataproto,
 )
+from .teacher_snapshot import CastrlTeacherSnapshotMixin
 from .truncation import last_tokens_of, mask_rows, truncated_rows
 
 TRAINER_NAME = "castrl_sync"
 
 
-class CastrlTrainerMixin:
+class CastrlTrainerMixin(CastrlTeacherSnapshotMixin):
     """Adds the teacher pass to a verl v1 `PPOTrainer`; put it first in the bases."""
 
     castrl: CastrlVerlConfig
@@ -69,6 +71,7 @@ class CastrlTrainerMixin:
         config = copy.deepcopy(config)
         with open_dict(config):
             config.trainer.v1.trainer_mode = self.verl_mode
+        self._castrl_init_schedule(config)  # refresh:K / ema: says what K means in this run
         super().__init__(config)  # type: ignore[call-arg]
 
     @property
@@ -150,6 +153,9 @@ class CastrlTrainerMixin:
             source, self.tokenizer, self.castrl, chat_kwargs, peers
         )
         metrics["cast/teacher_truncated_count"] = float(n_truncated)
+        lag = self.castrl_teacher_lag()
+        if lag is not None:
+            metrics["cast/teacher_lag_steps"] = float(lag)  # optimizer steps since the snapshot was taken
         prompt_width = teacher.batch["prompts"].shape[1]
         metrics["cast/teacher_prompt_len_mean"] = float(
             teacher.batch["attention_mask"][:, :prompt_width].sum(-1).float().mean()
@@ -161,7 +167,9 @@ class CastrlTrainerMixin:
         td = left_right_2_no_padding(teacher.to_tensordict())
         temperature = self.config.actor_rollout_ref.rollout.temperature  # spec §3: same as the student's
         tu.assign_non_tensor(td, calculate_entropy=False, compute_loss=False, temperature=temperature)
-        if self.castrl.teacher_is_reference and self.ref_in_actor:
+        if self.castrl.teacher_snapshot:  # refresh:K / ema: the actor with the snapshot swapped in
+            output = self.actor_rollout_wg.castrl_compute_teacher_log_prob(td)
+        elif self.castrl.teacher_is_reference and self.ref_in_actor:
             tu.assign_non_tensor(td, no_lora_adapter=True)  # LoRA: base model = the initial weights
             output = self.actor_rollout_wg.compute_log_prob(td)
         elif self.castrl.teacher_is_reference:
