@@ -73,7 +73,7 @@ class Comparison:
         """Why this is not a finding ('' when it is one or is not distinguishable from 0)."""
         status = self.status
         if status == UNTRAINED:
-            return "did not train: " + ", ".join(f"`{m}`" for m in self.untrained)
+            return " and ".join(f"`{m}`" for m in self.untrained) + " did not train"
         if status == FEW_SEEDS:
             return f"n = {self.interval.n}, not a finding"
         if status == ZERO:

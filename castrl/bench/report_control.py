@@ -213,9 +213,10 @@ def control_sections(view: TierView, figures: Path, md_dir: Path) -> list[str]:
     lines = ["### Teachers (diagnosed before RL)", "",
              "`tied pairs`: the share of the AUC's (correct, wrong) pairs whose mean gaps are equal (each counted ½); "
              "`g = 0`: the share of valid tokens on which the teacher and the student agree exactly. A teacher with "
-             "g = 0 on every token has no signal: its AUC of 0.500 is ties, CAST with it follows the verifier's "
-             "base advantages, and it is no point of the verdict's curve. The verdict is recomputed from these "
-             "numbers by today's rule.", "",
+             "g = 0 on every token has no signal: its AUC of 0.500 is ties, CAST with it gives every token its "
+             "rollout's verifier-signed base advantage until training moves the policy away from the teacher's "
+             "snapshot, and it is no point of the verdict's curve. 'not recorded': the cell cached no tie count. "
+             "The verdict is recomputed from these numbers by today's rule.", "",
              "| teacher | gap AUC (pairs) | tied pairs | g = 0 | against verifier | flipped | correct-negative flips | "
              "incorrect-positive flips | `castrl diagnose` verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for name, p in teachers.items():
