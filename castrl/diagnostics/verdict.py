@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from castrl.bench.findings import ACCURACY_DIFF, Comparison
+from castrl.bench.findings import ACCURACY_DIFF, BETTER, WORSE, Comparison
 from castrl.bench.stats import Interval
 
 # A within-group gap AUC in [0.5 - AUC_BAND, 0.5 + AUC_BAND] counts as "no separation".
@@ -72,9 +72,9 @@ CONTROL_CURVE: tuple[ControlPoint, ...] = (
 )
 ANCHORS: tuple[ControlPoint, ...] = tuple(p for p in CONTROL_CURVE if p.signal)
 # From this AUC on, CAST stopped doing measurably worse than GRPO in the control (the lowest anchor AUC
-# whose interval reaches 0); below it, a teacher that agrees with the verifier on average still cost CAST.
-# inf: CAST did worse than GRPO with every teacher with a signal that the control measured.
-AUC_NO_WORSE = min((p.auc for p in ANCHORS if p.hi >= 0), default=math.inf)
+# whose difference is not a finding below 0); below it, a teacher that agrees with the verifier on average
+# still cost CAST. inf: CAST did worse than GRPO with every teacher with a signal that the control measured.
+AUC_NO_WORSE = min((p.auc for p in ANCHORS if p.comparison().status != WORSE), default=math.inf)
 AUC_STRONGEST = max(p.auc for p in ANCHORS)
 AUC_WEAKEST = min(p.auc for p in ANCHORS)
 # The curve's AUCs are rounded to 3 decimals: a measured AUC within this of a point is that point.
@@ -88,7 +88,7 @@ def control_summary() -> str:
     if math.isinf(AUC_NO_WORSE):
         return (f"CAST did worse than GRPO with every teacher with a signal (AUC {AUC_WEAKEST:.3f} to "
                 f"{AUC_STRONGEST:.3f}), less so the stronger the teacher{note}")
-    beat = [p.auc for p in ANCHORS if p.comparison().status == "better"]
+    beat = [p.auc for p in ANCHORS if p.comparison().status == BETTER]
     won = f"beat it from AUC {min(beat):.3f}" if beat else f"beat it with none (up to AUC {AUC_STRONGEST:.3f})"
     return f"CAST stopped losing to GRPO from AUC {AUC_NO_WORSE:.3f} and {won}{note}"
 
