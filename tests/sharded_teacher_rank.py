@@ -6,7 +6,7 @@ mixed precision), on a small MLP and a tiny PEFT LoRA Llama, it trains a few opt
 - the teacher's (inside `TeacherWeights.scoring` / `ParamSnapshot.swapped`) and the policy's own at
   the step the snapshot was taken (recorded then, from the same module): must be 0;
 - the student's after scoring and before it, and its parameters' bits: must be 0;
-- the same scoring with the pre-2026 pointer swap (`.data` exchange): recorded, so the test can show
+- the same scoring with the `.data` pointer swap castrl used before #27: recorded, so the test can show
   it scores with the student, not the snapshot;
 - a reloaded per-rank state, and the refusal of a state from another world size.
 Usage: python -m torch.distributed.run --standalone --nproc_per_node 2 tests/sharded_teacher_rank.py OUT_DIR

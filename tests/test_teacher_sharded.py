@@ -147,3 +147,16 @@ def test_resume_without_the_teacher_file_raises(tmp_path):
     os.remove(os.path.join(ckpt, TEACHER_STATE_FILE))
     with pytest.raises(ValueError, match="holds no teacher state"):
         trainer(2).train(resume_from_checkpoint=ckpt)
+
+
+def test_an_error_while_scoring_still_restores_the_student():
+    model = _model()
+    teacher = TeacherWeights("refresh:2", model)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    bits = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="boom"), teacher.scoring(model):
+        assert not torch.equal(model[0].weight, bits[0])  # the snapshot is in
+        raise RuntimeError("boom")
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), bits, strict=True))
+    assert all(p.grad is None for p in model.parameters())  # nothing autograd keeps was touched
