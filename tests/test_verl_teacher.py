@@ -375,3 +375,18 @@ def test_worker_on_fsdp_ranks(tmp_path):
             assert rec["teacher_vs_step0"] == rec["student_after"] == 0.0
             assert rec["loaded_vs_step0"] == rec["student_after_loaded"] == 0.0
             assert rec["files"] == ["rank0-of-2.pt", "rank1-of-2.pt"]
+
+
+def test_ema_moves_the_snapshot_after_every_update(tmp_path):
+    trainer = _driver(tmp_path, "ema", "castrl.teacher_ema_decay=0.5")
+    wg = trainer.actor_rollout_wg
+    policy = [p.detach().clone() for p in wg.worker.actor.engine.module.parameters()]
+    _run(trainer, range(1, 3))
+    assert wg.snapshots == [(0, "take"), (1, "ema", 0.5), (2, "ema", 0.5)]
+    assert trainer.castrl_teacher_lag() is None  # an EMA has no single snapshot step
+    ema = [p.clone() for p in policy]
+    for k in range(2):  # replay the stand-in optimizer steps and the EMA on copies
+        policy = [p + 0.05 * torch.sin(p * (k + 1)) for p in policy]
+        ema = [e.lerp(p, 0.5) for e, p in zip(ema, policy, strict=True)]
+    for s, e in zip(wg.worker.castrl_teacher.shadow, ema, strict=True):
+        torch.testing.assert_close(s, e)
