@@ -160,3 +160,19 @@ def test_an_error_while_scoring_still_restores_the_student():
         raise RuntimeError("boom")
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), bits, strict=True))
     assert all(p.grad is None for p in model.parameters())  # nothing autograd keeps was touched
+
+
+def test_offloaded_teacher_keeps_its_own_cpu_copy(tmp_path):
+    from .trl_helpers import tiny_config
+
+    assert tiny_config(tmp_path).teacher_offload is False and tiny_config(tmp_path, teacher_offload=True).teacher_offload
+    model = _model()
+    teacher = TeacherWeights("refresh:2", model, offload=True)
+    assert all(s.device.type == "cpu" and s.data_ptr() != p.data_ptr()
+               for s, p in zip(teacher.shadow, model.parameters(), strict=True))  # fmt: skip
+    before = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    with teacher.scoring(model):
+        assert torch.equal(model[0].weight, before)
+    assert torch.equal(model[0].weight, before + 1.0)

@@ -87,10 +87,12 @@ def build_teacher(
     student_tokenizer: Any,
     prepare: Callable[[Any], None] | None = None,
     zero3: bool = False,
+    offload: bool = False,
 ) -> TeacherWeights | ExternalTeacher:
     """The teacher a trainer scores with: the self-teacher's weights over `policy` (snapshot, EMA,
     frozen or the policy itself), or the external `config.model` (`prepare`: see load_external_teacher).
-    `zero3`: the host runs DeepSpeed ZeRO-3, refused for a self-teacher that keeps a copy."""
+    `zero3`: the host runs DeepSpeed ZeRO-3, refused for a self-teacher that keeps a copy; `offload`:
+    keep that copy on the CPU."""
     if config.model is None:
-        return TeacherWeights(config.weights, policy, config.ema_decay, zero3=zero3)
+        return TeacherWeights(config.weights, policy, config.ema_decay, offload=offload, zero3=zero3)
     return load_external_teacher(config.model, student_tokenizer, policy, prepare)

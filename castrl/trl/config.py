@@ -56,6 +56,14 @@ class CASTTrainerConfig(GRPOConfig):
             "(G-1)/G of the prompt tokens saved. Models without a plain KV cache fall back to the full pass."
         },
     )
+    teacher_offload: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the self-teacher's copy of the trainable parameters (refresh:K, ema, frozen without LoRA) "
+            "on the CPU, each rank its own shard under FSDP: for full fine-tuning of a large model. Each teacher "
+            "pass then copies it onto the device and back, one tensor at a time."
+        },
+    )
     epsilon_high: float | None = field(
         default=0.28, metadata={"help": "Upper ratio clip (DAPO clip-higher); the paper's 0.28 (Table 8). [P]"}
     )

@@ -83,7 +83,8 @@ class CASTTrainer(GRPOTrainer):
         if self.estimator.needs_teacher:  # an external teacher model gets the policy's fused LM head
             self.teacher_weights = build_teacher(self.args.teacher_config(), self.accelerator.unwrap_model(self.model),
                                                  self.processing_class, fused_lm_head_for(self.args, self.temperature),
-                                                 zero3=is_deepspeed_zero3_enabled())  # fmt: skip
+                                                 zero3=is_deepspeed_zero3_enabled(),
+                                                 offload=self.args.teacher_offload)  # fmt: skip
         self.add_callback(_TeacherUpdate(self))
         self._rewards_per_func: torch.Tensor | None = None
         self._fused = FusedStudentPass(self.estimator, self.estimator_config)
