@@ -70,6 +70,47 @@ def test_run_grid_fills_only_missing_cells_and_does_not_cache_crashes(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_stale_cells_are_run_again_and_overwritten(tmp_path):
+    """A cell cached from other inputs (another student model) is not reused: one grid never pairs two."""
+    cells = make_cells("control", ["grpo", "cast"], [0], lambda m, s: {"m": m})
+    run_grid(cells, lambda c: {"student_digest": "old"}, tmp_path, progress=False)
+    current = lambda record: record.get("student_digest") == "new"  # noqa: E731
+    outcome = run_grid(cells, lambda c: {"student_digest": "new"}, tmp_path, progress=False, is_current=current)
+    assert outcome.ran == cells and not outcome.cached
+    assert {read_cell(c.path(tmp_path))["student_digest"] for c in cells} == {"new"}
+    again = run_grid(cells, lambda c: {"student_digest": "other"}, tmp_path, progress=False, is_current=current)
+    assert again.cached == cells and not again.ran
+
+
+def test_control_cells_hold_for_their_student_only(tmp_path):
+    from castrl.bench import control
+    from castrl.bench.tiny_sft import student_digest
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"weights one")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"weights two")
+    one, two = student_digest(tmp_path / "a"), student_digest(tmp_path / "b")
+    assert one != two and len(one) == 16
+    ready = control.Prepared(tmp_path / "a", student_digest=one)
+    assert control.is_current({"student_digest": one}, ready)
+    assert not control.is_current({"student_digest": two}, ready)
+    assert not control.is_current({}, ready)  # cached before digests were recorded: another student
+    assert control.TIER.is_current is control.is_current
+
+
+def test_the_control_report_warns_when_cells_trained_two_students():
+    from castrl.bench.report_control import student_warning
+
+    def view(digests):
+        cells = {"grpo": {s: {"student_digest": d} for s, d in enumerate(digests)}}
+        return TierView("control", "t", "c", cells, [], "grpo", "grpo")
+
+    assert student_warning(view(["a", "a", "a"])) == []
+    warning = student_warning(view(["a", "a", None]))
+    assert warning and "2 different SFT students" in warning[0] and "`not recorded` (1 cells)" in warning[0]
+
+
 def test_run_grid_time_budget_stops_before_the_next_cell(tmp_path):
     cells = make_cells("tiny", ["grpo"], [0, 1, 2], lambda m, s: {})
     outcome = run_grid(cells, lambda c: time.sleep(0.2) or {}, tmp_path, progress=False, time_budget_s=0.1)

@@ -34,7 +34,7 @@ from castrl.bench.methods import Teacher
 from castrl.bench.report_control import SELF_TEACHER, control_sections
 from castrl.bench.tiny import SETTINGS as TINY
 from castrl.bench.tiny import TinySettings, prepare_sft, run_tiny_cell
-from castrl.bench.tiny_sft import SFTSettings, held_out_of, prompt_text, records, sft_loop
+from castrl.bench.tiny_sft import SFTSettings, held_out_of, prompt_text, records, sft_loop, student_digest
 from castrl.core import get_estimator
 from castrl.formatting import num, write_json
 
@@ -115,9 +115,10 @@ def teacher_of(method: str) -> str:
 # --- the ladder and its characterisation ---------------------------------------------------------------
 
 
-def ladder_folder(settings: ControlSettings, scratch_dir: str) -> Path:
-    """The scratch folder holding every rung's checkpoint and `ladder.json` (how they were trained)."""
-    return Path(scratch_dir) / "control_ladder" / settings.ladder.key(settings.sft)
+def ladder_folder(settings: ControlSettings, scratch_dir: str, student: str) -> Path:
+    """The scratch folder holding every rung's checkpoint and `ladder.json` (how they were trained), per
+    student (`tiny_sft.student_digest`): the rungs continue that student's SFT."""
+    return Path(scratch_dir) / "control_ladder" / f"{settings.ladder.key(settings.sft)}-{student}"
 
 
 def teacher_ladder(settings: ControlSettings, sft_dir: Path, scratch_dir: str, progress: bool) -> dict[str, Path]:
@@ -126,7 +127,7 @@ def teacher_ladder(settings: ControlSettings, sft_dir: Path, scratch_dir: str, p
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     ladder = settings.ladder
-    folder = ladder_folder(settings, scratch_dir)
+    folder = ladder_folder(settings, scratch_dir, student_digest(sft_dir))
     paths = {name: folder / name for name in ladder.names()}
     if (folder / LADDER_INFO_FILE).exists():
         return paths
@@ -159,6 +160,11 @@ def teacher_ladder(settings: ControlSettings, sft_dir: Path, scratch_dir: str, p
     return paths
 
 
+def profile_path(settings: ControlSettings, name: str, student: str, cache_dir: str) -> Path:
+    """Where teacher `name`'s diagnosis of the student with digest `student` is cached."""
+    return Path(cache_dir) / TIER_NAME / "teachers" / f"{name}-{settings.ladder.key(settings.sft)}-{student}.json"
+
+
 def characterise(settings: ControlSettings, student_dir: Path, name: str, teacher_dir: Path | None,
                  cache_dir: str, scratch_dir: str) -> dict[str, Any]:
     """`castrl diagnose` of one teacher on the student's rollouts (cached as JSON in the cell cache):
@@ -170,7 +176,8 @@ def characterise(settings: ControlSettings, student_dir: Path, name: str, teache
     from castrl.rewards import Verifier
 
     spec = settings.diagnose
-    path = Path(cache_dir) / TIER_NAME / "teachers" / f"{name}-{settings.ladder.key(settings.sft)}.json"
+    student = student_digest(student_dir)
+    path = profile_path(settings, name, student, cache_dir)
     if path.exists():
         return json.loads(path.read_text())
     problems = records("train", settings.sft.levels, spec.n_prompts // len(settings.sft.levels), settings.train_seed)
@@ -186,7 +193,9 @@ def characterise(settings: ControlSettings, student_dir: Path, name: str, teache
     teacher = run.results["teachers"]["student"]
     seq, flips = teacher["sequences"], teacher["cast_metrics"]
     result = {
-        "teacher": name, "auc": seq["auc_mean"], "auc_sum": seq["auc_sum"], "n_pairs": seq["n_pairs"],
+        "teacher": name, "student_digest": student, "auc": seq["auc_mean"], "auc_sum": seq["auc_sum"],
+        "n_pairs": seq["n_pairs"], "n_ties": seq.get("n_ties"), "tie_share": seq.get("tie_share"),
+        "frac_zero_gap": seq.get("frac_zero_gap"),
         "against_verifier": teacher["against_verifier"], "verdict": teacher["verdict"],
         "frac_flipped": flips.get("cast/frac_flipped"),
         "frac_flipped_correct_negative": flips.get("cast/frac_flipped_correct_negative"),
@@ -219,6 +228,13 @@ class Prepared:
     sft_dir: Path
     teacher_dirs: dict[str, Path] = field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    student_digest: str = ""  # `tiny_sft.student_digest` of sft_dir: the student every cell trains
+
+
+def is_current(record: dict[str, Any], ready: Prepared) -> bool:
+    """A cached cell holds only for the student it trained: the SFT differs across machines, and cells of two
+    students are not paired (cells from before the digest was recorded count as another student)."""
+    return record.get("student_digest") == ready.student_digest
 
 
 def ladder_record_path(settings: ControlSettings, cache_dir: str) -> Path:
@@ -229,10 +245,14 @@ def ladder_record_path(settings: ControlSettings, cache_dir: str) -> Path:
 def prepare(settings: ControlSettings, cache_dir: str, scratch_dir: str, progress: bool) -> Prepared:
     """The student's SFT, the ladder, and every teacher's diagnosis (each cached; prints the profiles)."""
     sft_dir = prepare_sft(settings, cache_dir, scratch_dir, progress)
-    ready = Prepared(sft_dir, teacher_ladder(settings, sft_dir, scratch_dir, progress))
+    ready = Prepared(sft_dir, teacher_ladder(settings, sft_dir, scratch_dir, progress),
+                     student_digest=student_digest(sft_dir))
+    print(f"[bench] control student: digest {ready.student_digest} (cells of another student are run again)")
     record = ladder_record_path(settings, cache_dir)
-    if not record.exists() or "heldout_accuracy" not in json.loads(record.read_text()):
-        info = json.loads((ladder_folder(settings, scratch_dir) / LADDER_INFO_FILE).read_text())
+    stored = json.loads(record.read_text()) if record.exists() else {}
+    if "heldout_accuracy" not in stored or stored.get("student_digest") != ready.student_digest:
+        info = json.loads((ladder_folder(settings, scratch_dir, ready.student_digest) / LADDER_INFO_FILE).read_text())
+        info["student_digest"] = ready.student_digest
         info["heldout_accuracy"] = {name: rung_heldout_accuracy(settings, folder)
                                     for name, folder in ready.teacher_dirs.items()}
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +273,7 @@ def run_control_cell(cell: Cell, settings: ControlSettings, scratch: Path, ready
             raise ValueError(f"{cell.method}: unknown teacher {name!r}; the ladder has {', '.join(ready.teacher_dirs)}")
         overrides["teacher_model"] = str(ready.teacher_dirs[name])
     result = run_tiny_cell(cell, settings, scratch, ready.sft_dir, overrides=overrides)
-    return {**result, "teacher": name, "teacher_profile": ready.profiles.get(name)}
+    return {**result, "teacher": name, "teacher_profile": ready.profiles.get(name), "student_digest": ready.student_digest}
 
 
 def report_notes(settings: ControlSettings, cache_dir: str) -> list[str]:
@@ -281,7 +301,8 @@ TIER = Tier(
     about=__doc__.splitlines()[0], settings=SETTINGS, quick=QUICK, methods=grid(SETTINGS.ladder),
     quick_methods=("grpo", "cast", *(f"cast@teacher_model={n}" for n in QUICK.ladder.names())), seeds=5,
     quick_seeds=1, baseline="grpo", headline="cast", run_cell=run_control_cell, teachers=TEACHERS,
-    prepare=prepare, notes=report_notes, report_sections=control_sections, threads=1, threads_help="torch CPU threads (1 is fastest for this model)",
+    prepare=prepare, notes=report_notes, report_sections=control_sections, is_current=is_current, threads=1,
+    threads_help="torch CPU threads (1 is fastest for this model)",
 )  # fmt: skip
 
 

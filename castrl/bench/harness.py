@@ -172,22 +172,34 @@ class GridOutcome:
 
 def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]],
              cache_dir: str | os.PathLike[str], progress: bool = True,
-             time_budget_s: float | None = None) -> GridOutcome:
+             time_budget_s: float | None = None,
+             is_current: Callable[[Mapping[str, Any]], bool] | None = None) -> GridOutcome:
     """Run the cells missing from the cache, in order; a progress bar (with ETA) counts only those.
     A cell another invocation cached meanwhile is skipped (two invocations with different `--methods`
     orders can share one grid, e.g. one per core for a single-threaded tier).
 
     `run_cell` returns the result dict that is cached. An exception in one cell is printed and the
     grid goes on; that cell is not cached. With `time_budget_s`, no new cell starts once the budget
-    is spent (the rest stays missing for the next invocation).
+    is spent (the rest stays missing for the next invocation). `is_current(record)` False marks a cached
+    cell as stale (made from other inputs than this invocation's, e.g. another tier's student model): it
+    is run again and overwritten, so one grid never mixes what it pairs.
     """
     _check_time_budget(time_budget_s)
     outcome = GridOutcome()
     # Cells of one invocation share machine conditions: the report pairs step times only within one.
     invocation = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+
+    def cached(cell: Cell) -> bool:
+        record = load_cell(cell, cache_dir)
+        return record is not None and (is_current is None or is_current(record))
+
     todo = []
     for cell in cells:
-        (outcome.cached if cell.path(cache_dir).exists() else todo).append(cell)
+        (outcome.cached if cached(cell) else todo).append(cell)
+    stale = [c for c in todo if c.path(cache_dir).exists()]
+    if stale:
+        print(f"[bench] {len(stale)} cached cell(s) were made from other inputs than this invocation's and run again: "
+              + ", ".join(f"{c.method} s{c.seed}" for c in stale[:8]) + (" ..." if len(stale) > 8 else ""))
     start = time.perf_counter()
     bar = tqdm(todo, desc="bench cells", unit="cell", disable=not progress or not todo, dynamic_ncols=True)
     for cell in bar:
@@ -195,7 +207,7 @@ def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]
             print(f"[bench] time budget of {time_budget_s:.0f} s spent; {len(todo) - len(outcome.ran)} "
                   "cell(s) left for a later invocation")
             break
-        if cell.path(cache_dir).exists():  # another invocation sharing the cache finished it meanwhile
+        if cached(cell):  # another invocation sharing the cache finished it meanwhile
             outcome.cached.append(cell)
             continue
         bar.set_postfix_str(f"{cell.method} s{cell.seed}")
@@ -214,7 +226,8 @@ def run_grid(cells: Iterable[Cell], run_cell: Callable[[Cell], Mapping[str, Any]
 
 
 def grid_cli(tier: str, cells: Sequence[Cell], run_cell: Callable[[Cell], Mapping[str, Any]],
-             cache_dir: str, *, list_only: bool, progress: bool, time_budget_s: float | None) -> int:
+             cache_dir: str, *, list_only: bool, progress: bool, time_budget_s: float | None,
+             is_current: Callable[[Mapping[str, Any]], bool] | None = None) -> int:
     """The shared tail of `castrl bench <tier>`: list the cells, or fill the missing ones and say what ran."""
     if list_only:
         width = max((len(cell.method) for cell in cells), default=0)
@@ -223,7 +236,8 @@ def grid_cli(tier: str, cells: Sequence[Cell], run_cell: Callable[[Cell], Mappin
             print(f"{cell.method:{width}s}  seed {cell.seed}  {state}  {cell.path(cache_dir)}")
         return 0
     start = time.perf_counter()
-    outcome = run_grid(cells, run_cell, cache_dir, progress=progress, time_budget_s=time_budget_s)
+    outcome = run_grid(cells, run_cell, cache_dir, progress=progress, time_budget_s=time_budget_s,
+                       is_current=is_current)
     print(f"[bench] {tier}: {outcome.summary()} in {time.perf_counter() - start:.0f} s")
     for name, seconds in outcome.seconds.items():
         print(f"[bench]   {name}: {seconds:.1f} s")
@@ -303,6 +317,9 @@ class Tier:
     # gain-vs-teacher-AUC table and figure), placed after the headline
     report_sections: Callable[[Any, Path, Path], list[str]] | None = None
     diagnosis_cell: Callable[[Any], Cell] | None = None  # the untrained model's `castrl diagnose` cell
+    # (cached record, prepared) -> whether the record was made from what `prepare` returned this time (e.g.
+    # the same SFT student); a stale cell is run again (`run_grid`'s is_current). None: every cached cell holds.
+    is_current: Callable[[Mapping[str, Any], Any], bool] | None = None
     threads: int = 2
     threads_help: str = "torch CPU threads"
 
@@ -463,8 +480,9 @@ def tier_main(tier: Tier, argv: list[str]) -> int:
     if args.prepare_only:
         return 0
     scratch = Path(args.scratch_dir) / tier.name
+    current = None if tier.is_current is None else (lambda record: tier.is_current(record, prepared))
     return grid_cli(tier.name, cells, lambda c: tier.run_cell(c, settings, scratch, prepared), args.cache_dir,
-                    list_only=False, progress=args.progress, time_budget_s=args.time_budget)
+                    list_only=False, progress=args.progress, time_budget_s=args.time_budget, is_current=current)
 
 
 def tier_description(name: str) -> Tier:

@@ -205,12 +205,34 @@ def _gain_table(view: TierView, teachers: dict[str, dict[str, Any]], label: str,
     return lines + [""]
 
 
+def students(view: TierView) -> dict[str, int]:
+    """student digest -> how many cells trained it ('not recorded' for cells cached before digests were)."""
+    out: dict[str, int] = {}
+    for seeds in view.cells.values():
+        for rec in seeds.values():
+            key = rec.get("student_digest") or "not recorded"
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def student_warning(view: TierView) -> list[str]:
+    """A warning when the section's cells trained more than one student: paired differences across two
+    students compare two starting models, not two rules (`castrl bench control` re-runs such cells)."""
+    found = students(view)
+    if len(found) <= 1:
+        return []
+    listing = ", ".join(f"`{k}` ({n} cells)" for k, n in sorted(found.items()))
+    return [f"> **Mixed students**: these cells trained {len(found)} different SFT students ({listing}); pairs across "
+            "them compare starting models, not rules. Run `castrl bench control` on one machine to re-run the stale "
+            "cells.", ""]
+
+
 def control_sections(view: TierView, figures: Path, md_dir: Path) -> list[str]:
     """The teacher table, one gain table per measure, the gain-vs-AUC figure and the conclusions."""
     teachers = profiles(view)
     if not teachers:
         return []
-    lines = ["### Teachers (diagnosed before RL)", "",
+    lines = [*student_warning(view), "### Teachers (diagnosed before RL)", "",
              "`tied pairs`: the share of the AUC's (correct, wrong) pairs whose mean gaps are equal (each counted ½); "
              "`g = 0`: the share of valid tokens on which the teacher and the student agree exactly. A teacher with "
              "g = 0 on every token has no signal: its AUC of 0.500 is ties, CAST with it gives every token its "

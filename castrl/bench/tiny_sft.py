@@ -190,6 +190,18 @@ def sft_checkpoint(settings: SFTSettings, scratch_dir: str | os.PathLike[str], r
     return folder
 
 
+def student_digest(folder: str | os.PathLike[str]) -> str:
+    """16 hex digits of sha256 over the SFT checkpoint's weight files: which student a cell trained.
+
+    The SFT is deterministic on one machine, but not across CPUs (kernels round differently, and 1,250
+    steps amplify it: the same settings gave a step-250 loss of 0.497 on one machine, 0.272 on another),
+    so the settings' key alone cannot tell two students apart."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def sft_info(folder: str | os.PathLike[str]) -> dict[str, Any]:
     with open(Path(folder) / SFT_INFO_FILE) as f:
         return json.load(f)
