@@ -1,5 +1,6 @@
 """`castrl bench <suite>`: benchmarks. Suites: `core` (CAST vs GRPO advantage micro-benchmark),
-`steptime` (seconds per training step split by phase, several estimators on one config), one per
+`steptime` (seconds per training step split by phase, several estimators on one config), `roofline`
+(the machine's fp32 / bf16 matmul roofs and each phase's fraction of them), one per
 tier of the cached CAST-vs-baselines grids (`smollm2`, `control`, `tiny`: `TIERS`), and `report` (docs/results.md).
 
 Each suite reads its flags as every castrl command does: one dataclass is the command line
@@ -16,7 +17,7 @@ import sys
 from castrl.bench.harness import TIERS
 from castrl.commands import user_input
 
-SUITES = ("core", "steptime", *TIERS, "report")
+SUITES = ("core", "steptime", "roofline", *TIERS, "report")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         from castrl.bench.steptime import main as steptime_main
 
         return steptime_main(rest)
+    if suite == "roofline":  # the machine's matmul roofs and each phase's fraction of them
+        from castrl.bench.roofline import main as roofline_main
+
+        return roofline_main(rest)
     if suite == "report":  # docs/results.md from the cell cache (castrl/bench/report.py)
         from castrl.bench.report import main as report_main
 
