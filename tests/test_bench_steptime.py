@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -58,3 +59,22 @@ def test_help_states_what_is_measured(capsys):
         parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "advantage / train, for several estimators" in text and "Any other flag" in text
+
+
+def test_steptime_roofline_fractions(tmp_path, capsys):
+    """--roofline: the rollout's and the update's FLOP/s as finite, positive fractions of the fp32 roof."""
+    model = str(save_tiny_model(tmp_path / "tiny"))
+    out = tmp_path / "steptime.json"
+    flags = ["steptime", "--steps", "1", "--methods", "grpo", "--roofline", "true", "--json", str(out), "--model", model,
+             "--data", "arithmetic:add1", "--n_per_level", "8", "--lora", "off", "--max_completion_length", "4",
+             "--per_device_train_batch_size", "8", "--num_generations", "4", "--gradient_accumulation_steps", "1",
+             "--verifier_workers", "1"]
+    assert main(flags) == 0
+    assert "| grpo | 1 | fp32 |" in capsys.readouterr().out
+    saved = json.load(open(out))
+    assert set(saved["roofs"]) == {"fp32"}
+    row = saved["results"]["grpo"][0]
+    assert row["train_mode"] == "full" and row["params"] > 0 and row["rollout_tokens"] > 0
+    assert row["train_tokens"] > row["rollout_tokens"]  # prompts + completions
+    for name in ("rollout_roof_fraction", "train_roof_fraction"):
+        assert math.isfinite(row[name]) and row[name] > 0

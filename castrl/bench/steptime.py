@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainerCallback
 
+from castrl.bench.roofline import FORMULA, matmul_params, measure_roofs, phase_row
 from castrl.commands import dataclass_parser, user_input
 from castrl.core import get_estimator
 from castrl.formatting import num, write_json
 
 PARTS = ("rollout", "student", "teacher", "advantage")
+ROOF_SIZES = (256, 512, 1024)  # --roofline: a few seconds, before the first method
 
 
 @dataclass
@@ -38,6 +40,9 @@ class SteptimeArguments:
     steps: int = field(default=3, metadata={"help": "Optimizer steps per method."})
     threads: int = field(default=2, metadata={"help": "torch CPU threads."})
     json: str | None = field(default=None, metadata={"help": "Also write the measurements to this JSON file."})
+    roofline: bool = field(default=False, metadata={
+        "help": "Also measure the machine's matmul roof (fp32, or bf16 with --bf16 true) and print the rollout's "
+        "and the update's FLOP/s as fractions of it (castrl bench roofline's formulas)."})
 
     def __post_init__(self) -> None:
         for flag, value in (("--steps", self.steps), ("--threads", self.threads)):
@@ -119,21 +124,29 @@ def _measure(run, config, records, model_path: str) -> list[dict[str, float]]:
 
     with user_input():  # a model that cannot load (no weights in the folder) is the user's to fix
         model, tokenizer = load_checked(model_path, dtype=run.dtype)
+    params = matmul_params(model)
     with Verifier(timeout_s=run.verifier_timeout_s, num_workers=run.verifier_workers) as verifier:
         trainer = make_trainer(run, config, model, tokenizer, verifier, records)
         cpu = _CPUSeconds()
         trainer.add_callback(cpu)
         trainer.train()
     rows = []
+    seen_tokens = 0
+    mode = "lora" if hasattr(trainer.model, "peft_config") else "full"
     for log in trainer.state.log_history:
         if "step_time" not in log:
             continue
+        # what the roof fractions count: sampled completion tokens, and every prompt + completion token trained on
+        rollout_tokens = config.generation_batch_size * log.get("completions/mean_length", float("nan"))
+        train_tokens, seen_tokens = log.get("num_tokens", float("nan")) - seen_tokens, log.get("num_tokens", float("nan"))
+        meta = {"params": params, "train_mode": mode, "precision": "bf16" if config.bf16 else "fp32",
+                "rollout_tokens": rollout_tokens, "train_tokens": train_tokens}
         row = {"step": log["step"], "total": log["step_time"], "cpu": cpu.per_step.get(log["step"], float("nan"))}
         for part in PARTS:
             row[part] = log.get(f"cast/time_{part}_s", 0.0)
         row["train"] = row["total"] - sum(row[p] for p in PARTS)
         row["mean_length"] = log.get("completions/mean_length", float("nan"))
-        rows.append(row)
+        rows.append({**row, **meta})
     return rows
 
 
@@ -160,6 +173,26 @@ def _table(results: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def _roof_table(results: dict[str, list[dict[str, float]]], roofs: dict[str, dict]) -> str:
+    """Rollout (2·P per sampled token) and update (LoRA ~4·P, full 6·P per prompt + completion token) as
+    fractions of the matching matmul roof (`castrl.bench.roofline.phase_row`), per step."""
+    lines = ["| method | step | precision | rollout tokens/s | rollout roof fraction | train tokens/s | train roof fraction |",
+             "|---|---|---|---|---|---|---|"]
+    for method, rows in results.items():
+        for row in rows:
+            rollout = phase_row("rollout", row["precision"], "forward", row["rollout_tokens"], row["rollout"],
+                                row["params"], roofs)
+            update = phase_row("train", row["precision"], row["train_mode"], row["train_tokens"], row["train"],
+                               row["params"], roofs)
+            row["rollout_roof_fraction"], row["train_roof_fraction"] = rollout["roof_fraction"], update["roof_fraction"]
+            lines.append(f"| {method} | {row['step']} | {row['precision']} | {num(rollout['tokens_per_s'], 1)} | "
+                         f"{num(rollout['roof_fraction'], 3)} | {num(update['tokens_per_s'], 1)} | "
+                         f"{num(update['roof_fraction'], 3)} |")
+    roof_text = ", ".join(f"{p} {num(r['flops_per_s'] / 1e9, 1)} GFLOP/s" for p, r in roofs.items())
+    return "\n".join([*lines, "", f"matmul roof: {roof_text}; train FLOPs {FORMULA['lora']} (LoRA) or "
+                      f"{FORMULA['full']} (full) a token, recompute not counted"])
+
+
 def main(argv: list[str]) -> int:
     """`castrl bench steptime [flags] [castrl train flags]`: measure every method, print the table.
 
@@ -174,13 +207,21 @@ def main(argv: list[str]) -> int:
             prepared = {method: prepare_method(method, args.steps, train_flags, f"{out}/{i}")
                         for i, method in enumerate(methods)}
         torch.set_num_threads(args.threads)
+        roofs = None
+        if args.roofline:  # measured once, before any method, on the device the trainer uses
+            configs = [setup[1] for setup in prepared.values()]
+            device = torch.device("cpu" if configs[0].use_cpu or not torch.cuda.is_available() else "cuda")
+            precisions = sorted({"bf16" if c.bf16 else "fp32" for c in configs})  # a method may set --bf16 itself
+            roofs = measure_roofs(device, ROOF_SIZES, repeats=3, precisions=precisions, max_seconds=10.0)
         results = {}
         for method, setup in prepared.items():
             start = time.perf_counter()
             results[method] = _measure(*setup)
             print(f"[bench steptime] {method}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     print(_table(results))
+    if roofs is not None:
+        print("\n" + _roof_table(results, roofs))
     print(f"\nreproduce: castrl bench steptime {shlex.join(argv)}  (torch threads {torch.get_num_threads()})")
     if args.json:
-        write_json(args.json, {"argv": argv, "results": results}, indent=2)
+        write_json(args.json, {"argv": argv, "results": results, "roofs": roofs}, indent=2)
     return 0
