@@ -67,7 +67,7 @@ def run(tiny):
         threads=0,
         gen_batch_size=8,
         score_batch_size=12,
-        style="plain",  # short char-level prompts keep the tiny model fast
+        prompt_style="plain",  # short char-level prompts keep the tiny model fast
         mask_truncated_completions=False,  # a random model rarely ends within 12 tokens: keep its tokens
     )
     return run_diagnostics(
@@ -559,12 +559,12 @@ def test_cli_end_to_end_on_a_saved_tiny_model(tmp_path, capsys):
         "2",
         "--max_new_tokens",
         "6",
-        "--out",
+        "--output_dir",
         str(out),
         "--no_progress",
         "--threads",
         "0",
-        "--style",
+        "--prompt_style",
         "plain",
         "--mask_truncated_completions",  # a random model rarely ends within 6 tokens
         "false",
@@ -621,16 +621,33 @@ def test_teachers_space_or_comma_separated():
         (["--n_prompts", "0"], "--n_prompts must be an integer >= 1"),
         (["--temperature", "0"], "--temperature must be a finite number > 0"),
         (["--flip_margin", "-0.1"], "flip_margin must be a finite number >= 0"),
-        (["--style", "poem"], "--style must be one of"),
+        (["--prompt_style", "poem"], "--prompt_style must be one of"),
         (["--n_prompts", "100000"], "lower --n_prompts"),
         (["--data", "missing.jsonl"], "no such file"),
-        (["--adapter", "/nonexistent/adapter"], "not a PEFT adapter folder"),
+        (["--lora_adapter", "/nonexistent/adapter"], "not a PEFT adapter folder"),
     ],
 )
 def test_bad_flags_fail_before_the_model_loads(argv, message, capsys):
     assert main(argv + ["--model", "/nonexistent/model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("castrl diagnose: error:") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, new, message",
+    [
+        (["--style", "poem"], "--prompt_style", "--prompt_style must be one of"),
+        (["--adapter", "/nonexistent/adapter"], "--lora_adapter", "not a PEFT adapter folder"),
+    ],
+)
+def test_old_flag_names_still_work_with_a_deprecation_line(argv, new, message, capsys):
+    """`--style` and `--adapter` (the spellings before the shared vocabulary) are read as the new flags until
+    the next release: one deprecation line naming the new flag, then the same check."""
+    assert main(argv + ["--model", "/nonexistent/model"]) == 2
+    first, *rest = capsys.readouterr().err.strip().splitlines()
+    assert first == (f"castrl diagnose: warning: {argv[0]} is deprecated and will be removed in the next release; "
+                     f"use {new}")
+    assert rest[-1].startswith("castrl diagnose: error:") and message in rest[-1]
 
 
 def test_teacher_context_needs_its_column(tmp_path, capsys):

@@ -264,7 +264,7 @@ def _load(out: Path) -> dict:
 
 def test_main_end_to_end(tiny_dir, tmp_path):
     out = tmp_path / "out"
-    argv = ["--model", str(tiny_dir), "--data", "arithmetic:add1", "--k", "2", "--out", str(out), *FAST]
+    argv = ["--model", str(tiny_dir), "--data", "arithmetic:add1", "--k", "2", "--output_dir", str(out), *FAST]
     assert main(argv) == 0
     report = _load(out)
     assert report["command"].startswith("castrl eval --model ") and "--k 2" in report["command"]
@@ -306,7 +306,7 @@ def test_budget_sweep_rescoring_the_same_samples(tiny_dir, tmp_path):
     """--budgets generates once at the largest budget; each budget row re-scores those samples cut there."""
     out = tmp_path / "out"
     argv = ["--model", str(tiny_dir), "--data", "arithmetic:add1", "--k", "2", "--n", "3", "--budgets", "2,8,4",
-            "--out", str(out), "--skip_greedy", "--n_per_level", "2", "--no_progress", "--verifier_workers", "1"]
+            "--output_dir", str(out), "--skip_greedy", "--n_per_level", "2", "--no_progress", "--verifier_workers", "1"]
     assert main(argv) == 0
     report = _load(out)
     assert report["args"]["max_new_tokens"] == 8  # the largest budget
@@ -340,7 +340,7 @@ def test_budget_cut_scores_what_the_first_tokens_say(monkeypatch, tiny_dir, tmp_
     data.write_text('{"problem": "What is 1 + 1?", "answer": "2"}\n')
     out = tmp_path / "out"
     argv = ["--model", str(tiny_dir), "--data", str(data), "--k", "1", "--budgets", f"3,{len(ids)}",
-            "--out", str(out), "--no_progress", "--verifier_workers", "1"]
+            "--output_dir", str(out), "--no_progress", "--verifier_workers", "1"]
     assert main(argv) == 0
     short, full = _load(out)["models"][0]["budgets"]
     assert (short["avg_at_k"], short["answered_rate"], short["mean_tokens"]) == (0.0, 0.0, 3.0)
@@ -351,7 +351,7 @@ def test_several_models_one_line_each(tiny_dir, tmp_path):
     other = save_tiny_model(tmp_path / "other", seed=1)
     out = tmp_path / "out"
     argv = ["--model", str(tiny_dir), str(other), "--data", "arithmetic:add1", "--k", "1", "--budgets", "2,4",
-            "--out", str(out), *FAST]
+            "--output_dir", str(out), *FAST]
     assert main(argv) == 0
     report = _load(out)
     assert [e["model"] for e in report["models"]] == [str(tiny_dir), str(other)]
@@ -367,8 +367,8 @@ def test_main_seeded_and_jsonl_data_and_n_above_k(tiny_dir, tmp_path):
         '{"problem": "What is 1 + 1?", "answer": "2"}\n{"problem": "What is 2 + 2?", "answer": "4"}\n'
     )
     base = ["--model", str(tiny_dir), "--data", str(data), "--k", "2", "--n", "4", "--skip_greedy", *QUIET]
-    assert main([*base, "--out", str(tmp_path / "a"), "--seed", "3"]) == 0
-    assert main([*base, "--out", str(tmp_path / "b"), "--seed", "3", "--batch_size", "3"]) == 0
+    assert main([*base, "--output_dir", str(tmp_path / "a"), "--seed", "3"]) == 0
+    assert main([*base, "--output_dir", str(tmp_path / "b"), "--seed", "3", "--batch_size", "3"]) == 0
     a, b = _load(tmp_path / "a")["models"][0], _load(tmp_path / "b")
     assert [len(r["samples"]) for r in a["problems"]] == [4, 4]
     assert a["summary"]["greedy_accuracy"] is None and a["problems"][0]["greedy"] is None
@@ -383,7 +383,7 @@ def test_main_same_seed_reproduces(tiny_dir, tmp_path):
     base = ["--model", str(tiny_dir), "--data", "arithmetic:add1", "--k", "2", "--skip_greedy", *FAST]
     texts = []
     for name in ("x", "y"):
-        assert main([*base, "--out", str(tmp_path / name), "--seed", "7"]) == 0
+        assert main([*base, "--output_dir", str(tmp_path / name), "--seed", "7"]) == 0
         texts.append([[s["text"] for s in r["samples"]] for r in _load(tmp_path / name)["models"][0]["problems"]])
     assert texts[0] == texts[1]
 
@@ -400,10 +400,10 @@ def test_main_with_lora_adapter(tiny_dir, tmp_path):
     peft_model = get_peft_model(model, peft_config(LoraSettings(r=2, alpha=4)))
     peft_model.save_pretrained(tmp_path / "zero")
     base = ["--data", "arithmetic:add1", "--k", "1", *FAST]
-    assert main(["--model", str(tiny_dir), *base, "--out", str(tmp_path / "plain")]) == 0
-    assert main(["--model", str(tiny_dir), *base, "--out", str(tmp_path / "lora"),
+    assert main(["--model", str(tiny_dir), *base, "--output_dir", str(tmp_path / "plain")]) == 0
+    assert main(["--model", str(tiny_dir), *base, "--output_dir", str(tmp_path / "lora"),
                  "--lora_adapter", str(tmp_path / "zero")]) == 0
-    assert main(["--model", str(tmp_path / "zero"), *base, "--out", str(tmp_path / "folder")]) == 0
+    assert main(["--model", str(tmp_path / "zero"), *base, "--output_dir", str(tmp_path / "folder")]) == 0
     plain, lora, folder = (_load(tmp_path / name)["models"][0] for name in ("plain", "lora", "folder"))
     greedy = [r["greedy"]["text"] for r in plain["problems"]]
     assert greedy == [r["greedy"]["text"] for r in lora["problems"]] == [r["greedy"]["text"] for r in folder["problems"]]
@@ -456,17 +456,27 @@ def no_model_load(monkeypatch):
         (["--model", "./does-not-exist"], "does not exist"),
         (["--model", "outputs/no-run/final"], "does not exist"),  # two "/": a path, not an HF id
         (["--lora_adapter", "no-such-adapter"], "not a PEFT adapter folder"),
+        (["--prompt_style", "fancy"], "--prompt_style must be one of"),
         (["--unknown_flag", "1"], "not used by the HfArgumentParser"),
     ],
 )
 def test_bad_input_is_a_clear_error_before_the_model_loads(
     extra, message, tiny_dir, tmp_path, capsys, no_model_load
 ):
-    argv = ["--model", str(tiny_dir), "--data", "arithmetic:add1", "--out", str(tmp_path), *QUIET, *extra]
+    argv = ["--model", str(tiny_dir), "--data", "arithmetic:add1", "--output_dir", str(tmp_path), *QUIET, *extra]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("castrl eval: error:") and message in err and "Traceback" not in err
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_old_out_flag_still_works_with_a_deprecation_line(tiny_dir, tmp_path, capsys):
+    """`--out` (the spelling before `--output_dir`) is read until the next release, with one line saying so."""
+    args, _, _ = eval_cmd.prepare(["--model", str(tiny_dir), "--data", "arithmetic:add1", "--out", str(tmp_path)])
+    assert args.output_dir == str(tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["castrl eval: warning: --out is deprecated and will be removed in the next release; "
+                   "use --output_dir"]
 
 
 def test_n_per_level_rejected_for_files(tiny_dir, tmp_path, capsys, no_model_load):
@@ -482,7 +492,7 @@ def test_unknown_model_id_is_a_clear_error(tmp_path, capsys):
         "castrl-test/no-such-model",
         "--data",
         "arithmetic:add1",
-        "--out",
+        "--output_dir",
         str(tmp_path),
         *FAST,
     ]
@@ -491,16 +501,18 @@ def test_unknown_model_id_is_a_clear_error(tmp_path, capsys):
 
 
 def test_bad_choice_and_help_exit_like_argparse(capsys):
+    # --prompt_style is the shared vocabulary's str (one check and message in every command, in the bad-input
+    # list above); --device is still a choice
     with pytest.raises(SystemExit) as exc:
-        main(["--prompt_style", "fancy"])
+        main(["--device", "tpu"])
     assert exc.value.code == 2
-    assert "castrl eval: error: argument --prompt_style" in capsys.readouterr().err
+    assert "castrl eval: error: argument --device" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
     helptext = capsys.readouterr().out
     for flag in ("--k", "--n", "--temperature", "--top_p", "--top_k", "--budgets", "--lora_adapter", "--seed",
-                 "--out", "--split", "--threads", "--no_progress"):
+                 "--output_dir", "--split", "--threads", "--no_progress"):
         assert flag in helptext
 
 

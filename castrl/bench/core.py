@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from castrl.arguments import RuntimeArguments, SamplingArguments
 from castrl.commands import parse_dataclasses, user_input
+from castrl.config_fields import adapted, with_fields_of
 from castrl.core import CastConfig, cast_advantages, compute_advantages
 from castrl.formatting import num, write_json
 
@@ -93,16 +95,16 @@ def run_core_bench(
 
 
 @dataclass
+@with_fields_of(SamplingArguments, only=("group_size",))
+@with_fields_of(RuntimeArguments, only=("threads", "seed"), convert=adapted(notes={"seed": "It draws the random batch."}))
 class CoreArguments:
-    """The flags of `castrl bench core` (TRL-style underscores, as every castrl command)."""
+    """The flags of `castrl bench core` (TRL-style underscores, as every castrl command); `group_size`,
+    `threads` and `seed` are the shared vocabulary's (`castrl.arguments`)."""
 
     B: int = field(default=512, metadata={"help": "Rollouts per batch."})
     T: int = field(default=2048, metadata={"help": "Completion tokens per rollout (padded length)."})
-    group_size: int = field(default=8, metadata={"help": "Rollouts per prompt (G)."})
     repeats: int = field(default=20, metadata={"help": "Timed calls per estimator (median reported)."})
     warmup: int = field(default=3, metadata={"help": "Untimed calls per estimator first."})
-    threads: int = field(default=0, metadata={"help": "torch.set_num_threads; 0 = torch's default."})
-    seed: int = field(default=0, metadata={"help": "Seed of the random batch."})
     json: str | None = field(default=None, metadata={"help": "Also write the result as JSON to this path."})
 
     def __post_init__(self) -> None:

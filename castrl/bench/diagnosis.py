@@ -54,7 +54,7 @@ def run_diagnosis(config: dict[str, Any], problems: list[dict[str, Any]], progre
 
     spec = config["diagnosis"]
     settings = DiagnoseSettings(
-        model=config["model"], teachers=list(spec["teachers"]), style=config["prompt_style"],
+        model=config["model"], teachers=list(spec["teachers"]), prompt_style=config["prompt_style"],
         group_size=config["group_size"], n_prompts=len(problems), max_new_tokens=config["max_new_tokens"],
         temperature=spec["temperature"], seed=spec["seed"], threads=0, progress=progress,
     )  # fmt: skip

@@ -51,18 +51,32 @@ def parse_dataclasses(
     """One instance per dataclass in `types`, from `argv` (and `--config file.yaml`), as TRL parses.
 
     Every field is a flag `--field_name` (TRL also accepts `--field-name`); a bool field with default
-    True also gets `--no_field_name`. `defaults` replace the dataclasses' defaults. Validation errors
-    of the dataclasses' `__post_init__` propagate as raised.
+    True also gets `--no_field_name`. `defaults` replace the dataclasses' defaults. The old spellings of
+    `castrl.arguments.RENAMED` (`--out`, ...) are read as the new ones, with one deprecation line each.
+    Validation errors of the dataclasses' `__post_init__` propagate as raised.
     """
+    from castrl.arguments import rename_flags
+
     parser = dataclass_parser(types, prog=prog, description=description)
     if defaults:
         parser.set_defaults_with_config(**defaults)
-    return tuple(parser.parse_args_and_config(args=list(argv)))
+    argv = rename_flags(argv, _field_names(types), prog)
+    return tuple(parser.parse_args_and_config(args=argv))
 
 
 def dataclass_parser(types: Sequence[type], *, prog: str, description: str = "") -> Any:
-    """The parser `parse_dataclasses` uses (for `--help` and tests)."""
+    """The parser `parse_dataclasses` uses (for `--help` and tests): TRL's, with the old spellings of
+    `castrl.arguments.RENAMED` read in `--config` files too."""
     from trl import TrlParser
 
-    return TrlParser(list(types), prog=prog, description=description)
+    from castrl.arguments import rename_keys
 
+    class Parser(TrlParser):
+        def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
+            return super().set_defaults_with_config(**rename_keys(kwargs, _field_names(types), prog))
+
+    return Parser(list(types), prog=prog, description=description)
+
+
+def _field_names(types: Sequence[type]) -> set[str]:
+    return {name for t in types for name in t.__dataclass_fields__}

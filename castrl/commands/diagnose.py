@@ -7,7 +7,7 @@ the verifier (the share CAST flips, next to the paper's Table 9), the within-gro
 sign agreement, gap vs position and the group-type fractions; it ends with one verdict line per
 teacher. Flags are generated from `DiagnoseSettings` (TRL-style: `--n_prompts 8`, `--config x.yaml`).
 
-    castrl diagnose --teachers answer_free with_reference with_peer_success --out outputs/diagnose
+    castrl diagnose --teachers answer_free with_reference with_peer_success --output_dir outputs/diagnose
 """
 
 from __future__ import annotations
@@ -35,14 +35,18 @@ DESCRIPTION = (
 )
 
 
+# The dataclasses that are `castrl diagnose`'s command line (tests/test_arguments.py checks the vocabulary).
+ARGUMENTS: tuple[type, ...] = (DiagnoseSettings,)
+
+
 def build_parser() -> Any:
     """The `castrl diagnose` parser: one flag per DiagnoseSettings field, its help and default taken from the field."""
-    return dataclass_parser([DiagnoseSettings], prog=PROG, description=DESCRIPTION)
+    return dataclass_parser(ARGUMENTS, prog=PROG, description=DESCRIPTION)
 
 
 def parse_settings(argv: list[str]) -> DiagnoseSettings:
     """Parse flags (and `--config`) into validated settings; ValueError with the flag's name on a bad value."""
-    (settings,) = parse_dataclasses([DiagnoseSettings], argv, prog=PROG, description=DESCRIPTION)
+    (settings,) = parse_dataclasses(ARGUMENTS, argv, prog=PROG, description=DESCRIPTION)
     return settings
 
 
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": _environment(load_start),
         "results": run.results,
     }
-    paths = write_report(payload, settings.out)
+    paths = write_report(payload, settings.output_dir)
     g = run.results["groups"]
     print(
         f"[castrl diagnose] {int(g['n_rollouts'])} rollouts, reward mean {g['reward_mean']:.3f}, "

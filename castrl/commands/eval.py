@@ -6,8 +6,8 @@ top-k 20). `--budgets 32,64,128` generates once with max_new_tokens = the larges
 re-scores the same completions cut at each budget (`castrl.evaluate.cut_at_budget`). Flags, data and
 model paths are checked before any weights load. Unscorable answers count as wrong (reported as
 `n_unscorable`), as in `castrl train` and the bench. `--seed` drives sampling only; `--data_seed`
-picks the arithmetic problems. Outputs in `--out`: eval.json, eval.md, and eval_budgets.png with
-budgets (`castrl.commands.eval_report`).
+picks the arithmetic problems. Outputs in `--output_dir` (`--out` is read until the next release):
+eval.json, eval.md, and eval_budgets.png with budgets (`castrl.commands.eval_report`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,25 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from castrl.arguments import (
+    DataArguments,
+    ModelArguments,
+    OutputArguments,
+    RuntimeArguments,
+    SamplingArguments,
+    VerifierArguments,
+    check_prompt_style,
+    renamed_init,
+)
 from castrl.commands import dataclass_parser, parse_dataclasses, user_input
 from castrl.commands.eval_report import render_markdown, write_report
+from castrl.config_fields import adapted, with_fields_of
 from castrl.data import build_prompt, load_problems
 from castrl.evaluate import (
     aggregate,
@@ -33,7 +44,7 @@ from castrl.evaluate import (
     is_boxed,
     problem_metrics,
 )
-from castrl.models import DEFAULT_MODEL, load_checked, resolve_model
+from castrl.models import load_checked, resolve_model
 from castrl.rewards import Verifier, extract_final_answer
 
 PROG = "castrl eval"
@@ -42,33 +53,31 @@ DESCRIPTION = "Evaluate models: avg@k, pass@k, maj@k, greedy accuracy, boxed rat
 BUDGET_KEYS = ("avg_at_k", "pass_at_k", "maj_at_k", "pass_at", "mean_tokens", "answered_rate", "n_unscorable")
 
 
-@dataclass
-class EvalArguments:
-    """What to evaluate and how; every field is a `castrl eval` flag."""
+def _several(f: Field, hint: Any) -> tuple[Any, Any]:
+    """The vocabulary's `--model`, taking one or more models."""
+    note = (" Several: one section and one budget line each. A `castrl train` checkpoint-N or final/ folder "
+            "works; a LoRA adapter folder loads onto the base model it names.")
+    return list[str], field(default_factory=lambda: [f.default], metadata={"help": f.metadata["help"] + note})
 
-    model: list[str] = field(
-        default_factory=lambda: [DEFAULT_MODEL],
-        metadata={
-            "help": "One or more models: a folder saved with save_pretrained (a `castrl train` checkpoint-N or "
-            "final/; a LoRA adapter folder loads onto the base model it names), a cached Hugging Face id, or "
-            f"{DEFAULT_MODEL!r} (the bundled SmolLM2-135M-Instruct). Several: one section and one budget line each."
-        },
-    )
-    lora_adapter: str | None = field(
-        default=None,
-        metadata={"help": "PEFT adapter folder merged into every --model (an adapter folder as --model needs none)."},
-    )
-    data: str = field(
-        default="arithmetic:add1,add2,mul21",
-        metadata={
-            "help": "Data spec: arithmetic[:LEVELS] or a .jsonl/.json/.parquet PATH[:PRESET] "
-            "('{split}' in PATH becomes --split)."
-        },
-    )
-    split: str = field(default="test", metadata={"help": "Arithmetic split (train/test), or '{split}' in a path."})
-    n_per_level: int | None = field(
-        default=None, metadata={"help": "Arithmetic problems per level (default: the split's, 16 for test)."}
-    )
+
+@renamed_init
+@dataclass
+@with_fields_of(OutputArguments, convert=adapted(
+    defaults={"output_dir": "outputs/castrl-eval"},
+    notes={"output_dir": "Gets eval.json, eval.md, and eval_budgets.png with --budgets."}))
+@with_fields_of(VerifierArguments)
+@with_fields_of(RuntimeArguments, convert=adapted(notes={
+    "seed": "Set right before each model's sampling (--data_seed draws the arithmetic problems)."}))
+@with_fields_of(SamplingArguments, only=("temperature", "top_p", "top_k", "max_new_tokens"), convert=adapted(notes={
+    "temperature": "spec §7. [P]", "max_new_tokens": "Default: the largest of --budgets, else 128."}))
+@with_fields_of(DataArguments)
+@with_fields_of(ModelArguments, only=("lora_adapter", "dtype", "cache_dir"), convert=adapted(notes={
+    "lora_adapter": "Merged into every --model (an adapter folder given as --model needs none)."}))
+@with_fields_of(ModelArguments, only=("model",), convert=_several)
+class EvalArguments:
+    """What to evaluate and how; every field is a `castrl eval` flag. The model, data, sampling, verifier,
+    output and runtime fields are the shared vocabulary's (`castrl.arguments`)."""
+
     data_seed: int = field(default=0, metadata={"help": "Seed of the arithmetic problem draw (not of sampling)."})
     k: int = field(default=16, metadata={"help": "k of avg@k, pass@k and maj@k (1 <= k <= n); spec §7: 16."})
     n: int | None = field(
@@ -78,12 +87,6 @@ class EvalArguments:
             "of all n; maj@k: the n // k disjoint blocks of k."
         },
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (> 0); spec §7. [P]"})
-    top_p: float = field(default=0.8, metadata={"help": "Nucleus sampling, in (0, 1]; spec §7. [P]"})
-    top_k: int = field(default=20, metadata={"help": "Top-k sampling (0 = off); spec §7. [P]"})
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Token limit of every completion (default: the largest budget, else 128)."}
-    )
     budgets: str = field(
         default="",
         metadata={
@@ -92,19 +95,7 @@ class EvalArguments:
         },
     )
     batch_size: int = field(default=32, metadata={"help": "Sequences per generate call (greedy and sampled)."})
-    prompt_style: Literal["oneshot", "cot", "plain"] = field(
-        default="oneshot", metadata={"help": "Student prompt style, as in training."}
-    )
     skip_greedy: bool = field(default=False, metadata={"help": "Skip the greedy pass (greedy_* metrics null)."})
-    seed: int = field(default=0, metadata={"help": "torch seed set right before sampling (each model)."})
-    dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "Weights dtype."})
-    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "auto: cuda when available."})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 leaves torch's default)."})
-    verifier_timeout_s: float = field(default=5.0, metadata={"help": "Hard timeout of one answer check (s)."})
-    verifier_workers: int = field(default=2, metadata={"help": "Verifier worker processes."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Cache of converted models."})
-    out: str = field(default="outputs/castrl-eval", metadata={"help": "Output folder (eval.json, eval.md, PNG)."})
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
         self.n = self.k if self.n is None else self.n
@@ -114,6 +105,7 @@ class EvalArguments:
             raise ValueError(f"--k ({self.k}) must be <= --n ({self.n}); pass --n >= --k, or leave --n out (n = k)")
         self._check_numbers()
         self._check_budgets()
+        check_prompt_style(self.prompt_style)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
         if self.lora_adapter is not None and not _is_adapter(self.lora_adapter):
@@ -281,7 +273,7 @@ def evaluate_model(
 
 def prepare(argv: list[str]) -> tuple[EvalArguments, list[dict[str, Any]], list[tuple[str, str | None]]]:
     """Flags, data and model locations, all checked before any weights load (ValueError naming the flag)."""
-    (args,) = parse_dataclasses([EvalArguments], argv, prog=PROG, description=DESCRIPTION)
+    (args,) = parse_dataclasses(ARGUMENTS, argv, prog=PROG, description=DESCRIPTION)
     records = load_records(args)
     return args, records, [locate_model(spec, args) for spec in args.model]
 
@@ -316,9 +308,13 @@ def _version(package: str) -> str:
     return version(package)
 
 
+# The dataclasses that are `castrl eval`'s command line (tests/test_arguments.py checks the vocabulary).
+ARGUMENTS: tuple[type, ...] = (EvalArguments,)
+
+
 def build_parser() -> Any:
     """The `castrl eval` parser (for --help and tests)."""
-    return dataclass_parser([EvalArguments], prog=PROG, description=DESCRIPTION)
+    return dataclass_parser(ARGUMENTS, prog=PROG, description=DESCRIPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run_eval(args, argv, records, located)
-    paths = write_report(report, args.out)
+    paths = write_report(report, args.output_dir)
     print(render_markdown(report))
     print(f"[castrl] wrote {', '.join(str(p) for p in paths)}", flush=True)
     return 0

@@ -18,8 +18,16 @@ from typing import Any
 
 import torch
 
+from castrl.arguments import (
+    DataArguments,
+    ModelArguments,
+    RuntimeArguments,
+    VerifierArguments,
+    check_prompt_style,
+)
 from castrl.commands import parse_dataclasses, user_input
-from castrl.data import STYLES, build_prompt, load_problems, to_trl_dataset
+from castrl.config_fields import adapted, with_fields_of
+from castrl.data import build_prompt, load_problems, to_trl_dataset
 from castrl.evaluate import heldout_accuracy
 from castrl.formatting import num, write_json
 from castrl.models import LoraSettings, default_lora_for, load_checked, peft_config, resolve_model
@@ -30,37 +38,33 @@ from castrl.trl.checkpoint import last_complete_checkpoint
 
 
 @dataclass
+@with_fields_of(RuntimeArguments, only=("threads",))
+@with_fields_of(VerifierArguments)
+@with_fields_of(DataArguments, only=("data", "n_per_level", "prompt_style"),
+                convert=adapted(notes={"data": "The training problems (split train).",
+                                       "n_per_level": "Held-out: --eval_n_per_level."}))
+@with_fields_of(ModelArguments, only=("model", "dtype", "cache_dir"))
 class RunArguments:
-    """What to train on; the algorithm and optimisation knobs live in CASTTrainerConfig."""
+    """What to train on; the algorithm and optimisation knobs live in CASTTrainerConfig (`--output_dir`,
+    `--seed` and the rollout sampling are TRL's fields there). `model`, `dtype`, `cache_dir`, `data`,
+    `n_per_level`, `prompt_style`, the verifier fields and `threads` are the shared vocabulary's
+    (`castrl.arguments`)."""
 
-    model: str = field(default="smollm2-135m", metadata={"help": "HF id, local path, or 'smollm2-135m' (bundled)."})
-    data: str = field(
-        default="arithmetic:add1,add2,mul21",
-        metadata={"help": "Training data spec: arithmetic[:levels] or a .jsonl/.json/.parquet path[:preset]."},
-    )
     eval_data: str | None = field(
         default=None, metadata={"help": "Held-out data spec (default: the test split of --data)."}
     )
-    n_per_level: int | None = field(default=None, metadata={"help": "Arithmetic problems per level (train)."})
     eval_n_per_level: int = field(default=16, metadata={"help": "Arithmetic problems per level (held-out)."})
     eval_max_new_tokens: int = field(default=128, metadata={"help": "Greedy tokens per held-out problem."})
     skip_eval: bool = field(default=False, metadata={"help": "Skip the held-out before/after evaluation."})
-    prompt_style: str = field(default="oneshot", metadata={"help": "Student prompt: oneshot, cot or plain."})
     lora: str = field(default="auto", metadata={"help": "LoRA adapter: auto (on for the bundled model), on, off."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last complete checkpoint."})
-    verifier_timeout_s: float = field(default=5.0, metadata={"help": "Hard timeout of one answer check."})
-    verifier_workers: int = field(default=2, metadata={"help": "Verifier worker processes."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Cache of converted models."})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = leave torch's default)."})
 
     def __post_init__(self) -> None:
         if self.lora not in ("auto", "on", "off"):
             raise ValueError(f"--lora must be auto, on or off, got {self.lora!r}")
-        if self.prompt_style not in STYLES:
-            raise ValueError(f"--prompt_style must be one of {', '.join(STYLES)}, got {self.prompt_style!r}")
+        check_prompt_style(self.prompt_style)
         if self.eval_max_new_tokens < 1:
             raise ValueError(f"--eval_max_new_tokens must be >= 1, got {self.eval_max_new_tokens}")
 
@@ -90,13 +94,17 @@ DEMO_DEFAULTS = dict(
 )
 
 
+# The dataclasses that are `castrl train`'s command line (tests/test_arguments.py checks the vocabulary).
+ARGUMENTS: tuple[type, ...] = (RunArguments, CASTTrainerConfig)
+
+
 def parse_args(argv: list[str]) -> tuple[RunArguments, CASTTrainerConfig]:
     """`RunArguments` and `CASTTrainerConfig` from flags (and `--config`), on the demo defaults; ValueError when invalid."""
     defaults = dict(DEMO_DEFAULTS)
     if not torch.cuda.is_available():
         defaults["use_cpu"] = True
     run, config = parse_dataclasses(
-        (RunArguments, CASTTrainerConfig), argv, prog="castrl train", defaults=defaults,
+        ARGUMENTS, argv, prog="castrl train", defaults=defaults,
         description="Train with CAST (or a baseline) on a model and dataset; held-out accuracy before and after.",
     )
     return run, config

@@ -11,10 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from castrl.config_fields import with_fields_of
+from castrl.arguments import (
+    DataArguments,
+    ModelArguments,
+    OutputArguments,
+    RuntimeArguments,
+    SamplingArguments,
+    VerifierArguments,
+    check_prompt_style,
+    renamed_init,
+)
+from castrl.config_fields import adapted, with_fields_of
 from castrl.core import CastConfig
-from castrl.data import STYLES, load_problems
-from castrl.models import DEFAULT_MODEL
+from castrl.data import load_problems
 from castrl.teacher import TAG_PLACEMENTS, TEACHER_CONTEXTS, TeacherConfig, WeightsSpec, context_uses
 
 # The contexts a default diagnosis scores with: the paper's answer-free teacher (CAST's default, spec §3)
@@ -26,38 +35,35 @@ DEFAULT_TEACHERS: tuple[str, ...] = ("answer_free", "with_reference")
 CAST_FIELDS: tuple[str, ...] = ("flip_margin", "flip_correct", "flip_incorrect", "correct_threshold", "gap_control")
 
 
+@renamed_init
 @dataclass(frozen=True)
 @with_fields_of(CastConfig, only=CAST_FIELDS)
 @with_fields_of(TeacherConfig, prefix="teacher_", only=("weights", "max_prompt_length", "model", "tag_placement"))
+@with_fields_of(OutputArguments, convert=adapted(defaults={"output_dir": "outputs/castrl-diagnose"}, notes={
+    "output_dir": "Gets diagnostics.json, diagnostics.md, report.html and the PNGs."}))
+@with_fields_of(VerifierArguments, only=("verifier_timeout_s",))
+@with_fields_of(RuntimeArguments, only=("threads", "seed"), convert=adapted(notes={
+    "seed": "It draws the problems and the samples."}))
+@with_fields_of(SamplingArguments, only=("group_size", "temperature", "max_new_tokens"), convert=adapted(
+    defaults={"temperature": 1.0, "max_new_tokens": 64},
+    notes={"temperature": "Also applied to every score.", "group_size": "At least 2: a group of one has no group "
+           "statistics."}))
+@with_fields_of(DataArguments, only=("data", "split", "prompt_style"), convert=adapted(defaults={"split": "train"}))
+@with_fields_of(ModelArguments, convert=adapted(notes={
+    "lora_adapter": "With --teacher_weights frozen the teacher is the model with this adapter disabled.",
+    "dtype": "Here float32 or bfloat16."}))
 class DiagnoseSettings:
     """What to diagnose and how; every field is a `castrl diagnose` flag (`group_size` -> --group_size).
 
-    `teacher_weights`, `teacher_max_prompt_length`, `teacher_model` and `teacher_tag_placement` are
+    The model, data, sampling, verifier, output and runtime fields are the shared vocabulary's
+    (`castrl.arguments`), as in `castrl train` and `castrl eval`; `teacher_weights`,
+    `teacher_max_prompt_length`, `teacher_model` and `teacher_tag_placement` are
     `castrl.teacher.TeacherConfig`'s; `flip_margin`, `flip_correct`, `flip_incorrect`, `correct_threshold`
     and `gap_control` are `castrl.core.CastConfig`'s. `teachers` lists several contexts, each checked as a
     `TeacherConfig` with those settings; `context@placement` scores one context with another tag placement,
-    so several placements are compared on the very same rollouts."""
+    so several placements are compared on the very same rollouts. The old names `style`, `adapter` and
+    `out` are still accepted (and readable) until the next release."""
 
-    model: str = field(
-        default=DEFAULT_MODEL, metadata={"help": "HF id, local folder, or 'smollm2-135m' (bundled)."}
-    )
-    adapter: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optional PEFT/LoRA adapter folder applied on --model (e.g. a castrl train "
-            "'final' folder); with --teacher_weights frozen the teacher is the model "
-            "with this adapter disabled."
-        },
-    )
-    data: str = field(
-        default="arithmetic:add1,add2,mul21",
-        metadata={"help": "Problems: arithmetic[:levels] or a .jsonl/.json/.parquet path[:preset]."},
-    )
-    split: str = field(
-        default="train", metadata={"help": "Split to draw problems from (arithmetic, {split} in paths)."}
-    )
-    style: str = field(default="oneshot", metadata={"help": f"Student prompt style: {', '.join(STYLES)}."})
-    group_size: int = field(default=8, metadata={"help": "G: completions sampled per prompt (>= 2)."})
     teachers: list[str] = field(
         default_factory=lambda: list(DEFAULT_TEACHERS),
         metadata={
@@ -69,10 +75,6 @@ class DiagnoseSettings:
         },
     )
     n_prompts: int = field(default=16, metadata={"help": "Problems drawn (seeded) from the data."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Completion length limit in tokens."})
-    temperature: float = field(
-        default=1.0, metadata={"help": "Sampling temperature, also applied to every score."}
-    )
     gen_batch_size: int = field(default=32, metadata={"help": "Rollouts per generate call (whole groups)."})
     score_batch_size: int = field(default=16, metadata={"help": "Rollouts per scoring forward pass."})
     mask_truncated_completions: bool = field(
@@ -88,13 +90,6 @@ class DiagnoseSettings:
                   "many of CAST's flips lie below that (docs/diagnostics.md); false skips these passes."},
     )
     position_bins: int = field(default=10, metadata={"help": "Bins of relative position in the completion."})
-    dtype: str = field(default="float32", metadata={"help": "Model dtype: float32 or bfloat16."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads (0 = torch's default)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the problem draw and the sampling."})
-    out: str = field(default="outputs/castrl-diagnose", metadata={"help": "Output folder."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Cache of converted models."})
-    verifier_timeout_s: float = field(default=5.0, metadata={"help": "Hard timeout of one answer check (s)."})
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
         # `--teachers a b` and `--teachers a,b` give the same list (frozen: set through object)
@@ -120,8 +115,7 @@ class DiagnoseSettings:
             and self.temperature > 0
         ):
             raise ValueError(f"--temperature must be a finite number > 0, got {self.temperature!r}")
-        if self.style not in STYLES:
-            raise ValueError(f"--style must be one of {', '.join(STYLES)}, got {self.style!r}")
+        check_prompt_style(self.prompt_style)
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         self._check_teachers()
@@ -145,17 +139,17 @@ class DiagnoseSettings:
                 raise ValueError(f"--teachers {name}: {err}") from err
         kind = WeightsSpec.parse(self.teacher_weights).kind
         contexts = [self.teacher_config(name).context for name in self.teachers]
-        if "student" in contexts and not (kind == "frozen" and self.adapter) and self.teacher_model is None:
+        if "student" in contexts and not (kind == "frozen" and self.lora_adapter) and self.teacher_model is None:
             # without training, refresh / ema / frozen-without-adapter weights are the policy's
             raise ValueError(
                 f"--teachers student with --teacher_weights {self.teacher_weights} scores with the student's own "
                 "weights in a run without training, so its gap is always 0; use --teacher_weights frozen with "
-                "--adapter (the base model as teacher), or drop student from --teachers"
+                "--lora_adapter (the base model as teacher), or drop student from --teachers"
             )
 
     def teacher_config(self, name: str) -> TeacherConfig:
         """The validated settings of the teacher `name` of --teachers: a context, or `context@placement`
-        (without training, refresh:K and ema weights equal the policy; frozen differs only with --adapter)."""
+        (without training, refresh:K and ema weights equal the policy; frozen differs only with --lora_adapter)."""
         context, _, placement = name.partition("@")
         return TeacherConfig(context=context, weights=self.teacher_weights,
                              max_prompt_length=self.teacher_max_prompt_length, model=self.teacher_model,
@@ -165,13 +159,13 @@ class DiagnoseSettings:
         if os.path.isfile(os.path.join(os.path.expanduser(self.model), "adapter_config.json")):
             raise ValueError(
                 f"--model {self.model!r} is a LoRA adapter folder; pass its base model as --model "
-                "and this folder as --adapter"
+                "and this folder as --lora_adapter"
             )
-        if self.adapter and not os.path.isfile(
-            os.path.join(os.path.expanduser(self.adapter), "adapter_config.json")
+        if self.lora_adapter and not os.path.isfile(
+            os.path.join(os.path.expanduser(self.lora_adapter), "adapter_config.json")
         ):
             raise ValueError(
-                f"--adapter {self.adapter!r} is not a PEFT adapter folder (no adapter_config.json)"
+                f"--lora_adapter {self.lora_adapter!r} is not a PEFT adapter folder (no adapter_config.json)"
             )
 
     def cast_config(self) -> CastConfig:
