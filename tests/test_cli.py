@@ -36,8 +36,8 @@ def test_bad_data_file_ends_every_command_with_one_line(tmp_path):
     bad.write_text(BAD_ROW)
     runs = {
         "train": ["--output_dir", str(tmp_path / "run")],
-        "eval": ["--out", str(tmp_path / "eval")],
-        "diagnose": ["--n_prompts", "1", "--out", str(tmp_path / "diag")],
+        "eval": ["--output_dir", str(tmp_path / "eval")],
+        "diagnose": ["--n_prompts", "1", "--output_dir", str(tmp_path / "diag")],
     }
     for command, extra in runs.items():
         result = _castrl(command, "--data", str(bad), "--model", "/nonexistent/model", *extra)

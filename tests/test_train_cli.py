@@ -44,7 +44,7 @@ def test_train_writes_checkpoints_metrics_plot_and_summary(tiny_dir, tmp_path):
     # castrl eval on a saved checkpoint and on the base model, one budget line each
     ev = tmp_path / "eval"
     argv = ["eval", "--model", tiny_dir, os.path.join(out, "checkpoint-2"), "--data", "arithmetic:add1",
-            "--n_per_level", "2", "--k", "2", "--budgets", "2,4", "--out", str(ev), "--no_progress",
+            "--n_per_level", "2", "--k", "2", "--budgets", "2,4", "--output_dir", str(ev), "--no_progress",
             "--verifier_workers", "1"]
     assert cli.main(argv) == 0
     report = json.loads((ev / "eval.json").read_text())
