@@ -122,7 +122,7 @@ def test_teacher_noise_floor_uses_the_cores_flip_rule():
 
 def test_diagnose_reports_the_noise_floor_per_teacher(tiny):
     model, tokenizer = tiny
-    settings = DiagnoseSettings(n_prompts=2, group_size=4, max_new_tokens=8, temperature=0.9, style="plain",
+    settings = DiagnoseSettings(n_prompts=2, group_size=4, max_new_tokens=8, temperature=0.9, prompt_style="plain",
                                 teachers=["answer_free", "with_reference"], progress=False, threads=0,
                                 gen_batch_size=8, score_batch_size=8, mask_truncated_completions=False)
     run = run_diagnostics(settings, model=model, tokenizer=tokenizer,

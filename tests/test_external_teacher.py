@@ -67,7 +67,7 @@ def test_diagnose_scores_with_the_external_teacher(tmp_path):
     tokenizer = build_char_tokenizer()
     settings = DiagnoseSettings(
         n_prompts=2, group_size=2, max_new_tokens=6, teachers=["student"], teacher_model=str(folder),
-        progress=False, threads=0, style="plain", mask_truncated_completions=False,  # a random model never ends
+        progress=False, threads=0, prompt_style="plain", mask_truncated_completions=False,  # a random model never ends
     )  # fmt: skip
     run = run_diagnostics(settings, model=build_tiny_model(tokenizer), tokenizer=tokenizer,
                           reward_fn=lambda texts, golds: [1.0, 0.0, 0.0, 1.0])  # fmt: skip
