@@ -1,7 +1,8 @@
 """`castrl bench <suite>`: benchmarks. Suites: `core` (CAST vs GRPO advantage micro-benchmark),
 `steptime` (seconds per training step split by phase, several estimators on one config), `roofline`
 (the machine's fp32 / bf16 matmul roofs and each phase's fraction of them), one per
-tier of the cached CAST-vs-baselines grids (`smollm2`, `control`, `tiny`: `TIERS`), and `report` (docs/results.md).
+tier of the cached CAST-vs-baselines grids (`smollm2`, `control`, `tiny`: `TIERS`), `placement` (the
+bundled model's teacher diagnosed under each tag placement and prompt style) and `report` (docs/results.md).
 
 Each suite reads its flags as every castrl command does: one dataclass is the command line
 (TRL-style underscores, `--cache_dir`, `--no_progress`; the hyphen spelling is accepted too), and a
@@ -17,7 +18,7 @@ import sys
 from castrl.bench.harness import TIERS
 from castrl.commands import user_input
 
-SUITES = ("core", "steptime", "roofline", *TIERS, "report")
+SUITES = ("core", "steptime", "roofline", *TIERS, "placement", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         from castrl.bench.roofline import main as roofline_main
 
         return roofline_main(rest)
+    if suite == "placement":
+        from castrl.bench.placement import main as placement_main
+
+        return placement_main(rest)
     if suite == "report":  # docs/results.md from the cell cache (castrl/bench/report.py)
         from castrl.bench.report import main as report_main
 

@@ -20,6 +20,7 @@ from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier, tier_descriptions
 from castrl.bench.report_cells import TierView, acc_at, cell_device, final_step, step_mean, steps_to_reach
 from castrl.bench.report_figures import write_figures
 from castrl.bench.report_final import final_measure, final_sections
+from castrl.bench.report_placement import placement_sections
 from castrl.bench.report_tiers import tier_view
 from castrl.bench.stats import Interval, fmt_ci, mean_ci
 from castrl.commands import parse_dataclasses, user_input
@@ -328,6 +329,7 @@ def main(argv: list[str]) -> int:
         figures = write_figures(view, Path(args.figures), out.parent) if view.cells else {}
         extra = tier.report_sections(view, Path(args.figures), out.parent) if tier.report_sections and view.cells else []
         lines += render_tier(view, figures, extra)
+    lines += placement_sections(args.cache_dir)
     out.write_text("\n".join(lines))
     print(f"[bench] report: {out}")
     return 0

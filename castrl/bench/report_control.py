@@ -100,6 +100,7 @@ def curve_points(view: TierView, value: Callable[[dict[str, Any]], float] = fina
 COMPARISONS = (
     ("cast", "cast@flip=false", "the flip rule vs the same shaping without sign reversal"),
     ("cast", "rlsd", "the flip rule vs RLSD's magnitude-only reweighting"),
+    ("cast", "cast@gap_control=shuffle", "the teacher's token ranking vs the same gaps shuffled across tokens"),
     ("opsd", "cast", "plain distillation (no verifier) vs CAST"),
 )
 

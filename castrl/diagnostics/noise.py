@@ -26,6 +26,7 @@ advantage changes sign. `noise_warning` is the line a verdict gets when that sha
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -179,22 +180,26 @@ def measure(
     teacher_scope: Callable[[str], AbstractContextManager[Any]] | None = None,
     variants: Sequence[str] = VARIANTS,
     progress: Callable[[str], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """variant -> {"student": (B, T) log-probs, teacher name: (B, T) log-probs}, every pass re-scored the
     variant's way (a `STUDENT_ONLY` variant leaves the teachers out: the caller keeps their reference
     scores). `teacher_scope(name)` is a context that yields the module scoring as that teacher (None:
-    `model` itself)."""
+    `model` itself). `timings` gets `noise_<variant>_s`."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     kwargs = dict(temperature=temperature, pad_id=pad_id, batch_size=batch_size)
     for variant in variants:
         if progress:
             progress(variant)
+        start = time.perf_counter()
         scores = {"student": score_variant(variant, model, student_rows, completion_ids, mask, **kwargs)}
         if variant not in STUDENT_ONLY:
             for name, rows in teacher_rows.items():
                 with teacher_scope(name) if teacher_scope else nullcontext(model) as scorer:
                     scores[name] = score_variant(variant, scorer, rows, completion_ids, mask, **kwargs)
         out[variant] = scores
+        if timings is not None:
+            timings[f"noise_{variant}_s"] = time.perf_counter() - start
     return out
 
 

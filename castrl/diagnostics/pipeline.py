@@ -342,6 +342,7 @@ def _add_noise_floor(settings, model, tokenizer, rollouts, scored: Scored, kept,
         temperature=settings.temperature, pad_id=tokenizer.pad_token_id, batch_size=settings.score_batch_size,
         teacher_scope=scored.scope,
         progress=(lambda v: print(f"[diagnose] noise floor: {v}", flush=True)) if settings.progress else None,
+        timings=timings,
     )  # fmt: skip
     rewards, group_ids, student, teachers, mask, config = analysed
     for name, teacher in teachers.items():
