@@ -3,6 +3,8 @@
 This module holds the hooks; each calls `super()`, so TRL's loss types, vLLM importance sampling,
 entropy options and PEFT keep working:
 - `create_optimizer`: skip steps whose gradients are not finite (`castrl.trl.nonfinite`);
+- `__init__` / `_generate_single_turn`: `--bf16 true` means bf16 autocast over fp32 weights with and
+  without LoRA, and `cast_lm_head_to_fp32` works on tied PEFT models (`castrl.trl.precision`);
 - `_calculate_rewards`: keep the raw, globally gathered per-function rewards;
 - `_generate_and_score_completions`: after TRL's rollout, run the student and teacher no-grad
   passes (`castrl.trl.scoring`) and replace TRL's (B,) advantages by the estimator's (B, T) ones;
@@ -38,6 +40,7 @@ from .checkpoint import (
 from .config import CASTTrainerConfig
 from .fused import FusedStudentPass, can_fuse_student_pass
 from .nonfinite import guard_nonfinite_steps
+from .precision import install_fp32_fused_head, rollout_autocast, skip_trl_head_cast, warn_bf16_logits
 from .scoring import completion_logps, fused_lm_head_for, peer_texts, tokenize_prompts
 
 
@@ -76,8 +79,13 @@ class CASTTrainer(GRPOTrainer):
         config = kwargs.get("args")
         if not isinstance(config, CASTTrainerConfig):
             raise TypeError(f"CASTTrainer needs args=CASTTrainerConfig(...), got {type(config).__name__}")
-        super().__init__(*args, **kwargs)
+        model = kwargs.get("model", args[0] if args else None)
+        with skip_trl_head_cast(config, model, kwargs.get("peft_config")) as own_fp32_head:
+            super().__init__(*args, **kwargs)
+        if own_fp32_head:  # TRL cannot cast a tied head under PEFT; the fused head alone decides the precision
+            install_fp32_fused_head(self.model, self.temperature)
         self.estimator = get_estimator(self.args.advantage_estimator)
+        warn_bf16_logits(self.args, self.estimator.needs_teacher)
         self.estimator_config = self.args.estimator_config()
         self.teacher_weights: TeacherWeights | ExternalTeacher | None = None
         if self.estimator.needs_teacher:  # an external teacher model gets the policy's fused LM head
@@ -134,6 +142,10 @@ class CASTTrainer(GRPOTrainer):
         stats["cast/frac_truncated"] = self._metrics[mode]["completions/clipped_ratio"][-1]
         self._log({**stats, **timings}, mode)
         return output
+
+    def _generate_single_turn(self, *args: Any, **kwargs: Any):
+        with rollout_autocast(self.accelerator):  # PEFT's generate bypasses accelerate's autocast of forward
+            return super()._generate_single_turn(*args, **kwargs)
 
     def _compute_loss(self, model, inputs):
         if inputs.get("castrl_row") is None:
