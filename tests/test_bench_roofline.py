@@ -14,7 +14,7 @@ from castrl.bench.roofline import FLOPS_PER_TOKEN, matmul_params, parse_args, ph
 from castrl.commands import UserInputError
 from castrl.testing import build_char_tokenizer, build_tiny_model, save_tiny_model
 
-TINY = ["--sizes", "32,64", "--matmul_repeats", "1", "--repeats", "1", "--prompts", "1", "--num_generations", "2",
+TINY = ["--sizes", "32,64", "--matmul_repeats", "1", "--repeats", "1", "--prompts", "1", "--group_size", "2",
         "--max_new_tokens", "4", "--eval_prompts", "2", "--batch", "2", "--seq_len", "16", "--threads", "1"]
 
 
@@ -71,3 +71,16 @@ def test_phases_too_slow_for_the_roof_are_skipped_not_run(tmp_path, capsys):
     (row,) = result["rows"]
     assert row["phase"] == "score" and row["skipped_predicted_s"] > 0 and "roof_fraction" not in row
     assert "| score | forward | bf16 | skipped" in capsys.readouterr().out
+
+
+def test_shared_flags_come_from_the_vocabulary():
+    """model, threads, seed, output_dir ... are castrl.arguments' (declared once), sampling is castrl train's."""
+    from castrl.arguments import VOCABULARY, duplicate_declarations
+    from castrl.bench.roofline import RooflineArguments, _rollout_sampling
+    from castrl.trl import CASTTrainerConfig
+
+    assert duplicate_declarations([RooflineArguments, *VOCABULARY]) == {}
+    args = parse_args([])
+    assert (args.threads, args.max_new_tokens, args.group_size, args.output_dir) == (2, 128, 8, "outputs/bench_roofline")
+    defaults = CASTTrainerConfig.__dataclass_fields__
+    assert _rollout_sampling() == {k: defaults[k].default for k in ("temperature", "top_p", "top_k")}

@@ -14,8 +14,6 @@ prefill and the recomputation of gradient checkpointing are not counted: the fra
 useful work. Decoding counts useful tokens only (up to and including the first end token, as TRL's
 `completions/mean_length`). Every phase is timed as best of `--repeats`; bf16 phases run the fp32
 weights under `torch.autocast`, as `castrl train --bf16 true` does, and are set against the bf16 roof.
-
-    castrl bench roofline --threads 2 --output_dir bench_roofline
 """
 
 from __future__ import annotations
@@ -27,13 +25,15 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from castrl.arguments import ModelArguments, OutputArguments, RuntimeArguments, SamplingArguments
 from castrl.commands import parse_dataclasses, user_input
+from castrl.config_fields import adapted, with_fields_of
 from castrl.formatting import num, write_json
 
 PHASES = ("decode", "greedy", "score", "train")
@@ -45,13 +45,18 @@ FORMULA = {"forward": "2·P", "full": "6·P", "lora": "~4·P"}
 
 
 @dataclass
+@with_fields_of(ModelArguments, only=("model", "cache_dir"))
+@with_fields_of(SamplingArguments, only=("group_size", "max_new_tokens"), convert=adapted(
+    defaults={"max_new_tokens": 128}, notes={"group_size": "decode: per prompt.", "max_new_tokens": "decode / greedy."}))
+@with_fields_of(RuntimeArguments, only=("threads", "seed", "device"), convert=adapted(
+    defaults={"threads": 2}, notes={"seed": "It seeds the sampled decoding and the random token ids."}))
+@with_fields_of(OutputArguments, only=("output_dir",), convert=adapted(
+    defaults={"output_dir": "outputs/bench_roofline"}, notes={"output_dir": "roofline.json goes there."}))
 class RooflineArguments:
-    """The flags of `castrl bench roofline` (TRL-style underscores, as every castrl command)."""
+    """The flags of `castrl bench roofline` (TRL-style underscores, as every castrl command); `model`,
+    `cache_dir`, `group_size`, `max_new_tokens`, `threads`, `seed`, `device` and `output_dir` are the
+    shared vocabulary's (`castrl.arguments`)."""
 
-    model: str = field(default="smollm2-135m", metadata={"help": "HF id, local path, or 'smollm2-135m' (bundled)."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Cache of converted models."})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads (0 = torch's default)."})
     sizes: str = field(default="512,1024,2048", metadata={"help": "Square matmul sizes of the roof (best kept)."})
     matmul_repeats: int = field(default=5, metadata={"help": "Timed matmuls per size and dtype (best kept)."})
     repeats: int = field(default=2, metadata={"help": "Timed runs per phase (best kept), after one warm-up."})
@@ -62,21 +67,19 @@ class RooflineArguments:
     train_modes: str = field(default=",".join(TRAIN_MODES), metadata={
         "help": "lora (castrl train's default adapter) and/or full fine-tuning."})
     prompts: int = field(default=4, metadata={"help": "decode: prompts of the arithmetic suite per batch."})
-    num_generations: int = field(default=8, metadata={"help": "decode: sampled completions per prompt."})
-    max_new_tokens: int = field(default=128, metadata={"help": "decode / greedy: new tokens at most per row."})
     eval_prompts: int = field(default=16, metadata={"help": "greedy: prompts in the one evaluation batch."})
     batch: int = field(default=8, metadata={"help": "score / train: rows per forward (a micro-batch)."})
     seq_len: int = field(default=160, metadata={"help": "score / train: tokens per row."})
     gradient_checkpointing: bool = field(default=True, metadata={
         "help": "train: as castrl train's default (its recomputed forward is not counted as useful FLOPs)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the sampled decoding and of the random token ids."})
     max_phase_s: float = field(default=300.0, metadata={
         "help": "Skip a phase (and a roof's matmul size) whose warm-up and repeats would take longer than this "
         "at the roof itself, a lower bound: bf16 on a CPU without bf16 units is several times slower than fp32."})
-    output_dir: str | None = field(default=None, metadata={"help": "Write roofline.json here."})
 
     def __post_init__(self) -> None:
-        for name in ("matmul_repeats", "repeats", "prompts", "num_generations", "max_new_tokens", "eval_prompts",
+        if self.max_new_tokens is None:
+            raise ValueError("--max_new_tokens must be set (decode / greedy need a token limit)")
+        for name in ("matmul_repeats", "repeats", "prompts", "group_size", "max_new_tokens", "eval_prompts",
                      "batch", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -84,8 +87,6 @@ class RooflineArguments:
             raise ValueError(f"--max_phase_s must be > 0, got {self.max_phase_s}")
         if self.threads < 0:
             raise ValueError(f"--threads must be >= 0, got {self.threads}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available")
         if not self.size_list() or any(n < 1 for n in self.size_list()):
@@ -207,13 +208,20 @@ def _prompts(n: int, seed: int) -> list[list[dict[str, str]]]:
     return [build_prompt(p["problem"], "oneshot") for p in problems[:n]]
 
 
+def _rollout_sampling() -> dict[str, Any]:
+    """castrl train's rollout sampling (temperature, top-p, top-k), read from its config's defaults."""
+    from castrl.trl import CASTTrainerConfig
+
+    return {f.name: f.default for f in fields(CASTTrainerConfig) if f.name in ("temperature", "top_p", "top_k")}
+
+
 def _decode(model, tokenizer, prompts, args: RooflineArguments, sampled: bool) -> Callable[[], int]:
     """A call that generates (castrl.evaluate's one generation function) and returns the useful tokens."""
     from castrl.evaluate import generate_completions
 
-    settings = (dict(do_sample=True, temperature=0.7, top_p=0.95, top_k=20, num_return_sequences=args.num_generations)
+    settings = (dict(do_sample=True, **_rollout_sampling(), num_return_sequences=args.group_size)
                 if sampled else dict(do_sample=False))
-    rows = len(prompts) * (args.num_generations if sampled else 1)
+    rows = len(prompts) * (args.group_size if sampled else 1)
 
     def run() -> int:
         torch.manual_seed(args.seed)  # the same rollouts in every repeat
@@ -327,7 +335,7 @@ def _jobs(args: RooflineArguments, model, tokenizer, ids: torch.Tensor) -> list[
     phases = args.phase_list()
     jobs: list[tuple[str, str, int, Callable]] = []
     if "decode" in phases:
-        jobs.append(("decode", "forward", args.prompts * args.num_generations * args.max_new_tokens,
+        jobs.append(("decode", "forward", args.prompts * args.group_size * args.max_new_tokens,
                      lambda: _decode(model, tokenizer, _prompts(args.prompts, args.seed), args, True)))
     if "greedy" in phases:
         jobs.append(("greedy", "forward", args.eval_prompts * args.max_new_tokens,
@@ -386,7 +394,6 @@ def main(argv: list[str]) -> int:
     result["command"] = command
     print(table(result))
     print(f"\nreproduce: {command}  (torch threads {torch.get_num_threads()})")
-    if args.output_dir:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        write_json(Path(args.output_dir) / "roofline.json", result, indent=2)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(args.output_dir) / "roofline.json", result, indent=2)
     return 0
