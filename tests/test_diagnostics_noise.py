@@ -16,6 +16,7 @@ from castrl.diagnostics.noise import (
     noise_floor,
     noise_warning,
     score_variant,
+    variants_for,
     teacher_noise_floor,
 )
 from castrl.diagnostics.scoring import completion_logps
@@ -127,12 +128,24 @@ def test_diagnose_reports_the_noise_floor_per_teacher(tiny):
                                 gen_batch_size=8, score_batch_size=8, mask_truncated_completions=False)
     run = run_diagnostics(settings, model=model, tokenizer=tokenizer,
                           reward_fn=lambda texts, golds: [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    expected = variants_for("cpu")
     for name in settings.teachers:
         floor = run.results["teachers"][name]["noise_floor"]
-        assert set(floor["variants"]) == set(VARIANTS)
-        assert set(floor["pooled"]) == {"fp32", "bf16", "all"}
+        assert set(floor["variants"]) == set(expected)
+        assert set(floor["pooled"]) == ({"fp32", "bf16", "all"} if "bf16" in expected else {"fp32", "all"})
         assert math.isfinite(floor["pooled"]["all"]["abs_delta_p95"])
+    assert run.results["groups"].get("noise_variants_skipped", []) == [v for v in VARIANTS if v not in expected]
     assert "noise_floor_s" in run.timings
     quiet = run_diagnostics(DiagnoseSettings(**{**settings.__dict__, "noise_floor": False}), model=model,
                             tokenizer=tokenizer, reward_fn=lambda texts, golds: [1.0, 0.0] * 4)
     assert "noise_floor" not in quiet.results["teachers"]["answer_free"]
+
+
+def test_noise_variants_flag():
+    assert DiagnoseSettings().noise_variant_list() is None
+    assert DiagnoseSettings(noise_variants="bf16, prompt_cache").noise_variant_list() == ["bf16", "prompt_cache"]
+    with pytest.raises(ValueError, match="--noise_variants must be auto or some of"):
+        DiagnoseSettings(noise_variants="fp8")
+    # bf16 where it is native only: emulated bf16 costs several fp32 passes and nobody trains in it there
+    assert set(variants_for("cpu")) >= {"batch_split", "prompt_cache", "grad_forward"}
+    assert variants_for("meta") == ("batch_split", "prompt_cache", "grad_forward")

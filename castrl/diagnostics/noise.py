@@ -9,14 +9,16 @@ the student's log-probs from the training forward (`fuse_student_pass`), a share
 changes g by rounding only; where |g| is below that rounding, the flip's direction is decided by the
 numerics, not by the teacher. `VARIANTS` re-scores the diagnosis's own tokens each of those ways:
 
-- `batch_split`: one rollout per forward pass (no padding) instead of `score_batch_size` rows;
+- `batch_split`: a quarter of `score_batch_size` rows per forward pass (other padding, other shapes);
 - `prompt_cache`: each distinct prompt run once and its KV cache reused by its rows (positions counted
   from the padded start, as TRL's passes count them; RoPE makes that offset a rounding difference);
 - `grad_forward`: the student's log-probs from a forward with autograd on, in train mode, in
   micro-batches of half the size, as the fused student pass takes them from the loss's forward (the
   teacher is not re-scored: the trainer always scores it without gradient);
-- `bf16`: both passes under bf16 autocast (log-softmax in fp32); the format's rounding, whatever
-  hardware runs it.
+- `bf16`: both passes under bf16 autocast (log-softmax in fp32), where the hardware computes bf16 natively
+  (`bf16_native`: a CUDA device that supports it, or a CPU with AVX512-BF16 / AMX). Elsewhere bf16 is
+  emulated, several times slower than fp32, so nobody trains in it there and the variant is skipped
+  (`variants_for`), unless asked for by name.
 
 `noise_floor` turns the re-scored gaps into p50 / p95 of |Δg| per variant, pooled per precision and
 over all, the share of CAST's flips whose |g| is at most that p95, and the share of tokens whose CAST
@@ -80,7 +82,8 @@ def score_variant(variant: str, model: Any, rows: Rows, completion_ids: torch.Te
     """(B, T) fp32 log-probs of `completion_ids` after `rows`, scored the `variant` way (`VARIANTS`)."""
     common = dict(temperature=temperature, pad_id=pad_id)
     if variant == "batch_split":
-        return completion_logps(model, rows, completion_ids, mask, batch_size=1, progress=False, **common)
+        return completion_logps(model, rows, completion_ids, mask, batch_size=max(1, batch_size // 4),
+                                progress=False, **common)
     if variant == "prompt_cache":
         return _cached(model, rows, completion_ids, mask, batch_size=batch_size, **common)
     if variant == "grad_forward":
@@ -91,6 +94,27 @@ def score_variant(variant: str, model: Any, rows: Rows, completion_ids: torch.Te
             return completion_logps(model, rows, completion_ids, mask, batch_size=batch_size, progress=False,
                                     **common)
     raise ValueError(f"unknown noise variant {variant!r}; known: {', '.join(VARIANTS)}")
+
+
+def bf16_native(device: str | torch.device) -> bool:
+    """Whether `device` computes bf16 matmuls natively: CUDA with bf16 support, or a CPU whose flags list
+    AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo; False where it cannot be read)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def variants_for(device: str | torch.device) -> tuple[str, ...]:
+    """The default `VARIANTS` on `device`: bf16 only where it is native (`bf16_native`)."""
+    return VARIANTS if bf16_native(device) else tuple(v for v in VARIANTS if v != "bf16")
 
 
 def _quantile(values: torch.Tensor, q: float) -> float:
@@ -178,17 +202,20 @@ def measure(
     pad_id: int,
     batch_size: int,
     teacher_scope: Callable[[str], AbstractContextManager[Any]] | None = None,
-    variants: Sequence[str] = VARIANTS,
+    variants: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """variant -> {"student": (B, T) log-probs, teacher name: (B, T) log-probs}, every pass re-scored the
     variant's way (a `STUDENT_ONLY` variant leaves the teachers out: the caller keeps their reference
     scores). `teacher_scope(name)` is a context that yields the module scoring as that teacher (None:
-    `model` itself). `timings` gets `noise_<variant>_s`."""
+    `model` itself). `variants` None: `variants_for` the model's device. `timings` gets `noise_<variant>_s`."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     kwargs = dict(temperature=temperature, pad_id=pad_id, batch_size=batch_size)
-    for variant in variants:
+    unknown = [v for v in variants or () if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown noise variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    for variant in variants_for(getattr(model, "device", "cpu")) if variants is None else variants:
         if progress:
             progress(variant)
         start = time.perf_counter()

@@ -340,10 +340,13 @@ def _add_noise_floor(settings, model, tokenizer, rollouts, scored: Scored, kept,
     variants = noise.measure(
         model, scored.student_rows, scored.teacher_rows, rollouts.completion_ids, rollouts.mask,
         temperature=settings.temperature, pad_id=tokenizer.pad_token_id, batch_size=settings.score_batch_size,
-        teacher_scope=scored.scope,
+        teacher_scope=scored.scope, variants=settings.noise_variant_list(),
         progress=(lambda v: print(f"[diagnose] noise floor: {v}", flush=True)) if settings.progress else None,
         timings=timings,
     )  # fmt: skip
+    skipped = [v for v in noise.VARIANTS if v not in variants]
+    if skipped:
+        results["groups"]["noise_variants_skipped"] = skipped
     rewards, group_ids, student, teachers, mask, config = analysed
     for name, teacher in teachers.items():
         rescored = {v: (s["student"][kept], s[name][kept] if name in s else teacher) for v, s in variants.items()}

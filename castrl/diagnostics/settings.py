@@ -24,6 +24,7 @@ from castrl.arguments import (
 from castrl.config_fields import adapted, with_fields_of
 from castrl.core import CastConfig
 from castrl.data import load_problems
+from castrl.diagnostics.noise import VARIANTS as NOISE_VARIANTS
 from castrl.teacher import TAG_PLACEMENTS, TEACHER_CONTEXTS, TeacherConfig, WeightsSpec, context_uses
 
 # The contexts a default diagnosis scores with: the paper's answer-free teacher (CAST's default, spec §3)
@@ -85,9 +86,14 @@ class DiagnoseSettings:
     )
     noise_floor: bool = field(
         default=True,
-        metadata={"help": "Re-score the same tokens in ways that should not matter (one rollout per pass, a shared "
-                  "prompt cache, the student's pass with autograd on, bf16) and report how far the gap moves and how "
-                  "many of CAST's flips lie below that (docs/diagnostics.md); false skips these passes."},
+        metadata={"help": "Re-score the same tokens in ways that should not matter (another micro-batch split, a "
+                  "shared prompt cache, the student's pass with autograd on, bf16) and report how far the gap moves and "
+                  "how many of CAST's flips lie below that (docs/diagnostics.md); false skips these passes."},
+    )
+    noise_variants: str = field(
+        default="auto",
+        metadata={"help": "Comma-separated noise-floor variants of batch_split, prompt_cache, grad_forward, bf16; "
+                  "auto: all of them, bf16 only where the device computes it natively."},
     )
     position_bins: int = field(default=10, metadata={"help": "Bins of relative position in the completion."})
 
@@ -120,6 +126,7 @@ class DiagnoseSettings:
             raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         self._check_teachers()
         self._check_model_paths()
+        self.noise_variant_list()
         self.cast_config()  # validates --flip_margin and --correct_threshold
 
     def _check_teachers(self) -> None:
@@ -167,6 +174,17 @@ class DiagnoseSettings:
             raise ValueError(
                 f"--lora_adapter {self.lora_adapter!r} is not a PEFT adapter folder (no adapter_config.json)"
             )
+
+    def noise_variant_list(self) -> list[str] | None:
+        """--noise_variants as a list (None: auto, the device decides); ValueError naming an unknown one."""
+        if self.noise_variants.strip() == "auto":
+            return None
+        names = [v.strip() for v in self.noise_variants.split(",") if v.strip()]
+        unknown = [v for v in names if v not in NOISE_VARIANTS]
+        if not names or unknown:
+            raise ValueError(f"--noise_variants must be auto or some of {', '.join(NOISE_VARIANTS)}, got "
+                             f"{self.noise_variants!r}")
+        return names
 
     def cast_config(self) -> CastConfig:
         """The CastConfig whose flip rule, correctness threshold and gap control the report applies
