@@ -184,7 +184,7 @@ def characterise(settings: ControlSettings, student_dir: Path, name: str, teache
     diag = DiagnoseSettings(
         model=str(student_dir), teachers=["student"], teacher_model=str(teacher_dir or student_dir),
         n_prompts=len(problems), group_size=spec.group_size, max_new_tokens=settings.max_completion_length,
-        temperature=spec.temperature, threads=0, seed=spec.seed, out=str(Path(scratch_dir) / TIER_NAME / "diagnose"),
+        temperature=spec.temperature, threads=0, seed=spec.seed, output_dir=str(Path(scratch_dir) / TIER_NAME / "diagnose"),
         progress=False,
     )  # fmt: skip
     with Verifier(use_pool=False) as verifier:

@@ -100,7 +100,7 @@ def run_placement(cell: Cell, threads: int, progress: bool) -> dict[str, Any]:
 
     spec = cell.config["placement"]
     settings = DiagnoseSettings(
-        model=cell.config["model"], teachers=list(spec["teachers"]), style=cell.config["prompt_style"],
+        model=cell.config["model"], teachers=list(spec["teachers"]), prompt_style=cell.config["prompt_style"],
         group_size=spec["group_size"], n_prompts=spec["n_prompts"], max_new_tokens=spec["max_new_tokens"],
         temperature=spec["temperature"], seed=spec["seed"], score_batch_size=spec["score_batch_size"],
         threads=threads, progress=progress, noise_floor=True,

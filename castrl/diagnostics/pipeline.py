@@ -72,10 +72,10 @@ class DiagnosticsRun:
 def load_model(settings: DiagnoseSettings) -> tuple[Any, Any]:
     """Model (with `--adapter` on it, in eval mode) and tokenizer; ValueError naming --model if it cannot load."""
     model, tokenizer = load_checked(settings.model, dtype=settings.dtype, cache_dir=settings.cache_dir)
-    if settings.adapter:
+    if settings.lora_adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, settings.adapter)
+        model = PeftModel.from_pretrained(model, settings.lora_adapter)
     return model.eval(), tokenizer
 
 
@@ -248,7 +248,7 @@ def run_diagnostics(
     """Sample, verify, score and analyse. `model`/`tokenizer` skip loading, `problems` skips
     `select_problems`, `reward_fn(texts, golds)` replaces the math-verify verifier (tests), and
     `student_prompts` (one per problem: chat messages, or plain strings for a model without a chat
-    template, e.g. the bench's from-scratch model) replace `build_prompt(problem, settings.style)`."""
+    template, e.g. the bench's from-scratch model) replace `build_prompt(problem, settings.prompt_style)`."""
     timings: dict[str, float] = {}
     problems = select_problems(settings) if problems is None else problems
     if settings.threads:
@@ -258,7 +258,7 @@ def run_diagnostics(
         model, tokenizer = load_model(settings)
     timings["load_s"] = time.perf_counter() - start
     if student_prompts is None:
-        student_prompts = [build_prompt(p["problem"], settings.style) for p in problems]
+        student_prompts = [build_prompt(p["problem"], settings.prompt_style) for p in problems]
     elif len(student_prompts) != len(problems):
         raise ValueError(f"student_prompts has {len(student_prompts)} prompts for {len(problems)} problems")
     student_ids = chat_prompt_ids(tokenizer, student_prompts)
