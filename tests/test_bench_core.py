@@ -80,7 +80,7 @@ def test_bench_flags_are_underscores_with_hyphen_aliases():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["nope"], "unknown suite 'nope'; expected one of core, steptime, smollm2, control, tiny, report"),
+        (["nope"], "unknown suite 'nope'; expected one of core, steptime, roofline, smollm2, control, tiny, placement, report"),
         (["core", "--repeats", "0"], "--repeats must be >= 1, got 0"),
         (["core", "--bogus", "1"], "--bogus"),
         (["tiny", "--list", "--methods", "grpo,bogus"], "unknown estimator 'bogus'"),
@@ -107,7 +107,7 @@ def test_python_m_castrl_bench_reports_a_mistake_in_one_line():
     result = subprocess.run([sys.executable, "-m", "castrl.bench", "nope"], capture_output=True, text=True,
                             timeout=300, env=env)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        "castrl bench: error: unknown suite 'nope'; expected one of core, steptime, smollm2, control, tiny, report"]
+        "castrl bench: error: unknown suite 'nope'; expected one of core, steptime, roofline, smollm2, control, tiny, placement, report"]
     result = subprocess.run([sys.executable, "-m", "castrl.bench", "nope", "--debug"], capture_output=True,
                             text=True, timeout=300, env=env)
     assert result.returncode == 1 and "Traceback" in result.stderr and "UserInputError" in result.stderr
