@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from castrl.commands import COMMANDS, UserInputError
+from castrl.command_line import UserInputError
+from castrl.commands import COMMANDS
 
 
 def usage() -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from castrl.bench.harness import TIERS
-from castrl.commands import user_input
+from castrl.command_line import user_input
 
 SUITES = ("core", "steptime", "roofline", *TIERS, "placement", "report")
 

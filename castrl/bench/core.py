@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from castrl.arguments import RuntimeArguments, SamplingArguments
-from castrl.commands import parse_dataclasses, user_input
+from castrl.command_line import parse_dataclasses, user_input
 from castrl.config_fields import adapted, with_fields_of
 from castrl.core import CastConfig, cast_advantages, compute_advantages
 from castrl.formatting import num, write_json

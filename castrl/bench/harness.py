@@ -30,7 +30,7 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from castrl.bench.methods import Teacher, method_overrides, parse_methods
-from castrl.commands import parse_dataclasses, user_input
+from castrl.command_line import parse_dataclasses, user_input
 from castrl.formatting import jsonable
 
 # Bump when the meaning of a cached result changes (what is measured, how), so old cells are not reused.

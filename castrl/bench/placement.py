@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from castrl.bench.harness import DEFAULT_CACHE_DIR, Cell, load_cell, save_cell
-from castrl.commands import parse_dataclasses, user_input
+from castrl.command_line import parse_dataclasses, user_input
 from castrl.data import STYLES
 from castrl.teacher import TAG_PLACEMENTS
 

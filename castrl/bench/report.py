@@ -23,7 +23,7 @@ from castrl.bench.report_final import final_measure, final_sections
 from castrl.bench.report_placement import placement_sections
 from castrl.bench.report_tiers import tier_view
 from castrl.bench.stats import Interval, fmt_ci, mean_ci
-from castrl.commands import parse_dataclasses, user_input
+from castrl.command_line import parse_dataclasses, user_input
 from castrl.formatting import num
 
 # Written above the tables when some section shows cells of spec v1's rule (cells without `rule_version`).

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from castrl.arguments import ModelArguments, OutputArguments, RuntimeArguments, SamplingArguments
-from castrl.commands import parse_dataclasses, user_input
+from castrl.command_line import parse_dataclasses, user_input
 from castrl.config_fields import adapted, with_fields_of
 from castrl.formatting import num, write_json
 

@@ -21,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from castrl.bench.roofline import FORMULA, matmul_params, measure_roofs, phase_row
-from castrl.commands import dataclass_parser, user_input
+from castrl.command_line import dataclass_parser, user_input
 from castrl.core import get_estimator
 from castrl.formatting import num, write_json
 

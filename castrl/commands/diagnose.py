@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from castrl.commands import dataclass_parser, parse_dataclasses, user_input
+from castrl.command_line import dataclass_parser, parse_dataclasses, user_input
 from castrl.diagnostics.analysis import PAPER_TABLE9
 from castrl.diagnostics.pipeline import load_model, run_diagnostics
 from castrl.diagnostics.report import verdict_lines, write_report

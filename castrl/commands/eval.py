@@ -33,7 +33,7 @@ from castrl.arguments import (
     check_prompt_style,
     renamed_init,
 )
-from castrl.commands import dataclass_parser, parse_dataclasses, user_input
+from castrl.command_line import dataclass_parser, parse_dataclasses, user_input
 from castrl.commands.eval_report import render_markdown, write_report
 from castrl.config_fields import adapted, with_fields_of
 from castrl.data import build_prompt, load_problems

@@ -25,7 +25,7 @@ from castrl.arguments import (
     VerifierArguments,
     check_prompt_style,
 )
-from castrl.commands import parse_dataclasses, user_input
+from castrl.command_line import parse_dataclasses, user_input
 from castrl.config_fields import adapted, with_fields_of
 from castrl.data import build_prompt, load_problems, to_trl_dataset
 from castrl.evaluate import heldout_accuracy
