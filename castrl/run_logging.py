@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from castrl.formatting import dumps
+from castrl.reporting.figures import pyplot, save
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -42,10 +43,7 @@ class MetricsJsonl(TrainerCallback):
 
 def plot_run(output_dir: str, path: str | None = None) -> str | None:
     """PNG of reward, held-out accuracy, group-type fractions and flip fractions over steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = read_metrics(output_dir)
     if not records:
@@ -70,8 +68,7 @@ def plot_run(output_dir: str, path: str | None = None) -> str | None:
             ax.legend(fontsize=7)
     fig.tight_layout()
     path = path or os.path.join(output_dir, "training.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 

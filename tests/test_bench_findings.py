@@ -8,7 +8,9 @@ import math
 
 import pytest
 
-from castrl.bench.findings import (
+from castrl.bench.report import accuracy_tables, headline, reach_table, verdict
+from castrl.bench.report_cells import TierView, steps_to_reach
+from castrl.reporting.findings import (
     ACCURACY,
     BETTER,
     FEW_SEEDS,
@@ -19,9 +21,7 @@ from castrl.bench.findings import (
     compare,
     did_not_train,
 )
-from castrl.bench.report import accuracy_tables, headline, reach_table, verdict
-from castrl.bench.report_cells import TierView, steps_to_reach
-from castrl.bench.stats import Interval, fmt_ci, mean_ci
+from castrl.reporting.stats import Interval, fmt_ci, mean_ci
 
 
 def _cell(method: str, seed: int, curve: dict[int, float], trained: bool = True) -> dict:

@@ -15,8 +15,8 @@ from castrl.bench.harness import Cell, make_cells, read_cell, run_grid, trainer_
 from castrl.bench.methods import Teacher, method_overrides, parse_methods
 from castrl.bench.report import accuracy_tables, headline, reach_table, timing_table, verdict
 from castrl.bench.report_cells import TierView, steps_to_reach
-from castrl.bench.stats import Interval, fmt_ci, mean_ci, paired_diff, t_cdf, t_quantile
 from castrl.core import ADVANTAGE_ESTIMATORS, get_estimator
+from castrl.reporting.stats import Interval, fmt_ci, mean_ci, paired_diff, t_cdf, t_quantile
 
 # A tier whose model reads its own prompt for the answer-free context and a template for the reference
 TEACHERS = {"answer_free": Teacher("student", "ema"), "with_reference": Teacher("Q: {problem} ({answer})")}

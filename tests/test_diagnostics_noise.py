@@ -16,8 +16,8 @@ from castrl.diagnostics.noise import (
     noise_floor,
     noise_warning,
     score_variant,
-    variants_for,
     teacher_noise_floor,
+    variants_for,
 )
 from castrl.diagnostics.scoring import completion_logps
 from castrl.testing import build_char_tokenizer, build_tiny_model

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from castrl.bench.findings import compare
 from castrl.bench.harness import Cell
 from castrl.bench.report_cells import TierView, step_mean
-from castrl.bench.stats import mean_ci
 from castrl.formatting import num
+from castrl.reporting.findings import compare
+from castrl.reporting.stats import mean_ci
 
 DIAGNOSE_METHOD = "diagnose"
 

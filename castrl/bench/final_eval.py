@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from castrl.bench.harness import Cell, bench_device
-from castrl.bench.stats import Interval, mean_ci
+from castrl.reporting.stats import Interval, mean_ci
 
 # The method name of the untrained model's evaluation cell (not an estimator: it trains nothing).
 BASE_METHOD = "base"

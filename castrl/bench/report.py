@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from castrl.bench.diagnosis import diagnosis_sections
-from castrl.bench.findings import ACCURACY, RULE, compare, paired, trained
 from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier, tier_descriptions
 from castrl.bench.report_cells import TierView, acc_at, cell_device, final_step, step_mean, steps_to_reach
 from castrl.bench.report_figures import write_figures
 from castrl.bench.report_final import final_measure, final_sections
 from castrl.bench.report_placement import placement_sections
 from castrl.bench.report_tiers import tier_view
-from castrl.bench.stats import Interval, fmt_ci, mean_ci
 from castrl.command_line import parse_dataclasses, user_input
 from castrl.formatting import num
+from castrl.reporting.findings import ACCURACY, RULE, compare, paired, trained
+from castrl.reporting.markdown import table
+from castrl.reporting.stats import Interval, fmt_ci, mean_ci
 
 # Written above the tables when some section shows cells of spec v1's rule (cells without `rule_version`).
 V1_BANNER = (
@@ -50,11 +51,6 @@ TIME_PARTS = ("rollout_s", "student_s", "teacher_s", "advantage_s", "train_s", "
 # --- tables -------------------------------------------------------------------------------------------
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def budgets(view: TierView) -> list[int]:
     """Evaluated steps common to the baseline's cells (or to all cells when there is no baseline)."""
     recs = [r for m in view.cells.values() for r in m.values()]
@@ -78,10 +74,10 @@ def accuracy_tables(view: TierView) -> list[str]:
                      for k in steps[1:]]
             diffs.append([m] + cells)
     out = ["### Held-out greedy accuracy (mean ± 95% CI over seeds)", ""]
-    out += _table(["method", "seeds"] + [f"step {k}" for k in steps], rows)
+    out += table(["method", "seeds"] + [f"step {k}" for k in steps], rows)
     if diffs:
         out += ["", f"### Paired difference vs {baseline} (method − {baseline}, mean [95% CI] over seeds)", ""]
-        out += _table(["method"] + [f"step {k}" for k in steps[1:]], diffs)
+        out += table(["method"] + [f"step {k}" for k in steps[1:]], diffs)
     return out
 
 
@@ -98,7 +94,7 @@ def level_table(view: TierView) -> list[str]:
         rows.append([m] + [fmt_ci(mean_ci([p[lvl] for p in per_level if lvl in p]), bounds=ACCURACY)
                            for lvl in levels])
     head = [f"### Held-out accuracy per level at step {final} (mean ± 95% CI over seeds)", ""]
-    return head + _table(["method"] + levels, rows)
+    return head + table(["method"] + levels, rows)
 
 
 def baseline_target(view: TierView) -> float | None:
@@ -158,7 +154,7 @@ def reach_table(view: TierView) -> list[str]:
                     f"above the start ({num(start_accuracy(view))}). A seed reaches it at its first evaluation after "
                     "step 0 at or above the target (evaluations are spaced, so a step count is an upper bound); the "
                     "mean is over the seeds that reach it.", ""]
-    return head + _table(["method", "steps (mean)", "seeds reached", f"÷ {baseline} budget"], rows)
+    return head + table(["method", "steps (mean)", "seeds reached", f"÷ {baseline} budget"], rows)
 
 
 def signal_table(view: TierView) -> list[str]:
@@ -172,7 +168,7 @@ def signal_table(view: TierView) -> list[str]:
             "are fractions of prompt groups; flips are fractions of the valid completion tokens of correct / wrong "
             "rollouts that CAST flipped; truncated is the share of completions that hit the length limit (masked "
             "from the loss when the cell's trainer masks truncated completions).", ""]
-    return head + _table(["method"] + [name for name, _ in SIGNAL_KEYS], rows)
+    return head + table(["method"] + [name for name, _ in SIGNAL_KEYS], rows)
 
 
 def _same_invocation_ratio(rec: dict, base: dict | None) -> float | None:
@@ -213,7 +209,7 @@ def timing_table(view: TierView) -> tuple[list[str], dict[str, Interval]]:
             "invocation (same machine load) and averages the step-time ratios. Wall = whole cell, evals included."
             + (" One row per method and device." if len(devices) > 1 else ""), ""]
     header = ["method", "rollout", "student", "teacher", "advantage", "train", "total", f"÷ {baseline}", "wall s"]
-    return head + _table(header, rows), ratios
+    return head + table(header, rows), ratios
 
 
 def headline(view: TierView, ratios: dict[str, Interval]) -> list[str]:
@@ -234,7 +230,7 @@ def headline(view: TierView, ratios: dict[str, Interval]) -> list[str]:
          fmt_ci(ratio, digits=2) if ratio.n else "no cell pair of one invocation; a controlled pair: "
          "`castrl bench steptime` ([steptime.md](steptime.md))"],
     ]
-    return _table(["measure", "target", "measured"], rows)
+    return table(["measure", "target", "measured"], rows)
 
 
 def _steps_text(view: TierView) -> str:

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from castrl.bench.findings import ACCURACY_DIFF, BETTER, Comparison, trained
 from castrl.bench.report_cells import TierView, acc_at, final_step
-from castrl.bench.stats import Interval, paired_diff
 from castrl.diagnostics.verdict import has_signal, stored_tie_share, stored_zero_gap_share, verdict_of
 from castrl.formatting import num
+from castrl.reporting.figures import pyplot, save
+from castrl.reporting.findings import ACCURACY_DIFF, BETTER, Comparison, trained
+from castrl.reporting.stats import Interval, paired_diff
 
 SELF_TEACHER = "self"  # the self-teacher's name (a cell without a teacher_model knob)
 
@@ -278,10 +279,7 @@ def plot_gain_vs_auc(view: TierView, curves: dict[str, tuple[str, dict[str, list
     against teacher AUC, one line per method."""
     if not any(math.isfinite(auc) for _, points in curves.values() for series in points.values() for _, auc, _ in series):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     folder.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(curves), figsize=(6.5 * len(curves), 4.6), squeeze=False)
@@ -303,6 +301,5 @@ def plot_gain_vs_auc(view: TierView, curves: dict[str, tuple[str, dict[str, list
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = folder / f"{view.tier}_gain_vs_auc.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path

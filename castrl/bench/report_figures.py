@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from castrl.bench.report_cells import TierView, acc_at
-from castrl.bench.stats import mean_ci
+from castrl.reporting.figures import pyplot, save
+from castrl.reporting.stats import mean_ci
 
 
 def _curve(points_per_seed: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -80,10 +81,7 @@ def _panels(view: TierView) -> list[tuple[str, list[str]]]:
 
 def write_figures(view: TierView, folder: Path, md_dir: Path) -> dict[str, str]:
     """Write `<tier>_heldout.png` and `<tier>_signal.png`; returns {caption: path relative to md_dir}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, str] = {}
@@ -95,8 +93,7 @@ def write_figures(view: TierView, folder: Path, md_dir: Path) -> dict[str, str]:
     axes[0].set_ylabel("held-out greedy accuracy (mean; band: 95% CI over seeds)")
     fig.tight_layout()
     path = folder / f"{view.tier}_heldout.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     out[f"{view.tier} held-out accuracy"] = os.path.relpath(path, md_dir)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -108,7 +105,6 @@ def write_figures(view: TierView, folder: Path, md_dir: Path) -> dict[str, str]:
     axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = folder / f"{view.tier}_signal.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     out[f"{view.tier} training signal"] = os.path.relpath(path, md_dir)
     return out

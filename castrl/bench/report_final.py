@@ -14,20 +14,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from castrl.bench.final_eval import per_problem_avg
-from castrl.bench.findings import ACCURACY, ACCURACY_DIFF, BETTER, Comparison, compare, trained
 from castrl.bench.report_cells import TierView, cell_device
-from castrl.bench.stats import Interval, fmt_ci, mean_ci
 from castrl.formatting import num
+from castrl.reporting.findings import ACCURACY, ACCURACY_DIFF, BETTER, Comparison, compare, trained
+from castrl.reporting.markdown import table
+from castrl.reporting.stats import Interval, fmt_ci, mean_ci
 
 # (column, key of castrl eval's summary)
 FINAL_KEYS = (("Avg@{k}", "avg_at_k"), ("Pass@{k}", "pass_at_k"), ("maj@{k}", "maj_at_k"), ("greedy", "greedy_accuracy"))
 # Settings a tuning run may change relative to the tier's.
 TUNED_FIELDS = ("learning_rate", "steps")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def summary_value(rec: dict[str, Any], key: str) -> float:
@@ -80,7 +76,7 @@ def final_table(view: TierView) -> list[str]:
             "Sampled at spec §7 (temperature 0.7, top-p 0.8, top-k 20); Pass@k is the unbiased estimator; greedy is "
             "one greedy completion per problem; unscorable answers count as wrong. `at limit`: share of samples "
             "that used the whole generation budget.", ""]
-    return head + _table(header, rows)
+    return head + table(header, rows)
 
 
 def final_diff_table(view: TierView) -> list[str]:
@@ -97,7 +93,7 @@ def final_diff_table(view: TierView) -> list[str]:
     k = _k(view)
     head = [f"### Final evaluation: paired difference vs {view.baseline} (method − {view.baseline}, mean [95% CI] "
             "over seeds)", ""]
-    return head + _table(["method"] + [name.format(k=k) for name, _ in FINAL_KEYS], rows)
+    return head + table(["method"] + [name.format(k=k) for name, _ in FINAL_KEYS], rows)
 
 
 def budget_table(view: TierView) -> list[str]:
@@ -117,7 +113,7 @@ def budget_table(view: TierView) -> list[str]:
                            for b in budgets])
     head = [f"### Token-budget sweep: Avg@{_k(view)} with completions cut at each budget (mean ± 95% CI over seeds)",
             ""]
-    return head + _table(["method"] + [f"≤ {b}" for b in budgets], rows)
+    return head + table(["method"] + [f"≤ {b}" for b in budgets], rows)
 
 
 def tuning_table(view: TierView) -> list[str]:
@@ -142,7 +138,7 @@ def tuning_table(view: TierView) -> list[str]:
             "--learning_rate LR --steps N`.", ""]
     header = ["lr", "steps", "seed", f"Avg@{k}", "Δ vs base [95% CI]", "CI > 0", f"Pass@{k}", "greedy", "wall min",
               "device, threads"]
-    return head + _table(header, rows)
+    return head + table(header, rows)
 
 
 def _k(view: TierView) -> int:

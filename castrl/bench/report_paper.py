@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from castrl.bench.findings import ACCURACY, ACCURACY_DIFF, BETTER, LEVEL, WORSE, Comparison, compare
 from castrl.bench.report_cells import TierView, cell_device, step_mean
 from castrl.bench.report_final import summary_value
-from castrl.bench.stats import Interval, fmt_ci, mean_ci
 from castrl.formatting import num
+from castrl.reporting.findings import ACCURACY, ACCURACY_DIFF, BETTER, LEVEL, WORSE, Comparison, compare
+from castrl.reporting.stats import Interval, fmt_ci, mean_ci
 
 
 @dataclass(frozen=True)

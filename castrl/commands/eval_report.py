@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from castrl.formatting import num, write_json
+from castrl.reporting.figures import pyplot, save
+from castrl.reporting.markdown import table
 
 JSON_FILE, MD_FILE, PNG_FILE = "eval.json", "eval.md", "eval_budgets.png"
 
@@ -30,18 +32,10 @@ def _model_label(entry: dict[str, Any]) -> str:
 
 
 def _comparison(report: dict[str, Any], k: int) -> list[str]:
-    lines = [
-        f"| model | avg@{k} | pass@{k} | maj@{k} | greedy | boxed | tokens | unscorable |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for entry in report["models"]:
-        s = entry["summary"]
-        lines.append(
-            f"| {_model_label(entry)} | {num(s['avg_at_k'])} | {num(s['pass_at_k'])} | {num(s['maj_at_k'])} | "
-            f"{num(s['greedy_accuracy'])} | {num(s['boxed_rate'])} | {num(s['mean_tokens'], 1)} | "
-            f"{s['n_unscorable']} |"
-        )
-    return lines
+    rows = [[_model_label(entry), num(s["avg_at_k"]), num(s["pass_at_k"]), num(s["maj_at_k"]),
+             num(s["greedy_accuracy"]), num(s["boxed_rate"]), num(s["mean_tokens"], 1), str(s["n_unscorable"])]
+            for entry in report["models"] for s in [entry["summary"]]]
+    return table(["model", f"avg@{k}", f"pass@{k}", f"maj@{k}", "greedy", "boxed", "tokens", "unscorable"], rows)
 
 
 def _model_section(entry: dict[str, Any], a: dict[str, Any]) -> list[str]:
@@ -52,35 +46,27 @@ def _model_section(entry: dict[str, Any], a: dict[str, Any]) -> list[str]:
         f"{entry['device']}, {sec['total'] - sec['load']:.0f} s + {sec['load']:.0f} s model load · "
         f"{s['n_unscorable']} of {s['n_problems']} problems have answers the verifier cannot score (counted wrong)",
         "",
-        "| metric | value |",
-        "|---|---|",
-        f"| avg@{k} | {num(s['avg_at_k'])} |",
-        f"| pass@{k} (unbiased, n = {a['n']}) | {num(s['pass_at_k'])} |",
-        f"| maj@{k} | {num(s['maj_at_k'])} |",
-        f"| greedy accuracy | {num(s['greedy_accuracy'])} |",
-        f"| boxed rate (samples / greedy) | {num(s['boxed_rate'])} / {num(s['greedy_boxed_rate'])} |",
-        f"| answer extracted (samples) | {num(s['answered_rate'])} |",
-        f"| mean completion tokens (samples / greedy) | {num(s['mean_tokens'], 1)} / "
-        f"{num(s['greedy_mean_tokens'], 1)} |",
+        *table(["metric", "value"], [
+            [f"avg@{k}", num(s["avg_at_k"])],
+            [f"pass@{k} (unbiased, n = {a['n']})", num(s["pass_at_k"])],
+            [f"maj@{k}", num(s["maj_at_k"])],
+            ["greedy accuracy", num(s["greedy_accuracy"])],
+            ["boxed rate (samples / greedy)", f"{num(s['boxed_rate'])} / {num(s['greedy_boxed_rate'])}"],
+            ["answer extracted (samples)", num(s["answered_rate"])],
+            ["mean completion tokens (samples / greedy)",
+             f"{num(s['mean_tokens'], 1)} / {num(s['greedy_mean_tokens'], 1)}"],
+        ]),
     ]
     if entry["per_level"]:
-        lines += ["", f"| level | problems | avg@{k} | pass@{k} | maj@{k} | greedy | boxed | tokens |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for level, m in entry["per_level"].items():
-            lines.append(
-                f"| {level} | {m['n_problems']} | {num(m['avg_at_k'])} | {num(m['pass_at_k'])} | "
-                f"{num(m['maj_at_k'])} | {num(m['greedy_accuracy'])} | {num(m['boxed_rate'])} | "
-                f"{num(m['mean_tokens'], 1)} |"
-            )
+        lines += ["", *table(["level", "problems", f"avg@{k}", f"pass@{k}", f"maj@{k}", "greedy", "boxed", "tokens"], [
+            [level, str(m["n_problems"]), num(m["avg_at_k"]), num(m["pass_at_k"]), num(m["maj_at_k"]),
+             num(m["greedy_accuracy"]), num(m["boxed_rate"]), num(m["mean_tokens"], 1)]
+            for level, m in entry["per_level"].items()])]
     if entry["budgets"]:
         lines += ["", "Token budgets (the same samples cut at each budget; spec §7, paper Table 14):", "",
-                  f"| budget | avg@{k} | pass@{k} | maj@{k} | answer extracted | mean tokens |",
-                  "|---|---|---|---|---|---|"]
-        for b in entry["budgets"]:
-            lines.append(
-                f"| {b['budget']} | {num(b['avg_at_k'])} | {num(b['pass_at_k'])} | {num(b['maj_at_k'])} | "
-                f"{num(b['answered_rate'])} | {num(b['mean_tokens'], 1)} |"
-            )
+                  *table(["budget", f"avg@{k}", f"pass@{k}", f"maj@{k}", "answer extracted", "mean tokens"], [
+                      [str(b["budget"]), num(b["avg_at_k"]), num(b["pass_at_k"]), num(b["maj_at_k"]),
+                       num(b["answered_rate"]), num(b["mean_tokens"], 1)] for b in entry["budgets"]])]
     return lines
 
 
@@ -102,10 +88,7 @@ def plot_budgets(report: dict[str, Any], path: str | os.PathLike[str]) -> str | 
     entries = [e for e in report["models"] if e["budgets"]]
     if not entries:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     k = report["args"]["k"]
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
@@ -124,8 +107,7 @@ def plot_budgets(report: dict[str, Any], path: str | os.PathLike[str]) -> str | 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return str(path)
 
 

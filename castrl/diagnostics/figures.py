@@ -7,17 +7,10 @@ import math
 import os
 from typing import Any
 
+from castrl.reporting.figures import pyplot, save
+
 POS_COLOR, NEG_COLOR = "#2a9d55", "#c8412c"
 CLASS_COLOR = {"correct": "#1f6fb4", "wrong": "#e08a1e"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_histograms(name: str, teacher: dict[str, Any], path: str) -> str:
@@ -26,7 +19,7 @@ def plot_histograms(name: str, teacher: dict[str, Any], path: str) -> str:
     flip_margin m moves it to -m in correct rollouts and +m in wrong ones), with the flipped share.
 
     Rollout class stands for B's sign here (B > 0 exactly on correct rollouts unless mixed_only)."""
-    plt = _pyplot()
+    plt = pyplot()
     hist, quads, flips = teacher["histogram"], teacher["quadrants"], teacher["flips"]
     margin = flips["margin"]
     edges = hist["edges"]
@@ -63,15 +56,14 @@ def plot_histograms(name: str, teacher: dict[str, Any], path: str) -> str:
     axes[0].set_ylabel("tokens")
     fig.suptitle(f"teacher '{name}'", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
 def plot_position(teachers: dict[str, dict[str, Any]], path: str) -> str:
     """Per teacher (columns): mean gap +- standard error by relative position (top) and the share of
     teacher-positive tokens (bottom), for correct and wrong rollouts."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(teachers), figsize=(4.6 * len(teachers), 6.0), squeeze=False, sharex=True)
     for col, (name, teacher) in enumerate(teachers.items()):
         prof = teacher["position"]
@@ -102,8 +94,7 @@ def plot_position(teachers: dict[str, dict[str, Any]], path: str) -> str:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from castrl.reporting import markdown
+
 from .verdict import AUC_BAND, MIN_VERDICT_PAIRS, TIE_CAVEAT, control_summary
 
 
@@ -40,20 +42,11 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
     return [f"{name}: {teacher['verdict']}" for name, teacher in results["teachers"].items()]
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "\\n")
-
-
 def render_markdown(payload: dict[str, Any], tables: list[Table], figures: dict[str, str]) -> str:
     lines = ["# castrl diagnose: teacher-signal report", "", "```", payload["command"], "```", ""]
     for table in tables:
-        lines += [
-            f"## {table.title}",
-            "",
-            "| " + " | ".join(table.header) + " |",
-            "|" + "---|" * len(table.header),
-        ]
-        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+        lines += [f"## {table.title}", "", *markdown.table(table.header, [[markdown.cell(c) for c in row]
+                                                                         for row in table.rows])]
         lines += (["", table.note] if table.note else []) + [""]
     lines += ["## Figures", ""] + [f"![{cap}]({os.path.basename(p)})" for cap, p in figures.items()] + [""]
     lines += ["## Verdict", "", VERDICT_NOTE, ""] + [

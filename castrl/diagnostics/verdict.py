@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from castrl.bench.findings import ACCURACY_DIFF, BETTER, WORSE, Comparison
-from castrl.bench.stats import Interval
+from castrl.reporting.findings import ACCURACY_DIFF, BETTER, WORSE, Comparison
+from castrl.reporting.stats import Interval
 
 # A within-group gap AUC in [0.5 - AUC_BAND, 0.5 + AUC_BAND] counts as "no separation".
 AUC_BAND = 0.05

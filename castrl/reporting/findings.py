@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from castrl.bench.stats import Interval, ci_text, fmt_ci, paired_diff
+from castrl.reporting.stats import Interval, ci_text, fmt_ci, paired_diff
 
 MIN_SEEDS = 3
 ZERO_WIDTH = 5e-4  # a half-width below this prints as [x, x] at the report's 3 decimals
@@ -118,7 +118,7 @@ class Comparison:
 
 def _steps(rec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     steps = rec.get("steps") or []
-    if isinstance(steps, Mapping):  # stored by column (harness.pack_steps)
+    if isinstance(steps, Mapping):  # stored by column (castrl.bench.harness.pack_steps)
         columns = steps.get("columns", {})
         n = len(next(iter(columns.values()), []))
         return [{k: v[i] for k, v in columns.items() if v[i] is not None} for i in range(n)]
