@@ -7,7 +7,8 @@ shares only the verifier with the training reward path. The metrics are pure fun
 correctness and answers: `pass_at_k` (Chen et al. 2021, unbiased), `majority_vote`/`maj_at_k`,
 `aggregate`. Completion length counts generated tokens up to and including the first EOS, as TRL's
 `completions/mean_length` does; `cut_at_budget` re-reads a completion as if generation had stopped
-after b tokens (the token-budget sweep of spec §7, paper Table 14).
+after b tokens (the token-budget sweep of spec §7, paper Table 14). Generation itself is
+`castrl.rollouts.generate` (`generate_completions`, `Completion` and `Prompt` stay importable from here).
 """
 
 from __future__ import annotations
@@ -15,27 +16,31 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple
-
-import torch
-from tqdm.auto import tqdm
+from typing import Any
 
 from castrl.rewards import Verifier
+from castrl.rollouts.generate import Completion, generate_completions
+from castrl.rollouts.render import Prompt
 
 _BOXED = re.compile(r"\\boxed\{\s*[^{}\s]")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
-# A prompt: chat messages (rendered with the tokenizer's chat template) or an already rendered string.
-Prompt = list[dict[str, str]] | str
-
-
-class Completion(NamedTuple):
-    """One generated completion: decoded text, its length in tokens (EOS included) and those token ids."""
-
-    text: str
-    tokens: int
-    ids: tuple[int, ...] = ()
+__all__ = [
+    "Completion",
+    "Prompt",
+    "aggregate",
+    "counted_correct",
+    "cut_at_budget",
+    "generate_completions",
+    "heldout_accuracy",
+    "is_boxed",
+    "maj_at_k",
+    "majority_vote",
+    "pass_at_k",
+    "problem_metrics",
+    "vote_key",
+]
 
 
 def is_boxed(text: str) -> bool:
@@ -184,108 +189,7 @@ def aggregate(rows: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
     }
 
 
-# --- generation -----------------------------------------------------------------------------------
-
-
-def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Token ids that end a completion: the generation config's EOS id(s), the tokenizer's EOS and pad."""
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
-    ids |= {tokenizer.eos_token_id, tokenizer.pad_token_id}
-    return sorted(i for i in ids if i is not None)
-
-
-def _chunks(n_prompts: int, samples: int, batch_size: int) -> list[tuple[int, int, int]]:
-    """Generate calls as (first prompt, prompt count, sequences per prompt), each <= batch_size sequences.
-
-    Whole prompts are packed while `samples` fits in a batch; otherwise one prompt's samples are split
-    over several calls of at most `batch_size` sequences.
-    """
-    if samples <= batch_size:
-        per_call = batch_size // samples
-        return [(s, min(per_call, n_prompts - s), samples) for s in range(0, n_prompts, per_call)]
-    calls = []
-    for p in range(n_prompts):
-        calls += [(p, 1, min(batch_size, samples - done)) for done in range(0, samples, batch_size)]
-    return calls
-
-
-def _render(tokenizer: Any, prompt: Prompt) -> str:
-    """A chat prompt through the tokenizer's chat template; a string prompt as it is (already rendered)."""
-    if isinstance(prompt, str):
-        return prompt
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-
-def _generate_batch(
-    model: Any, tokenizer: Any, chunk: Sequence[Prompt], stops: torch.Tensor, **kwargs: Any
-) -> list[Completion]:
-    """One generate call on `chunk`; rows come back prompt-major (prompt 0's samples first).
-
-    A completion ends at its first stop token (kept in the count and the ids, dropped from the text);
-    after it, generate only pads. Prompt tokens get no special tokens added: the rendered text holds them.
-    """
-    texts = [_render(tokenizer, p) for p in chunk]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    ids = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **kwargs)
-    new = ids[:, enc["input_ids"].shape[1] :].cpu()  # (rows, T_new): generated tokens only
-    is_stop = torch.isin(new, stops)
-    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, new.shape[1]).tolist()
-    rows = [tuple(row[:n].tolist()) for row, n in zip(new, lengths, strict=True)]
-    decoded = tokenizer.batch_decode([list(r) for r in rows], skip_special_tokens=True)
-    return [Completion(text, n, row) for text, n, row in zip(decoded, lengths, rows, strict=True)]
-
-
-@torch.no_grad()
-def generate_completions(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Prompt],
-    *,
-    max_new_tokens: int = 128,
-    batch_size: int = 16,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    num_return_sequences: int = 1,
-    desc: str = "generate",
-    progress: bool = True,
-) -> list[list[Completion]]:
-    """`num_return_sequences` completions per prompt, at most `batch_size` sequences per generate call.
-
-    A prompt is a chat (list of messages, rendered with the tokenizer's chat template) or a string
-    used as it is. Greedy unless `do_sample`; sampling uses `temperature`, `top_p` and `top_k` (0 =
-    off; the defaults are plain ancestral sampling) from torch's global RNG, so `torch.manual_seed`
-    beforehand makes it reproducible for a fixed batch layout.
-    """
-    was_training = model.training
-    model.eval()
-    tokenizer.padding_side = "left"
-    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
-    stops = torch.tensor(_stop_ids(model, tokenizer))
-    out: list[list[Completion]] = [[] for _ in prompts]
-    total = len(prompts) * num_return_sequences
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="seq")
-    try:
-        for first, count, per_prompt in _chunks(len(prompts), num_return_sequences, batch_size):
-            done = _generate_batch(
-                model,
-                tokenizer,
-                prompts[first : first + count],
-                stops,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=per_prompt,
-                do_sample=do_sample,
-                **sampling,
-            )
-            for row, completion in enumerate(done):
-                out[first + row // per_prompt].append(completion)
-            bar.update(len(done))
-    finally:
-        bar.close()
-        model.train(was_training)
-    return out
+# --- completions (generated by castrl.rollouts.generate) ------------------------------------------
 
 
 def cut_at_budget(completion: Completion, budget: int, tokenizer: Any) -> Completion:

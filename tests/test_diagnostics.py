@@ -26,16 +26,11 @@ from castrl.diagnostics.analysis import (
     relative_position,
     rollout_gap_auc,
 )
-from castrl.diagnostics.pipeline import peer_texts
-from castrl.diagnostics.scoring import (
-    chat_prompt_ids,
-    completion_logps,
-    completion_mask,
-    sample_groups,
-    teacher_scope,
-)
+from castrl.diagnostics.scores import peer_texts
 from castrl.diagnostics.settings import check_context_columns
-from castrl.teacher import left_pad
+from castrl.rollouts import completion_logps, completion_mask, left_pad, sample_groups, scorer
+from castrl.rollouts import prompt_ids as chat_prompt_ids
+from castrl.teacher import TeacherConfig, build_teacher
 from castrl.testing import build_char_tokenizer, build_tiny_model, save_tiny_model
 
 
@@ -163,10 +158,14 @@ def test_frozen_teacher_with_adapter_is_the_base_model(tiny):
             if "lora_B" in name:
                 param.normal_(0, 0.5)  # LoRA B starts at 0 (adapter = identity); make it matter
     policy_scores = score(model)
-    with teacher_scope("frozen", model):
-        frozen_scores = score(model)
-    with teacher_scope("policy", model):
-        assert torch.equal(score(model), policy_scores)
+
+    def teacher(weights: str):  # a diagnosis's teacher: built for a host that takes no optimizer step
+        return build_teacher(TeacherConfig(weights=weights), model, tokenizer, untrained=True)
+
+    with scorer(teacher("frozen"), model) as module:
+        frozen_scores = score(module)
+    with scorer(teacher("policy"), model) as module:
+        assert torch.equal(score(module), policy_scores)
     torch.testing.assert_close(frozen_scores, base_scores)
     assert not torch.allclose(policy_scores, base_scores)
 

@@ -19,7 +19,7 @@ from castrl.diagnostics.noise import (
     teacher_noise_floor,
     variants_for,
 )
-from castrl.diagnostics.scoring import completion_logps
+from castrl.rollouts import completion_logps
 from castrl.testing import build_char_tokenizer, build_tiny_model
 
 

@@ -16,7 +16,6 @@ from castrl import cli
 from castrl.commands import eval as eval_cmd
 from castrl.evaluate import (
     Completion,
-    _chunks,
     aggregate,
     counted_correct,
     cut_at_budget,
@@ -30,6 +29,7 @@ from castrl.evaluate import (
 )
 from castrl.formatting import jsonable
 from castrl.rewards import Verifier, extract_final_answer
+from castrl.rollouts.generate import _chunks
 from castrl.testing import build_char_tokenizer, build_tiny_model, save_tiny_model
 
 torch.set_num_threads(1)

@@ -11,9 +11,9 @@ from transformers import MistralConfig, MistralForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
 from castrl.models import LoraSettings, peft_config
+from castrl.rollouts import prompt_cache
+from castrl.rollouts.prompt_cache import completion_logps_shared_prompts
 from castrl.testing import build_char_tokenizer, build_tiny_model
-from castrl.trl import prompt_cache
-from castrl.trl.prompt_cache import completion_logps_shared_prompts
 
 from .test_trainer import _batch, _trainer
 

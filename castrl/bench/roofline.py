@@ -216,8 +216,8 @@ def _rollout_sampling() -> dict[str, Any]:
 
 
 def _decode(model, tokenizer, prompts, args: RooflineArguments, sampled: bool) -> Callable[[], int]:
-    """A call that generates (castrl.evaluate's one generation function) and returns the useful tokens."""
-    from castrl.evaluate import generate_completions
+    """A call that generates (castrl.rollouts' one generation engine) and returns the useful tokens."""
+    from castrl.rollouts import generate_completions
 
     settings = (dict(do_sample=True, **_rollout_sampling(), num_return_sequences=args.group_size)
                 if sampled else dict(do_sample=False))

@@ -159,13 +159,13 @@ def run_smol_cell(cell: Cell, settings: SmolSettings, scratch: Path, prepared: A
     from castrl.bench.rl_cell import HeldOut, run_rl_cell
     from castrl.data import build_prompt, to_trl_dataset
     from castrl.models import LoraSettings, load_model_and_tokenizer, peft_config
+    from castrl.rollouts import render_prompt
 
     torch.manual_seed(cell.seed)
     model, tokenizer = load_model_and_tokenizer(settings.model)
     train = _training_problems(settings, settings.train_n_per_level)
     subset = held_out_records(settings, settings.eval_n_per_level)
-    prompts = [tokenizer.apply_chat_template(build_prompt(r["problem"], settings.prompt_style), tokenize=False,
-                                             add_generation_prompt=True) for r in subset]
+    prompts = [render_prompt(tokenizer, build_prompt(r["problem"], settings.prompt_style)) for r in subset]
     held_out = HeldOut(prompts, [r["answer"] for r in subset], [r["level"] or "" for r in subset])
     config = trainer_config(settings, dict(cell.config["overrides"]), cell.seed, str(scratch / cell.slug()))
     lora = peft_config(LoraSettings(r=settings.lora_r, alpha=settings.lora_alpha))

@@ -37,9 +37,9 @@ import torch
 
 from castrl.core import CastConfig, cast_advantages, cast_base, cast_flip_masks
 from castrl.core.inputs import prepare_batch
-from castrl.teacher import left_pad
-
-from .scoring import _chunk_logps, completion_logps
+from castrl.rollouts.batching import left_pad
+from castrl.rollouts.prompt_cache import completion_logps_shared_prompts
+from castrl.rollouts.scoring import chunk_logps, completion_logps
 
 VARIANTS: tuple[str, ...] = ("batch_split", "prompt_cache", "grad_forward", "bf16")
 PRECISION: dict[str, str] = {"batch_split": "fp32", "prompt_cache": "fp32", "grad_forward": "fp32", "bf16": "bf16"}
@@ -52,8 +52,6 @@ Rows = Sequence[Sequence[int]]
 
 def _cached(model: Any, rows: Rows, completion_ids: torch.Tensor, mask: torch.Tensor, temperature: float,
             pad_id: int, batch_size: int) -> torch.Tensor:
-    from castrl.trl.prompt_cache import completion_logps_shared_prompts
-
     ids, attn, _ = left_pad(rows, pad_id)
     device = model.device
     out = completion_logps_shared_prompts(model, ids.to(device), attn.to(device), completion_ids.to(device),
@@ -70,7 +68,7 @@ def _grad_forward(model: Any, rows: Rows, completion_ids: torch.Tensor, mask: to
     model.train()
     try:
         with torch.enable_grad():
-            parts = [_chunk_logps(model, rows[i : i + size], completion_ids[i : i + size], mask[i : i + size],
+            parts = [chunk_logps(model, rows[i : i + size], completion_ids[i : i + size], mask[i : i + size],
                                   temperature, pad_id).detach() for i in range(0, completion_ids.shape[0], size)]
     finally:
         model.train(was_training)

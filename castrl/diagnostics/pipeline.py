@@ -1,5 +1,9 @@
 """One diagnosis end to end: settings -> problems -> groups -> rewards -> student/teacher scores -> numbers.
 
+The groups and the scores are `castrl.rollouts`'s (the passes castrl runs without a trainer), the teachers
+`castrl.teacher.build_teacher`'s (`scores.py`), the rewards the verifier's, the numbers `analysis.py`'s
+(and `noise.py`'s noise floor).
+
 Settings and problems are validated in `settings` before the model loads; the defaults fit the
 10-minute budget of the bundled SmolLM2-135M on 2 CPU cores.
 """
@@ -7,35 +11,20 @@ Settings and problems are validated in `settings` before the model loads; the de
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
 
 from castrl.data import build_prompt
 from castrl.models import load_checked
-from castrl.teacher import (
-    PEER_FALLBACK_CONTEXT,
-    TeacherConfig,
-    context_uses,
-    load_external_teacher,
-    successful_peers,
-    teacher_prompt_ids,
-)
+from castrl.rollouts import Rollouts, prompt_ids, sample_groups
+from castrl.teacher import PEER_FALLBACK_CONTEXT, context_uses
 
 from . import noise
 from .analysis import analyze
-from .scoring import (
-    Rollouts,
-    chat_prompt_ids,
-    completion_logps,
-    sample_groups,
-    teacher_scope,
-    teacher_weights_note,
-)
+from .scores import Scored, peer_texts, score_rollouts, teacher_weights_note
 from .settings import DiagnoseSettings, check_context_columns, select_problems
 
 __all__ = [
@@ -118,109 +107,6 @@ def _sample_and_verify(
     return rollouts, rewards
 
 
-def peer_texts(
-    texts: Sequence[str],
-    rewards: Sequence[float | None],
-    group_ids: Sequence[int],
-    correct_threshold: float,
-    truncated: Sequence[bool] | None = None,
-) -> list[str | None]:
-    """Per row, the text of another successful rollout of its group for `with_peer_success` (RLRT's
-    teacher, spec §5), chosen as the trainer chooses it (`castrl.teacher.successful_peers`: drawn among
-    the group's other correct rows, seeded; a row is never its own peer), or None. Rows with an unparseable
-    gold (reward None) and truncated rows are never peers (the trainer masks truncated completions)."""
-    truncated = [False] * len(texts) if truncated is None else list(truncated)
-    correct = [
-        r is not None and r >= correct_threshold and not cut
-        for r, cut in zip(rewards, truncated, strict=True)
-    ]
-    peers = successful_peers(correct, [int(g) for g in group_ids])
-    return [None if j is None else texts[j] for j in peers]
-
-
-def _teacher_prompt_ids(
-    tokenizer: Any,
-    examples: Sequence[dict[str, Any]],
-    teacher: TeacherConfig,
-    rows: list[int],
-    peers: Sequence[str | None],
-) -> tuple[list[list[int]], int]:
-    """The teacher prompt ids of every row (`castrl.teacher.teacher_prompt_ids`, tokenised as the
-    student's prompts are), cut from the left to the teacher's max_prompt_length, and how many were cut.
-    One prompt per problem, or per row for contexts that read a peer rollout (without a peer they fall
-    back to PEER_FALLBACK_CONTEXT)."""
-    tokenize = partial(chat_prompt_ids, tokenizer)
-    context, max_length = teacher.context, teacher.max_prompt_length
-    placement = dict(placement=teacher.tag_placement,
-                     encode_text=lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
-    if context_uses(context, "peer"):
-        ids = teacher_prompt_ids([examples[i] for i in rows], context, tokenize, peers, **placement)
-    else:
-        per_problem = teacher_prompt_ids(examples, context, tokenize, **placement)
-        ids = [per_problem[i] for i in rows]
-    n_cut = sum(len(r) > max_length for r in ids)
-    return [r[len(r) - min(len(r), max_length) :] for r in ids], n_cut
-
-
-@dataclass
-class Scored:
-    """Every sampled token's log-probs under the student and each teacher, and how they were scored:
-    the prompt rows (one per rollout) and the scope in which a teacher's weights score (`scope(name)`
-    yields the module to run), so other passes (the noise floor) can re-score the same tokens."""
-
-    student: torch.Tensor  # (B_all, T)
-    teachers: dict[str, torch.Tensor]  # name -> (B_all, T)
-    student_rows: list[list[int]]
-    teacher_rows: dict[str, list[list[int]]]
-    scope: Callable[[str], AbstractContextManager[Any]]
-
-
-def _score_all(
-    settings: DiagnoseSettings,
-    model: Any,
-    tokenizer: Any,
-    problems: Sequence[dict[str, Any]],
-    student_prompts: list[Any],
-    student_ids: list[list[int]],
-    rollouts: Rollouts,
-    peers: Sequence[str | None],
-    timings: dict[str, float],
-    prompts_cut: dict[str, int],
-) -> Scored:
-    """The student's and every teacher's log-probs of every sampled token; `prompts_cut` gets, per
-    teacher, how many teacher prompts were longer than teacher_max_prompt_length."""
-    rows = rollouts.group_ids.tolist()
-    score = dict(
-        temperature=settings.temperature,
-        pad_id=tokenizer.pad_token_id,
-        batch_size=settings.score_batch_size,
-        progress=settings.progress,
-    )
-    start = time.perf_counter()
-    student_rows = [student_ids[i] for i in rows]
-    student = completion_logps(model, student_rows, rollouts.completion_ids, rollouts.mask, desc="student", **score)
-    timings["score_student_s"] = time.perf_counter() - start
-    examples = [{**p, "prompt": prompt} for p, prompt in zip(problems, student_prompts, strict=True)]
-    external = None if settings.teacher_model is None else load_external_teacher(settings.teacher_model, tokenizer, model)
-
-    @contextmanager
-    def scope(name: str) -> Iterator[Any]:
-        with teacher_scope(settings.teacher_weights, model) if external is None else external.scoring(model):
-            yield model if external is None else external.model
-
-    teachers, teacher_rows = {}, {}
-    for context in settings.teachers:  # a context name, or context@placement
-        ids, n_cut = _teacher_prompt_ids(tokenizer, examples, settings.teacher_config(context), rows, peers)
-        prompts_cut[context], teacher_rows[context] = n_cut, ids
-        start = time.perf_counter()
-        with scope(context) as scorer:
-            teachers[context] = completion_logps(
-                scorer, ids, rollouts.completion_ids, rollouts.mask, desc=f"teacher {context}", **score
-            )
-        timings[f"score_{context}_s"] = time.perf_counter() - start
-    return Scored(student, teachers, student_rows, teacher_rows, scope)
-
-
 def _analysed_mask(settings: DiagnoseSettings, mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
     """The tokens every statistic reads: with --mask_truncated_completions (the trainer's default, spec §4)
     no token of a cut-off completion counts; ValueError when that leaves none."""
@@ -257,30 +143,21 @@ def run_diagnostics(
     if model is None or tokenizer is None:
         model, tokenizer = load_model(settings)
     timings["load_s"] = time.perf_counter() - start
-    if student_prompts is None:
-        student_prompts = [build_prompt(p["problem"], settings.prompt_style) for p in problems]
-    elif len(student_prompts) != len(problems):
-        raise ValueError(f"student_prompts has {len(student_prompts)} prompts for {len(problems)} problems")
-    student_ids = chat_prompt_ids(tokenizer, student_prompts)
-    rollouts, rewards = _sample_and_verify(
-        settings, model, tokenizer, problems, student_ids, reward_fn, timings
-    )
+    student_prompts = _student_prompts(settings, problems, student_prompts)
+    student_ids = prompt_ids(tokenizer, student_prompts)
+    # rollouts and their rewards (castrl.rollouts, the verifier)
+    rollouts, rewards = _sample_and_verify(settings, model, tokenizer, problems, student_ids, reward_fn, timings)
     kept = torch.tensor([r is not None for r in rewards])
     if not kept.any():
         raise ValueError(
             f"no rollout could be scored: the verifier cannot parse any gold answer of {settings.data!r}"
         )
-    peers = peer_texts(
-        rollouts.texts,
-        rewards,
-        rollouts.group_ids.tolist(),
-        settings.correct_threshold,
-        rollouts.truncated.tolist(),
-    )
-    prompts_cut: dict[str, int] = {}
-    scored = _score_all(
-        settings, model, tokenizer, problems, student_prompts, student_ids, rollouts, peers, timings, prompts_cut
-    )
+    # the student's and every teacher's log-probs (scores.py)
+    peers = peer_texts(rollouts.texts, rewards, rollouts.group_ids.tolist(), settings.correct_threshold,
+                       rollouts.truncated.tolist())  # fmt: skip
+    examples = [{**p, "prompt": prompt} for p, prompt in zip(problems, student_prompts, strict=True)]
+    scored = score_rollouts(settings, model, tokenizer, examples, student_ids, rollouts, peers, timings)
+    # the numbers, on the rows whose gold the verifier could parse (analysis.py, noise.py)
     start = time.perf_counter()
     reward_t = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
     mask, group_ids, student = rollouts.mask[kept], rollouts.group_ids[kept], scored.student[kept]
@@ -299,6 +176,42 @@ def run_diagnostics(
     results["groups"]["truncated_frac"] = float(rollouts.truncated[kept].float().mean())
     _describe_extremes(results, rollouts, kept, tokenizer, problems)
     timings["analysis_s"] += time.perf_counter() - start
+    notes = _notes(settings, model, results, scored.prompts_cut, kept, peers)
+    tensors = dict(kept=kept, rewards=reward_t, group_ids=group_ids, mask=mask, student_logps=student)
+    return DiagnosticsRun(
+        settings,
+        problems,
+        rollouts,
+        **tensors,
+        teacher_logps=teachers,
+        results=results,
+        timings=timings,
+        notes=notes,
+        peers=peers,
+    )
+
+
+def _student_prompts(
+    settings: DiagnoseSettings, problems: Sequence[dict[str, Any]], given: list[Any] | None
+) -> list[Any]:
+    """One student prompt per problem: `given`, or each problem in `settings.prompt_style`."""
+    if given is None:
+        return [build_prompt(p["problem"], settings.prompt_style) for p in problems]
+    if len(given) != len(problems):
+        raise ValueError(f"student_prompts has {len(given)} prompts for {len(problems)} problems")
+    return given
+
+
+def _notes(
+    settings: DiagnoseSettings,
+    model: Any,
+    results: dict[str, Any],
+    prompts_cut: dict[str, int],
+    kept: torch.Tensor,
+    peers: Sequence[str | None],
+) -> dict[str, str]:
+    """The report's notes on how the teachers scored: their weights, cut prompts and peer fallbacks (each
+    count also goes into the teacher's results)."""
     notes = {"teacher_weights": teacher_weights_note(settings.teacher_weights, model)}
     if settings.teacher_model is not None:
         notes["teacher_weights"] = f"external teacher model {settings.teacher_model!r} (teacher_weights does not apply)"
@@ -319,18 +232,7 @@ def run_diagnostics(
                 f"{fallback} of {int(kept.sum())} scored rollouts had no other correct, untruncated rollout in "
                 f"their group and were scored with the {PEER_FALLBACK_CONTEXT} context instead"
             )
-    tensors = dict(kept=kept, rewards=reward_t, group_ids=group_ids, mask=mask, student_logps=student)
-    return DiagnosticsRun(
-        settings,
-        problems,
-        rollouts,
-        **tensors,
-        teacher_logps=teachers,
-        results=results,
-        timings=timings,
-        notes=notes,
-        peers=peers,
-    )
+    return notes
 
 
 def _add_noise_floor(settings, model, tokenizer, rollouts, scored: Scored, kept, results, timings, analysed) -> None:

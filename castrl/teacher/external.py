@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .config import TeacherConfig
-from .weights import TeacherWeights
+from .weights import TeacherWeights, WeightsSpec, has_adapter
 
 
 def check_same_tokenizer(student: Any, teacher: Any, name: str) -> None:
@@ -88,11 +88,17 @@ def build_teacher(
     prepare: Callable[[Any], None] | None = None,
     zero3: bool = False,
     offload: bool = False,
+    untrained: bool = False,
 ) -> TeacherWeights | ExternalTeacher:
-    """The teacher a trainer scores with: the self-teacher's weights over `policy` (snapshot, EMA,
+    """The teacher a host scores with: the self-teacher's weights over `policy` (snapshot, EMA,
     frozen or the policy itself), or the external `config.model` (`prepare`: see load_external_teacher).
     `zero3`: the host runs DeepSpeed ZeRO-3, refused for a self-teacher that keeps a copy; `offload`:
-    keep that copy on the CPU."""
+    keep that copy on the CPU. `untrained`: the host takes no optimizer step (`castrl diagnose`), so a
+    snapshot, an EMA or the initial weights equal the policy and no copy is kept; only `frozen` on a model
+    with a LoRA adapter differs (the adapter is switched off)."""
     if config.model is None:
-        return TeacherWeights(config.weights, policy, config.ema_decay, offload=offload, zero3=zero3)
+        weights = config.weights
+        if untrained and not (WeightsSpec.parse(weights).kind == "frozen" and has_adapter(policy)):
+            weights = "policy"  # before any step, every other self-teacher scores with the policy's weights
+        return TeacherWeights(weights, policy, config.ema_decay, offload=offload, zero3=zero3)
     return load_external_teacher(config.model, student_tokenizer, policy, prepare)

@@ -2,7 +2,8 @@
 
 Each host tokenises the teacher's prompt the way it tokenises the student's (TRL, verl and
 diagnose differ in special tokens and chat-template calls), so it passes its own `tokenize`;
-everything else — the context, the peers, the left cut to `max_length`, the left padding — is here.
+everything else — the context, the peers, the left cut to `max_length` and the left padding
+(`castrl.rollouts.batching`, re-exported here as `left_pad`) — is here.
 """
 
 from __future__ import annotations
@@ -12,28 +13,12 @@ from typing import Any
 
 import torch
 
+from castrl.rollouts.batching import left_pad
+
 from .contexts import ASSISTANT_PREFIX, DEFAULT_TAG_PLACEMENT, build_teacher_prompt, needs_assistant_prefix
 
 Tokenize = Callable[[list[Any]], list[list[int]]]
 EncodeText = Callable[[str], list[int]]  # raw text -> ids, no special tokens (the host's tokenizer)
-
-
-def left_pad(
-    rows: Sequence[Sequence[int]], pad_id: int, max_length: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(ids, mask) both (N, width) long, rows flush right (decoder-only models continue on the right),
-    and how many rows were longer than `max_length`; those are cut from the left, keeping the end of
-    the context next to the completion. An empty row is all padding."""
-    n_cut = 0 if max_length is None else sum(len(r) > max_length for r in rows)
-    kept = [list(r) if max_length is None else list(r)[len(r) - min(len(r), max_length) :] for r in rows]
-    width = max((len(r) for r in kept), default=0)
-    ids = torch.full((len(kept), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(kept), width), dtype=torch.long)
-    for i, row in enumerate(kept):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-    return ids, mask, n_cut
 
 
 def teacher_prompt_ids(

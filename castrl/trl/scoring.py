@@ -1,7 +1,7 @@
 """castrl's no-grad scoring passes in TRL: the student's and the teacher's log-probs of the sampled tokens.
 
 `completion_logps` scores the completions after any prompt, at TRL's temperature: each distinct
-prompt once when its KV cache can be shared (`prompt_cache.py`), else one full forward per rollout
+prompt once when its KV cache can be shared (`castrl.rollouts.prompt_cache`), else one full forward per rollout
 through TRL's own `_get_per_token_logps_and_entropies`. The teacher's prompts are built from the
 dataset row and the teacher context (`castrl.teacher`), tokenised as TRL tokenises the student's,
 cut from the left to `teacher_max_prompt_length` and left-padded (`castrl.teacher.teacher_prompt_batch`,
@@ -21,10 +21,10 @@ from transformers.utils import logging
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import add_fused_lm_head
 
-from castrl.teacher import successful_peers
+from castrl.rollouts.peers import peer_texts as draw_peer_texts
+from castrl.rollouts.prompt_cache import completion_logps_shared_prompts
 
 from .config import CASTTrainerConfig
-from .prompt_cache import completion_logps_shared_prompts
 
 logger = logging.get_logger(__name__)
 
@@ -97,18 +97,18 @@ def peer_texts(
     decode: Callable[..., str],
 ) -> list[str | None]:
     """For each row in `rows`, the text of another correct rollout of its group (RLRT's teacher), or
-    None (`castrl.teacher.successful_peers`, seeded by `seed`).
+    None (`castrl.rollouts.peers`, seeded by `seed`).
 
     completion_ids, completion_mask: (B, T) of the whole batch, gathered from all processes (a group
     may straddle them); correct: (B,) bool; group_ids: (B,) int. Only valid (unmasked) tokens are
     decoded, and a row with none is nobody's peer: a truncated completion TRL masked never is.
     """
     correct = correct & (completion_mask.sum(dim=1) > 0)
-    peers = successful_peers(correct.tolist(), group_ids.tolist(), seed=seed)
-    return [
-        None if j is None else decode(completion_ids[j][completion_mask[j] > 0].tolist(), skip_special_tokens=True)
-        for j in peers[rows]
-    ]
+    return draw_peer_texts(
+        correct.tolist(), group_ids.tolist(),
+        lambda j: decode(completion_ids[j][completion_mask[j] > 0].tolist(), skip_special_tokens=True),
+        seed=seed, rows=rows,
+    )  # fmt: skip
 
 
 def fused_lm_head_for(args: CASTTrainerConfig, temperature: float) -> Callable[[Any], None]:

@@ -9,7 +9,8 @@ problem / reference solution; chat-templated as verl's agent loop does, cut from
 `no_padding_2_padding` work on it unchanged. Rows are independent: group layout does not matter,
 except for contexts that read `{peer}` (RLRT's `with_peer_success`): there `choose_peers` picks,
 for each row, another rollout of the same `uid` whose verifier reward counts as correct, and its
-decoded response becomes the row's `peer` (`peer_texts`); a row without one gets the answer-free
+decoded response becomes the row's `peer` (`batch_peer_texts`, on `castrl.rollouts.peers`); a row without one
+gets the answer-free
 context (`castrl.teacher.build_teacher_prompt`'s fallback).
 """
 
@@ -23,7 +24,9 @@ import torch
 from verl import DataProto
 from verl.utils import tensordict_utils as tu
 
-from castrl.teacher import left_pad, successful_peers
+from castrl.rollouts.batching import left_pad
+from castrl.rollouts.peers import peer_texts as draw_peer_texts
+from castrl.teacher import successful_peers
 from castrl.teacher import teacher_prompt_ids as shared_teacher_prompt_ids
 
 from .config import CastrlVerlConfig
@@ -109,28 +112,15 @@ def choose_peers(
     A row succeeds when its verifier reward is >= `threshold` and it has at least one response
     token. The draw is `castrl.teacher.successful_peers`, the one rule every host uses.
     """
-    if not (len(uids) == rewards.shape[0] == lengths.shape[0]):
-        raise ValueError(f"{len(uids)} uids, {rewards.shape[0]} rewards, {lengths.shape[0]} lengths")
-    ok = ((rewards.float() >= threshold) & (lengths > 0)).tolist()
-    peers = successful_peers(ok, [str(u) for u in uids], seed=step)
+    peers = successful_peers(_succeeded(uids, rewards, lengths, threshold), [str(u) for u in uids], seed=step)
     return np.array([-1 if j is None else j for j in peers], dtype=np.int64)
 
 
-def peer_texts(
-    peers: np.ndarray, responses: torch.Tensor, response_attention: torch.Tensor, tokenizer: Any
-) -> list[str | None]:
-    """The decoded response of each row's peer (special tokens dropped), None where there is none."""
-    texts: dict[int, str] = {}
-    out: list[str | None] = []
-    for peer in peers.tolist():
-        if peer < 0:
-            out.append(None)
-            continue
-        if peer not in texts:
-            ids = responses[peer][response_attention[peer].bool()].tolist()
-            texts[peer] = tokenizer.decode(ids, skip_special_tokens=True)
-        out.append(texts[peer] or None)
-    return out
+def _succeeded(uids: Sequence[Any], rewards: torch.Tensor, lengths: torch.Tensor, threshold: float) -> list[bool]:
+    """Per row: a verifier reward >= `threshold` and at least one response token."""
+    if not (len(uids) == rewards.shape[0] == lengths.shape[0]):
+        raise ValueError(f"{len(uids)} uids, {rewards.shape[0]} rewards, {lengths.shape[0]} lengths")
+    return ((rewards.float() >= threshold) & (lengths > 0)).tolist()
 
 
 def assemble_teacher_batch(
@@ -185,15 +175,20 @@ def response_attention(data: DataProto) -> torch.Tensor:
 def batch_peer_texts(
     data: DataProto, tokenizer: Any, rewards: torch.Tensor, threshold: float, step: int = 0
 ) -> list[str | None]:
-    """Peer response texts for a padded verl batch with `non_tensor_batch['uid']` (`choose_peers`).
+    """Peer response texts for a padded verl batch with `non_tensor_batch['uid']` (the peers `choose_peers`
+    picks, drawn by `castrl.rollouts.peers`).
 
     `rewards` (B,): the verifier's score of each row (verl's `rm_scores` summed).
     """
     if "uid" not in data.non_tensor_batch:
         raise ValueError("peer teacher contexts need non_tensor_batch['uid'] (the group of each rollout)")
-    attention = response_attention(data)
-    peers = choose_peers(data.non_tensor_batch["uid"], rewards, attention.sum(-1), threshold, step)
-    return peer_texts(peers, data.batch["responses"], attention, tokenizer)
+    attention, responses, uids = response_attention(data), data.batch["responses"], data.non_tensor_batch["uid"]
+
+    def text_of(row: int) -> str | None:  # special tokens dropped; an empty response is no peer text
+        return tokenizer.decode(responses[row][attention[row].bool()].tolist(), skip_special_tokens=True) or None
+
+    return draw_peer_texts(_succeeded(uids, rewards, attention.sum(-1), threshold), [str(u) for u in uids], text_of,
+                           seed=step)  # fmt: skip
 
 
 def teacher_batch_from_dataproto(

@@ -10,6 +10,8 @@ than the completions (on the smollm2 bench: 136-token teacher prompts, <= 64-tok
 
 Only plain key/value caches are shared (`DynamicLayer`); models whose cache is anything else
 (sliding-window, recurrent or hybrid layers) get `None` and the caller falls back to the full pass.
+Host-free: TRL's scoring (`castrl.trl.scoring`, with its fused LM head) and `castrl diagnose`'s noise
+floor (plain logits at a temperature) both call it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 
 def _cache_keyword(model: torch.nn.Module) -> str:
@@ -37,6 +37,8 @@ def _returned_cache(output) -> object:
 
 def _prompt_key_values(model, ids, mask, batch_size) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Per-layer (keys, values) of the prompts `ids`, (U, kv_heads, width, dim) each; None if not plain KV."""
+    from transformers.cache_utils import DynamicLayer
+
     chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for start in range(0, ids.size(0), batch_size):
         output = model(input_ids=ids[start : start + batch_size], attention_mask=mask[start : start + batch_size],
@@ -77,6 +79,8 @@ def completion_logps_shared_prompts(
         raise ValueError(f"shared prompt scoring needs prompts of >= 2 tokens, got width {prompt_len}")
     if completion_ids.size(1) == 0:
         return completion_ids.new_zeros(completion_ids.shape, dtype=torch.float32)
+    from transformers import DynamicCache
+
     autocast = autocast or nullcontext
     # Rows with equal prompt ids and mask share one cache row; `inverse` maps each row to it.
     distinct, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)

@@ -1,0 +1,130 @@
+"""Generation: the one `model.generate` call of castrl's own passes, and the completions built on it.
+
+`generate_ids` left-pads prompt ids and generates; everything that samples or decodes greedily outside a
+host's own rollout engine goes through it: `generate_completions` (greedy or sampled completions per
+prompt, for `castrl eval`, the held-out accuracy of `castrl train` and the bench, and the roofline's
+rollout) and `castrl.rollouts.groups.sample_groups` (a diagnosis's GRPO groups). Inside training, TRL
+(transformers or vLLM) and verl keep their own generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .batching import left_pad
+from .render import Prompt, prompt_ids
+
+
+class Completion(NamedTuple):
+    """One generated completion: decoded text, its length in tokens (EOS included) and those token ids."""
+
+    text: str
+    tokens: int
+    ids: tuple[int, ...] = ()
+
+
+def generate_ids(model: Any, rows: Sequence[Sequence[int]], pad_id: int, **kwargs: Any) -> torch.Tensor:
+    """(rows x num_return_sequences, T_new) generated token ids on the CPU, prompt-major (prompt 0's
+    sequences first), after the left-padded prompt `rows`; `kwargs` go to `model.generate` (sampling,
+    `max_new_tokens`, `num_return_sequences`). After a sequence's end, generate only pads with `pad_id`."""
+    ids, mask, _ = left_pad(rows, pad_id)
+    out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), pad_token_id=pad_id,
+                         **kwargs)  # fmt: skip
+    return out[:, ids.shape[1] :].cpu()
+
+
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end a completion: the generation config's EOS id(s), the tokenizer's EOS and pad."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    ids |= {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    return sorted(i for i in ids if i is not None)
+
+
+def _chunks(n_prompts: int, samples: int, batch_size: int) -> list[tuple[int, int, int]]:
+    """Generate calls as (first prompt, prompt count, sequences per prompt), each <= batch_size sequences.
+
+    Whole prompts are packed while `samples` fits in a batch; otherwise one prompt's samples are split
+    over several calls of at most `batch_size` sequences.
+    """
+    if samples <= batch_size:
+        per_call = batch_size // samples
+        return [(s, min(per_call, n_prompts - s), samples) for s in range(0, n_prompts, per_call)]
+    calls = []
+    for p in range(n_prompts):
+        calls += [(p, 1, min(batch_size, samples - done)) for done in range(0, samples, batch_size)]
+    return calls
+
+
+def _generate_batch(
+    model: Any, tokenizer: Any, chunk: Sequence[Prompt], stops: torch.Tensor, **kwargs: Any
+) -> list[Completion]:
+    """One generate call on `chunk`; rows come back prompt-major (prompt 0's samples first).
+
+    A completion ends at its first stop token (kept in the count and the ids, dropped from the text);
+    after it, generate only pads. Prompt tokens get no special tokens added: the rendered text holds them.
+    """
+    new = generate_ids(model, prompt_ids(tokenizer, chunk), tokenizer.pad_token_id, **kwargs)  # (rows, T_new)
+    is_stop = torch.isin(new, stops)
+    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, new.shape[1]).tolist()
+    rows = [tuple(row[:n].tolist()) for row, n in zip(new, lengths, strict=True)]
+    decoded = tokenizer.batch_decode([list(r) for r in rows], skip_special_tokens=True)
+    return [Completion(text, n, row) for text, n, row in zip(decoded, lengths, rows, strict=True)]
+
+
+@torch.no_grad()
+def generate_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    num_return_sequences: int = 1,
+    desc: str = "generate",
+    progress: bool = True,
+) -> list[list[Completion]]:
+    """`num_return_sequences` completions per prompt, at most `batch_size` sequences per generate call.
+
+    A prompt is a chat (list of messages, rendered with the tokenizer's chat template) or a string
+    used as it is. Greedy unless `do_sample`; sampling uses `temperature`, `top_p` and `top_k` (0 =
+    off; the defaults are plain ancestral sampling) from torch's global RNG, so `torch.manual_seed`
+    beforehand makes it reproducible for a fixed batch layout. The tokenizer is left with left padding
+    (`padding_side`), the side every castrl pass pads prompts on.
+    """
+    was_training = model.training
+    model.eval()
+    tokenizer.padding_side = "left"
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
+    stops = torch.tensor(stop_ids(model, tokenizer))
+    out: list[list[Completion]] = [[] for _ in prompts]
+    total = len(prompts) * num_return_sequences
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="seq")
+    try:
+        for first, count, per_prompt in _chunks(len(prompts), num_return_sequences, batch_size):
+            done = _generate_batch(
+                model,
+                tokenizer,
+                prompts[first : first + count],
+                stops,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=per_prompt,
+                do_sample=do_sample,
+                **sampling,
+            )
+            for row, completion in enumerate(done):
+                out[first + row // per_prompt].append(completion)
+            bar.update(len(done))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return out
+
