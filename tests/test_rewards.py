@@ -183,14 +183,14 @@ def test_score_batch_validates_inputs(pool):
 
 def test_hanging_expression_hangs_in_process_without_timeout():
     """The premise of the pool: with no alarm (as off the main thread) this check outlives the timeout."""
-    code = "from castrl.verifier_pool import check; check('9^{9^{9}}', '42', 0.0)"
+    code = "from castrl.rewards.pool import check; check('9^{9^{9}}', '42', 0.0)"
     with pytest.raises(subprocess.TimeoutExpired):
         subprocess.run([sys.executable, "-c", code], timeout=3 * TIMEOUT_S + 1, capture_output=True)
 
 
 @pytest.mark.slow
 def test_hanging_expression_hangs_in_process_over_10s():
-    code = "from castrl.verifier_pool import check; check('9^{9^{9}}', '42', 0.0)"
+    code = "from castrl.rewards.pool import check; check('9^{9^{9}}', '42', 0.0)"
     with pytest.raises(subprocess.TimeoutExpired):
         subprocess.run([sys.executable, "-c", code], timeout=12, capture_output=True)
 

@@ -4,7 +4,7 @@ math-verify's own timeout is SIGALRM-based, so it does nothing off the main thre
 stall in C code that no signal interrupts. Each check therefore runs in a worker that is killed and
 replaced when it exceeds its deadline. Workers are plain `python -c` processes, not multiprocessing,
 so they never re-import the trainer's `__main__` (torch, trl) and (re)start in about a second.
-POSIX only (select on pipes, SIGALRM, RLIMIT_AS); `castrl.rewards` calls `check` in-process otherwise.
+POSIX only (select on pipes, SIGALRM, RLIMIT_AS); `castrl.rewards.Verifier` calls `check` in-process otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 OK, PARSE_FAILURE, BAD_GOLD, TIMEOUT, GOLD_TIMEOUT, CRASH = (
     "ok", "parse_failure", "bad_gold", "timeout", "gold_timeout", "crash")
 
-_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above castrl/
 
 
 class _SoftTimeout(BaseException):
@@ -115,7 +115,7 @@ class _Worker:
     """One `serve` subprocess with at most one task in flight and its own deadline."""
 
     def __init__(self, soft_timeout_s: float, memory_limit_mb: int | None) -> None:
-        code = f"from castrl.verifier_pool import serve; serve({soft_timeout_s!r}, {memory_limit_mb!r})"
+        code = f"from castrl.rewards.pool import serve; serve({soft_timeout_s!r}, {memory_limit_mb!r})"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PKG_ROOT, os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", code], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env)
@@ -217,7 +217,7 @@ class Pool:
             code = w.proc.wait()
             raise RuntimeError(
                 f"verifier worker exited during start-up with code {code} (its stderr is above); check that "
-                f"`{sys.executable} -c 'import castrl.verifier_pool, math_verify'` works, raise memory_limit_mb, "
+                f"`{sys.executable} -c 'import castrl.rewards.pool, math_verify'` works, raise memory_limit_mb, "
                 f"or use Verifier(use_pool=False)")
         if w.task is not None:
             results[w.task] = (0.0, CRASH)

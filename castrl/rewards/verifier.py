@@ -1,23 +1,23 @@
 """Binary verifier reward: math-verify equivalence of a completion's final answer with the gold.
 
-We extract the answer ourselves (last `\\boxed{}` wins, braces matched; math-verify's own boxed mode
-joins *all* boxes into a set) and give math-verify only that short string, wrapped in `\\boxed{}`,
-after cheap limits (last 10k characters, answer length, digit runs) that defuse adversarial text.
-Checks run in killable worker processes (`castrl.verifier_pool`) so a sympy stall cannot hang the
-trainer. Reward: 1.0 correct, 0.0 wrong, unparseable or timed out, None when the gold itself cannot
-be parsed (TRL turns None into NaN and leaves the sample out of the group statistics).
+The answer is extracted first (`answers.py`: last `\\boxed{}` wins, braces matched; math-verify's own
+boxed mode joins *all* boxes into a set) and math-verify gets only that short string, wrapped in
+`\\boxed{}`, after cheap limits (last 10k characters, answer length, digit runs) that defuse adversarial
+text. Checks run in killable worker processes (`pool.py`) so a sympy stall cannot hang the trainer.
+Reward: 1.0 correct, 0.0 wrong, unparseable or timed out, None when the gold itself cannot be parsed
+(TRL turns None into NaN and leaves the sample out of the group statistics).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from castrl.verifier_pool import (
+from .answers import extract_final_answer, normalize_gold
+from .pool import (
     BAD_GOLD,
     GOLD_TIMEOUT,
     PARSE_FAILURE,
@@ -34,81 +34,6 @@ _COUNTERS = {PARSE_FAILURE: ("rewards/parse_failures",), BAD_GOLD: ("rewards/unp
              TIMEOUT: ("rewards/timeouts",), GOLD_TIMEOUT: ("rewards/timeouts", "rewards/unparseable_gold")}
 STAT_KEYS = ("rewards/checked", "rewards/parse_failures", "rewards/timeouts",
              "rewards/unparseable_gold", "rewards/worker_restarts")
-
-_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-# `\\` and `\{`/`\}` are escapes, not structure: consume them as single tokens.
-_BRACE_TOKEN_RE = re.compile(r"\\[\\{}]|[{}]")
-# Thousands groups first ("6,966"), then plain digits; optional decimals and "/d" fraction.
-_NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
-_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}`; "" when it never closes (a truncated answer), None if no box."""
-    starts = [m.end() for m in _BOXED_RE.finditer(text)]
-    if not starts:
-        return None
-    depth = 1
-    for tok in _BRACE_TOKEN_RE.finditer(text, starts[-1]):
-        if tok.group() == "{":
-            depth += 1
-        elif tok.group() == "}":
-            depth -= 1
-            if depth == 0:
-                return text[starts[-1]:tok.start()].strip()
-    return ""
-
-
-def extract_final_answer(text: str, *, max_chars: int = 10_000, max_answer_chars: int = 500,
-                         max_digits: int = 100, require_boxed: bool = False) -> str | None:
-    """The completion's final answer string, or None (scored 0.0) when there is none or it is absurd.
-
-    Order: the last `\\boxed{}` (even if empty: a model that ends with `\\boxed{}` answered nothing);
-    without a box and unless `require_boxed`, the line after the last `####`, else the last number,
-    the fallback math-verify itself uses. Only the last `max_chars` characters are read, and answers
-    longer than `max_answer_chars` or with a digit run over `max_digits` are rejected, so 1 MB strings
-    and million-digit numbers cost microseconds here instead of minutes in sympy.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"completion must be a str, got {type(text).__name__}; pass the decoded text")
-    text = text[-max_chars:]
-    answer = _last_boxed(text)
-    if answer is None and not require_boxed:
-        if "####" in text:
-            answer = text.rsplit("####", 1)[1].strip().split("\n", 1)[0].strip()
-        else:
-            numbers = _NUMBER_RE.findall(text)
-            answer = numbers[-1] if numbers else None
-    if not answer or len(answer) > max_answer_chars or re.search(rf"\d{{{max_digits + 1}}}", answer):
-        return None
-    return answer
-
-
-def normalize_gold(gold: object, *, max_answer_chars: int = 500) -> str | None:
-    """The gold answer as a short string, or None when no answer can be located in it.
-
-    Accepts bare answers ("42", "\\frac{1}{2}", 7), GSM8K solutions ("... #### 1,234" -> "1234") and
-    MATH solutions (last `\\boxed{}`). Surrounding `$`, a final period and thousands commas go. This is
-    string-level only; a gold that math-verify then cannot parse is also scored None by `Verifier`.
-    """
-    if gold is None or isinstance(gold, bool):
-        return None
-    if isinstance(gold, (int, float)):
-        gold = str(gold)
-    if not isinstance(gold, str):
-        raise TypeError(f"gold answer must be a str or number, got {type(gold).__name__}: {gold!r:.80}")
-    text = gold
-    if "####" in text:
-        text = text.rsplit("####", 1)[1]
-    elif _BOXED_RE.search(text):
-        text = _last_boxed(text) or ""
-    text = text.strip().rstrip(".").strip().strip("$").strip()
-    if _THOUSANDS_RE.fullmatch(text):
-        text = text.replace(",", "")
-    if not text or len(text) > max_answer_chars or not any(c.isalnum() for c in text):
-        return None
-    return text
-
 
 class Verifier:
     """Scores completions against golds with a hard per-check timeout; see `score_batch`.
