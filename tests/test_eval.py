@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import castrl.evaluation.run
 from castrl import cli
 from castrl.commands import eval as eval_cmd
 from castrl.evaluate import (
@@ -335,7 +336,7 @@ def test_budget_cut_scores_what_the_first_tokens_say(monkeypatch, tiny_dir, tmp_
     def fake_generate(model, tok, prompts, *, num_return_sequences=1, **kwargs):
         return [[Completion(text, len(ids), ids)] * num_return_sequences for _ in prompts]
 
-    monkeypatch.setattr(eval_cmd, "generate_completions", fake_generate)
+    monkeypatch.setattr(castrl.evaluation.run, "generate_completions", fake_generate)
     data = tmp_path / "p.jsonl"
     data.write_text('{"problem": "What is 1 + 1?", "answer": "2"}\n')
     out = tmp_path / "out"

@@ -211,7 +211,7 @@ def rung_heldout_accuracy(settings: ControlSettings, folder: Path) -> float:
     """Greedy accuracy of a rung on the cells' held-out problems (the student's is its step-0 evaluation)."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from castrl.evaluate import heldout_accuracy
+    from castrl.evaluation import heldout_accuracy
     from castrl.rewards import Verifier
 
     model, tokenizer = LlamaForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)

@@ -1,6 +1,6 @@
 """A cell's final evaluation: Avg@k, unbiased Pass@k, maj@k and greedy accuracy on the held-out problems at
 spec §7's sampling (temperature 0.7, top-p 0.8, top-k 20), and the token-budget sweep re-scored from the
-same generations, all by `castrl eval`'s own functions (`castrl.commands.eval.evaluate_model`): the bench
+same generations, all by `castrl eval`'s own functions (`castrl.evaluation.run.evaluate_model`): the bench
 has no second generation or scoring path.
 
 What a cell keeps (`compact`): the summary, per-level summaries and budget rows as `castrl eval` computes
@@ -52,7 +52,7 @@ EVAL_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 
 def eval_arguments(final: FinalEvalSettings, prompt_style: str, seed: int) -> Any:
     """`castrl eval`'s arguments for a final evaluation (spec §7 sampling: EvalArguments' defaults)."""
-    from castrl.commands.eval import EvalArguments
+    from castrl.evaluation.arguments import EvalArguments
 
     device = bench_device()
     return EvalArguments(k=final.k, n=final.k, max_new_tokens=final.max_new_tokens,
@@ -70,7 +70,7 @@ def evaluate_final(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]]
     """
     import torch
 
-    from castrl.commands.eval import evaluate_model
+    from castrl.evaluation.run import evaluate_model
 
     if hasattr(model, "merge_and_unload"):  # generation without per-layer adapter matmuls; training is over
         model = model.merge_and_unload()

@@ -1,6 +1,6 @@
 """One benchmark cell: an RL run with CASTTrainer, held-out greedy accuracy every `eval_every` steps.
 
-Held-out accuracy is `castrl.evaluate.heldout_accuracy`, the one definition `castrl train` and
+Held-out accuracy is `castrl.evaluation.heldout_accuracy`, the one definition `castrl train` and
 `castrl eval` use (greedy; an answer the verifier cannot score counts as wrong, as `n_unscorable`).
 
 Shared by both tiers; a tier supplies the model, tokenizer, prompts and settings. Why a callback and
@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from castrl.data import make_arithmetic
-from castrl.evaluate import heldout_accuracy
+from castrl.evaluation import heldout_accuracy
 from castrl.rewards import Verifier
 
 TIME_KEYS = ("cast/time_rollout_s", "cast/time_student_s", "cast/time_teacher_s", "cast/time_advantage_s")

@@ -106,9 +106,9 @@ class _CPUSeconds(TrainerCallback):
 def prepare_method(method: str, steps: int, train_flags: Sequence[str], output_dir: str):
     """(run arguments, trainer config, training records, model path) of one method; ValueError (or
     TypeError, FileNotFoundError) on a bad method, flag, data file or model path."""
-    from castrl.commands.train import parse_args as parse_train_args
     from castrl.data import load_problems
     from castrl.models import resolve_model
+    from castrl.trl.run import parse_args as parse_train_args
 
     flags = [*train_flags, *method_flags(method, train_flags), "--max_steps", str(steps), "--output_dir", output_dir,
              "--save_strategy", "no", "--skip_eval", "true"]
@@ -118,9 +118,9 @@ def prepare_method(method: str, steps: int, train_flags: Sequence[str], output_d
 
 
 def _measure(run, config, records, model_path: str) -> list[dict[str, float]]:
-    from castrl.commands.train import make_trainer
     from castrl.models import load_checked
     from castrl.rewards import Verifier
+    from castrl.trl.run import make_trainer
 
     with user_input():  # a model that cannot load (no weights in the folder) is the user's to fix
         model, tokenizer = load_checked(model_path, dtype=run.dtype)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from castrl.bench.rl_cell import HeldOut
 from castrl.bench.rl_cell import arithmetic_records as records
-from castrl.evaluate import heldout_accuracy
+from castrl.evaluation import heldout_accuracy
 from castrl.formatting import num, write_json
 from castrl.rewards import Verifier
 
