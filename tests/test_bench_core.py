@@ -12,9 +12,11 @@ import sys
 import pytest
 
 from castrl import cli
-from castrl.bench import core, harness, report, steptime
 from castrl.bench import main as bench_main
-from castrl.bench.core import make_batch, run_core_bench
+from castrl.bench.common import tier as bench_tier
+from castrl.bench.report import results as report
+from castrl.bench.suites import core, steptime
+from castrl.bench.suites.core import make_batch, run_core_bench
 from castrl.commands import UserInputError
 
 
@@ -66,10 +68,10 @@ def test_bench_flags_are_underscores_with_hyphen_aliases():
     args = core.parse_args(["--group_size", "4", "--B", "16"])
     assert (args.group_size, args.B) == (4, 16)
     assert core.parse_args(["--group-size", "4"]).group_size == 4  # the hyphen spelling is accepted too
-    tier = harness.tier_description("tiny")
-    args = harness.parse_tier_args(tier, ["--cache_dir", "c", "--time_budget", "60", "--no_progress", "--list"])
+    tier = bench_tier.tier_description("tiny")
+    args = bench_tier.parse_tier_args(tier, ["--cache_dir", "c", "--time_budget", "60", "--no_progress", "--list"])
     assert (args.cache_dir, args.time_budget, args.progress, args.list) == ("c", 60.0, False, True)
-    args = harness.parse_tier_args(tier, ["--cache-dir", "c", "--time-budget", "60", "--no-progress"])
+    args = bench_tier.parse_tier_args(tier, ["--cache-dir", "c", "--time-budget", "60", "--no-progress"])
     assert (args.cache_dir, args.time_budget, args.progress) == ("c", 60.0, False)
     assert args.threads == tier.threads  # the tier sets --threads' default
     assert report.parse_args(["--cache_dir", "c", "--quick"]).quick is True
