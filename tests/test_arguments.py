@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from castrl.arguments import VOCABULARY, RuntimeArguments, duplicate_declarations, rename_flags
-from castrl.bench.core import CoreArguments
+from castrl.bench.suites.core import CoreArguments
 from castrl.commands import COMMANDS, dataclass_parser
 from castrl.config_fields import declared_fields, injected_fields, with_fields_of
 from castrl.diagnostics import DiagnoseSettings

@@ -9,11 +9,13 @@ from dataclasses import replace
 
 import pytest
 
-from castrl.bench import control
-from castrl.bench.harness import cell_config, make_cells, read_cell, run_grid
-from castrl.bench.report_cells import TierView
-from castrl.bench.report_control import control_sections, curve_points
-from castrl.bench.tiny_sft import SFTSettings
+from castrl.bench.common.cells import make_cells, read_cell
+from castrl.bench.common.grid import run_grid
+from castrl.bench.common.tier import cell_config
+from castrl.bench.common.tiny_sft import SFTSettings
+from castrl.bench.report.cells import TierView
+from castrl.bench.report.control import control_sections, curve_points
+from castrl.bench.tiers import control
 
 # A miniature of the tier: a 1-layer SFT model, a 2-rung ladder, 6 diagnosis problems, one RL step.
 SFT = SFTSettings(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, n_per_level=12, max_steps=4,
@@ -149,7 +151,7 @@ def test_diagnose_rejects_student_prompts_of_the_wrong_length():
 
 
 def test_conclusions_name_the_lowest_auc_where_the_headline_wins_and_each_comparison():
-    from castrl.bench.report_control import conclusions
+    from castrl.bench.report.control import conclusions
 
     grpo = {s: _rec("grpo", s, a, reward=0.5) for s, a in ((0, 0.50), (1, 0.60), (2, 0.55))}
     cells = {"grpo": grpo}

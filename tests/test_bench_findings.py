@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from castrl.bench.report import accuracy_tables, headline, reach_table, verdict
-from castrl.bench.report_cells import TierView, steps_to_reach
+from castrl.bench.report.cells import TierView, steps_to_reach
+from castrl.bench.report.results import accuracy_tables, headline, reach_table, verdict
 from castrl.reporting.findings import (
     ACCURACY,
     BETTER,

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from castrl.bench.harness import save_cell
-from castrl.bench.placement import PlacementArguments, placement_cell
-from castrl.bench.report_placement import auc_interval, placement_sections
+from castrl.bench.common.cells import save_cell
+from castrl.bench.report.placement import auc_interval, placement_sections
+from castrl.bench.suites.placement import PlacementArguments, placement_cell
 
 
 def test_cells_differ_by_style_and_name_every_placement():
@@ -56,7 +56,7 @@ def _cell(style: str, separated: bool) -> dict:
 
 
 def test_section_answers_from_the_cells(tmp_path, monkeypatch):
-    monkeypatch.setattr("castrl.bench.report_placement.BOOTSTRAP", 100)
+    monkeypatch.setattr("castrl.bench.report.placement.BOOTSTRAP", 100)
     assert placement_sections(str(tmp_path)) == []
     save_cell(placement_cell("oneshot"), _cell("oneshot", True), tmp_path)
     save_cell(placement_cell("cot"), _cell("cot", False), tmp_path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from castrl.bench import SUITES, main
-from castrl.bench.roofline import FLOPS_PER_TOKEN, matmul_params, parse_args, phase_row
+from castrl.bench.suites.roofline import FLOPS_PER_TOKEN, matmul_params, parse_args, phase_row
 from castrl.commands import UserInputError
 from castrl.testing import build_char_tokenizer, build_tiny_model, save_tiny_model
 
@@ -76,7 +76,7 @@ def test_phases_too_slow_for_the_roof_are_skipped_not_run(tmp_path, capsys):
 def test_shared_flags_come_from_the_vocabulary():
     """model, threads, seed, output_dir ... are castrl.arguments' (declared once), sampling is castrl train's."""
     from castrl.arguments import VOCABULARY, duplicate_declarations
-    from castrl.bench.roofline import RooflineArguments, _rollout_sampling
+    from castrl.bench.suites.roofline import RooflineArguments, _rollout_sampling
     from castrl.trl import CASTTrainerConfig
 
     assert duplicate_declarations([RooflineArguments, *VOCABULARY]) == {}

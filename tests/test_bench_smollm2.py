@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from castrl.bench import harness, smollm2
-from castrl.bench.final_eval import BASE_METHOD, FinalEvalSettings, paired_by_problem
-from castrl.bench.harness import cell_config, make_cells, read_cell, run_grid, trainer_config
-from castrl.bench.methods import method_overrides
-from castrl.bench.report_cells import TierView
-from castrl.bench.report_final import final_sections, tuning_table
+from castrl.bench.common import tier as bench_tier
+from castrl.bench.common.cells import make_cells, read_cell
+from castrl.bench.common.final_eval import BASE_METHOD, FinalEvalSettings, paired_by_problem
+from castrl.bench.common.grid import run_grid
+from castrl.bench.common.methods import method_overrides
+from castrl.bench.common.tier import cell_config, trainer_config
+from castrl.bench.report.cells import TierView
+from castrl.bench.report.final import final_sections, tuning_table
+from castrl.bench.tiers import smollm2
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +39,7 @@ def test_v2_settings_give_the_trainer_config_of_the_issue(tmp_path):
         assert (cfg.max_steps, cfg.learning_rate) == (s.steps, s.learning_rate), method
         # the trainer's default scoring paths (speed only: same advantages up to rounding, not in the key)
         assert cfg.fuse_student_pass is True and cfg.share_prompt_cache is True, method
-    from castrl.bench import tiny
+    from castrl.bench.tiers import tiny
 
     tiny_cfg = trainer_config(tiny.QUICK, method_overrides("cast", tiny.TEACHERS), 0, str(tmp_path))
     assert (tiny_cfg.fuse_student_pass, tiny_cfg.share_prompt_cache) == (False, False)  # the v1 grids' paths
@@ -62,8 +65,8 @@ def test_base_cell_is_shared_by_methods_seeds_and_tuning_settings():
 
 
 def test_learning_rate_and_steps_flags_make_tuning_cells():
-    args = harness.parse_tier_args(smollm2.TIER, ["--methods", "grpo", "--learning_rate", "1e-4", "--steps", "7"])
-    settings, methods, seeds = harness.settings_from_args(smollm2.TIER, args)
+    args = bench_tier.parse_tier_args(smollm2.TIER, ["--methods", "grpo", "--learning_rate", "1e-4", "--steps", "7"])
+    settings, methods, seeds = bench_tier.settings_from_args(smollm2.TIER, args)
     assert (settings.learning_rate, settings.steps, methods, seeds) == (1e-4, 7, ("grpo",), [0, 1, 2])
     tuned = cell_config(smollm2.TIER, settings, "grpo")
     assert tuned["settings"]["learning_rate"] == 1e-4 and tuned != cell_config(smollm2.TIER, smollm2.SETTINGS, "grpo")
@@ -71,41 +74,41 @@ def test_learning_rate_and_steps_flags_make_tuning_cells():
     same = replace(smollm2.SETTINGS, learning_rate=float(str(smollm2.SETTINGS.learning_rate)))
     assert cell_config(smollm2.TIER, same, "grpo") == cell_config(smollm2.TIER, smollm2.SETTINGS, "grpo")
     with pytest.raises(ValueError, match="--learning_rate must be in"):
-        harness.parse_tier_args(smollm2.TIER, ["--learning_rate", "0"])
+        bench_tier.parse_tier_args(smollm2.TIER, ["--learning_rate", "0"])
 
 
 def test_shards_split_the_grid_without_overlap():
     """`--shard I/N` gives process I the cells I, I+N, ...: N shards cover the grid once, in grid order."""
-    args = harness.parse_tier_args(smollm2.TIER, [])
-    _, methods, seeds = harness.settings_from_args(smollm2.TIER, args)
-    grid = make_cells("smollm2", methods, seeds, lambda m, s: {}, harness.seeds_of(smollm2.TIER, args))
-    shards = [grid[i::5] for i in (harness.shard_of(f"{i}/5")[0] for i in range(5))]
+    args = bench_tier.parse_tier_args(smollm2.TIER, [])
+    _, methods, seeds = bench_tier.settings_from_args(smollm2.TIER, args)
+    grid = make_cells("smollm2", methods, seeds, lambda m, s: {}, bench_tier.seeds_of(smollm2.TIER, args))
+    shards = [grid[i::5] for i in (bench_tier.shard_of(f"{i}/5")[0] for i in range(5))]
     assert sorted((c.method, c.seed) for s in shards for c in s) == sorted((c.method, c.seed) for c in grid)
     assert shards[1][0] == grid[1] and shards[1][1] == grid[6]
     for bad, message in (("3", "I/N with integers"), ("a/2", "I/N with integers"), ("2/2", "0 <= I < N")):
         with pytest.raises(ValueError, match=message):
-            harness.parse_tier_args(smollm2.TIER, ["--shard", bad])
+            bench_tier.parse_tier_args(smollm2.TIER, ["--shard", bad])
 
 
 def test_device_is_not_in_the_key_and_cuda_must_exist(monkeypatch):
     """The device and the generate batch are how a cell runs, not what it measures: the same key on both."""
     assert "batch_size" not in asdict(smollm2.SETTINGS.final)
-    monkeypatch.setattr(harness, "bench_device", lambda: "cpu")
+    monkeypatch.setattr(bench_tier, "bench_device", lambda: "cpu")
     with pytest.raises(ValueError, match="--device cuda: no CUDA device"):
-        harness.parse_tier_args(smollm2.TIER, ["--device", "cuda"])
-    assert harness.parse_tier_args(smollm2.TIER, ["--device", "cpu"]).device == "cpu"
+        bench_tier.parse_tier_args(smollm2.TIER, ["--device", "cuda"])
+    assert bench_tier.parse_tier_args(smollm2.TIER, ["--device", "cpu"]).device == "cpu"
 
 
 def test_per_method_seeds():
-    args = harness.parse_tier_args(smollm2.TIER, [])
-    _, methods, seeds = harness.settings_from_args(smollm2.TIER, args)
-    cells = make_cells("smollm2", methods, seeds, lambda m, s: {}, harness.seeds_of(smollm2.TIER, args))
+    args = bench_tier.parse_tier_args(smollm2.TIER, [])
+    _, methods, seeds = bench_tier.settings_from_args(smollm2.TIER, args)
+    cells = make_cells("smollm2", methods, seeds, lambda m, s: {}, bench_tier.seeds_of(smollm2.TIER, args))
     count = {m: sum(c.method == m for c in cells) for m in methods}
     assert count["grpo"] == count["cast"] == count["cast@flip=false"] == 3 and count["rlsd"] == 2
     assert len(cells) == 3 * 3 + 7 * 2
     assert [c.seed for c in cells[:10]] == [0] * 10  # seed-major: every method's seed 0 first
-    flagged = harness.parse_tier_args(smollm2.TIER, ["--seeds", "1"])
-    assert {harness.seeds_of(smollm2.TIER, flagged)(m) for m in methods} == {1}
+    flagged = bench_tier.parse_tier_args(smollm2.TIER, ["--seeds", "1"])
+    assert {bench_tier.seeds_of(smollm2.TIER, flagged)(m) for m in methods} == {1}
 
 
 # --- the cell cache is tracked, weights are not ----------------------------------------------------------
@@ -116,11 +119,11 @@ def _ignored(path: str) -> bool:
 
 
 def test_default_cache_is_the_tracked_folder():
-    assert harness.DEFAULT_CACHE_DIR == "bench/cells" and harness.TierArguments().cache_dir == "bench/cells"
+    assert bench_tier.DEFAULT_CACHE_DIR == "bench/cells" and bench_tier.TierArguments().cache_dir == "bench/cells"
     assert (REPO / "bench" / "cells").is_dir()
     assert not _ignored("bench/cells/smollm2/cells/grpo-s0-0123456789abcdef.json")
-    assert _ignored(f"{harness.DEFAULT_SCRATCH_DIR}/smollm2/grpo-s0/adapter_model.safetensors")
-    assert _ignored(f"{harness.DEFAULT_SCRATCH_DIR}/tiny_sft/abc/model.safetensors")
+    assert _ignored(f"{bench_tier.DEFAULT_SCRATCH_DIR}/smollm2/grpo-s0/adapter_model.safetensors")
+    assert _ignored(f"{bench_tier.DEFAULT_SCRATCH_DIR}/tiny_sft/abc/model.safetensors")
 
 
 # --- the real path on a tiny model ---------------------------------------------------------------------
@@ -164,7 +167,7 @@ def test_final_evaluation_has_avg_pass_greedy_and_budgets(tiny_run):
     # how it ran, recorded beside the result (not in the key), with that device's generate batch
     import torch
 
-    from castrl.bench.final_eval import EVAL_BATCH_SIZE
+    from castrl.bench.common.final_eval import EVAL_BATCH_SIZE
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     assert rec["final"]["execution"] == {"device": device, "batch_size": EVAL_BATCH_SIZE[device]}
@@ -184,7 +187,7 @@ def test_base_cell_is_computed_once_and_holds_no_weights(tiny_run, monkeypatch):
 
 def test_final_evaluation_in_bfloat16(tiny_run):
     """The faster evaluation option: the same scoring path on a bf16 copy of the weights."""
-    from castrl.bench.final_eval import eval_arguments, evaluate_final
+    from castrl.bench.common.final_eval import eval_arguments, evaluate_final
     from castrl.models import load_model_and_tokenizer
     from castrl.rewards import Verifier
 
@@ -231,7 +234,7 @@ def test_report_final_sections_and_tuning_table():
     assert "| +0.542 [+0.504, +0.579] |" in text  # cast vs base, by problem
     assert "+0.250 [+0.250, +0.250] (zero-width interval, n = 8, not a finding)" in text  # grpo vs base
     assert "| ≤ 32 | ≤ 256 |" in text and "Avg@4" in text
-    from castrl.bench.report import headline, verdict
+    from castrl.bench.report.results import headline, verdict
 
     assert "held-out Avg@4 (final evaluation), cast − grpo" in "\n".join(headline(view, {}))
     assert "`cast` is better than `grpo` on held-out Avg@4 (final evaluation)" in "\n".join(verdict(view))
@@ -241,7 +244,7 @@ def test_report_final_sections_and_tuning_table():
 
 
 def test_report_finds_the_base_cell_and_tuning_runs(tmp_path):
-    from castrl.bench.report_tiers import tier_view
+    from castrl.bench.report.views import tier_view
 
     s = smollm2.SETTINGS
     records = [{**smollm2.SETTINGS.base_cell().__dict__, "key": s.base_cell().key(), "final": _final([0.5])},
@@ -272,8 +275,8 @@ def test_prepare_diagnoses_the_untrained_model_once_with_every_teacher_context(t
 
 
 def test_report_sets_the_diagnosis_beside_each_trained_method():
-    from castrl.bench.diagnosis import diagnosis_sections
-    from castrl.bench.report_cells import TierView
+    from castrl.bench.report.cells import TierView
+    from castrl.bench.report.diagnosis import diagnosis_sections
 
     def rec(method, seed, value, context=None, flipped=None):
         overrides = {"teacher_context": context} if context else {}
@@ -293,8 +296,8 @@ def test_report_sets_the_diagnosis_beside_each_trained_method():
 
 
 def test_paper_section_answers_each_claim_with_paired_differences():
-    from castrl.bench.report_cells import TierView
-    from castrl.bench.report_paper import CLAIMS, paper_sections
+    from castrl.bench.report.cells import TierView
+    from castrl.bench.report.paper import CLAIMS, paper_sections
 
     def rec(seed, avg, pas, tokens, flipped=None, step_s=10.0):
         budgets = [{"budget": 32, "avg_at_k": avg - 0.1, "pass_at_k": pas - 0.1}, {"budget": 64, "avg_at_k": avg, "pass_at_k": pas}]
@@ -330,7 +333,7 @@ def test_paper_section_answers_each_claim_with_paired_differences():
 
 def test_step_times_of_different_devices_are_separate_rows():
     """Seconds on a GPU and on a CPU do not average: one row per method and device when the cells span both."""
-    from castrl.bench.report import timing_table
+    from castrl.bench.report.results import timing_table
 
     def rec(step_s, device=None, invocation="a"):
         out = {"timing": {"step_s": step_s, "rollout_s": step_s / 2}, "wall_s": 10 * step_s, "invocation": invocation}

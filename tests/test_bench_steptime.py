@@ -8,7 +8,7 @@ import math
 import pytest
 
 from castrl.bench import main
-from castrl.bench.steptime import method_flags
+from castrl.bench.suites.steptime import method_flags
 from castrl.core import get_estimator
 from castrl.testing import save_tiny_model
 
@@ -53,7 +53,7 @@ def test_method_flags():
 
 def test_help_states_what_is_measured(capsys):
     """The description is the module docstring's whole first sentence, not its first wrapped line."""
-    from castrl.bench.steptime import parse_args
+    from castrl.bench.suites.steptime import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--help"])

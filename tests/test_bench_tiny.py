@@ -10,11 +10,13 @@ from dataclasses import asdict, fields, replace
 
 import pytest
 
-from castrl.bench import harness
-from castrl.bench.harness import Cell, make_cells, read_cell, run_grid, trainer_config
-from castrl.bench.methods import Teacher, method_overrides, parse_methods
-from castrl.bench.report import accuracy_tables, headline, reach_table, timing_table, verdict
-from castrl.bench.report_cells import TierView, steps_to_reach
+from castrl.bench.common import cells as cell_cache
+from castrl.bench.common.cells import Cell, make_cells, read_cell
+from castrl.bench.common.grid import run_grid
+from castrl.bench.common.methods import Teacher, method_overrides, parse_methods
+from castrl.bench.common.tier import trainer_config
+from castrl.bench.report.cells import TierView, steps_to_reach
+from castrl.bench.report.results import accuracy_tables, headline, reach_table, timing_table, verdict
 from castrl.core import ADVANTAGE_ESTIMATORS, get_estimator
 from castrl.reporting.stats import Interval, fmt_ci, mean_ci, paired_diff, t_cdf, t_quantile
 
@@ -44,7 +46,7 @@ def test_cell_key_depends_on_every_part_of_the_config():
 def test_harness_version_is_part_of_the_key(monkeypatch):
     cell = Cell("tiny", "cast", 0, {"a": 1})
     before = cell.key()
-    monkeypatch.setattr(harness, "HARNESS_VERSION", harness.HARNESS_VERSION + 1)
+    monkeypatch.setattr(cell_cache, "HARNESS_VERSION", cell_cache.HARNESS_VERSION + 1)
     assert cell.key() != before
 
 
@@ -83,8 +85,8 @@ def test_stale_cells_are_run_again_and_overwritten(tmp_path):
 
 
 def test_control_cells_hold_for_their_student_only(tmp_path):
-    from castrl.bench import control
-    from castrl.bench.tiny_sft import student_digest
+    from castrl.bench.common.tiny_sft import student_digest
+    from castrl.bench.tiers import control
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "model.safetensors").write_bytes(b"weights one")
@@ -100,7 +102,7 @@ def test_control_cells_hold_for_their_student_only(tmp_path):
 
 
 def test_the_control_report_warns_when_cells_trained_two_students():
-    from castrl.bench.report_control import student_warning
+    from castrl.bench.report.control import student_warning
 
     def view(digests):
         cells = {"grpo": {s: {"student_digest": d} for s, d in enumerate(digests)}}
@@ -201,7 +203,7 @@ def test_cell_file_names_are_safe():
 
 
 def test_every_tiny_method_builds_a_valid_trainer_config(tmp_path):
-    from castrl.bench import tiny
+    from castrl.bench.tiers import tiny
 
     assert "cast@flip_margin=0.223" in tiny.TIER.methods and "rlrt" in tiny.TIER.methods
     for method in tiny.TIER.methods:
@@ -213,7 +215,7 @@ def test_every_tiny_method_builds_a_valid_trainer_config(tmp_path):
 
 
 def test_smollm2_runs_the_papers_methods_with_the_papers_teachers(tmp_path):
-    from castrl.bench import smollm2
+    from castrl.bench.tiers import smollm2
 
     assert smollm2.TIER.methods == (
         "grpo", "cast", "cast@flip=false", "cast@mixed_only=true", "cast@teacher_context=with_reference",
@@ -231,7 +233,7 @@ def test_smollm2_runs_the_papers_methods_with_the_papers_teachers(tmp_path):
 
 
 def test_a_tier_must_contain_its_baseline_and_headline():
-    from castrl.bench import smollm2
+    from castrl.bench.tiers import smollm2
 
     with pytest.raises(ValueError, match="baseline 'dr_grpo' is not in its methods"):
         replace(smollm2.TIER, baseline="dr_grpo")
@@ -256,8 +258,8 @@ def test_tiny_cells_run_one_step_and_record_the_rule(tmp_path):
     cached cell records the rule and the trainer's sampling settings."""
     import torch
 
-    from castrl.bench import tiny
-    from castrl.bench.harness import cell_config
+    from castrl.bench.common.tier import cell_config
+    from castrl.bench.tiers import tiny
     from castrl.testing import save_tiny_model
 
     torch.set_num_threads(1)
@@ -271,7 +273,7 @@ def test_tiny_cells_run_one_step_and_record_the_rule(tmp_path):
     assert not outcome.failed, outcome.failed
     for cell in cells:
         rec = read_cell(cell.path(tmp_path))
-        assert rec["rule_version"] == harness.RULE_VERSION and [e["step"] for e in rec["evals"]] == [0, 1]
+        assert rec["rule_version"] == cell_cache.RULE_VERSION and [e["step"] for e in rec["evals"]] == [0, 1]
         assert rec["trainer"]["temperature"] == 0.7 and rec["trainer"]["mask_truncated_completions"] is True
         teacher_s = rec["steps"][0].get("cast/time_teacher_s", 0.0)
         assert (teacher_s > 0) == get_estimator(cell.method.split("@")[0]).needs_teacher, cell.method
@@ -357,7 +359,7 @@ def test_report_is_built_around_the_tiers_baseline_and_headline():
 
 
 def test_cells_outside_the_grid_are_named_with_their_command():
-    from castrl.bench.report_tiers import _outside_grid_note
+    from castrl.bench.report.views import _outside_grid_note
 
     cells = {"grpo": {0: {}, 1: {}}, "cast@lam=0.5": {0: {}}, "cast@flip_correct=false": {0: {}, 1: {}}}
     (note,) = _outside_grid_note("smollm2", cells, ("grpo", "cast"))
@@ -369,22 +371,10 @@ def test_cells_outside_the_grid_are_named_with_their_command():
 def test_bench_modules_import_each_other_without_a_cycle():
     """Every `castrl.bench` import, at module level or inside a function, forms no cycle (the report's
     modules used to import each other in a circle)."""
-    import ast
-    from pathlib import Path
+    from .layout_rules import import_graph
 
-    import castrl.bench
-
-    folder = Path(castrl.bench.__file__).parent
-    graph: dict[str, set[str]] = {}
-    for path in folder.glob("*.py"):
-        name = "castrl.bench" if path.stem == "__init__" else f"castrl.bench.{path.stem}"
-        edges = graph.setdefault(name, set())
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("castrl.bench"):
-                for alias in node.names:  # `from castrl.bench import tiny` imports a module
-                    sub = f"{node.module}.{alias.name}"
-                    edges.add(sub if (folder / f"{alias.name}.py").exists() and node.module == "castrl.bench"
-                              else node.module)
+    graph = {name: {m for m in imports if m.startswith("castrl.bench")}
+             for name, imports in import_graph("castrl.bench").items()}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
     def visit(module: str, path: list[str]) -> None:
@@ -397,7 +387,7 @@ def test_bench_modules_import_each_other_without_a_cycle():
             visit(dep, [*path, module])
         state[module] = 2
 
-    assert "castrl.bench.report_cells" in graph["castrl.bench.report"]
+    assert "castrl.bench.report.cells" in graph["castrl.bench.report.results"]
     for module in sorted(graph):
         visit(module, [])
 
@@ -409,7 +399,7 @@ def test_steps_to_reach_uses_the_first_evaluation_at_or_above_target():
 
 
 def _write_cells(cache, view: TierView, settings: dict) -> None:
-    from castrl.bench import tiny
+    from castrl.bench.tiers import tiny
 
     for rec in [r for m in view.cells.values() for r in m.values()]:
         rec["config"] = {"settings": settings, "overrides": method_overrides(rec["method"], tiny.TEACHERS)}
@@ -419,7 +409,7 @@ def _write_cells(cache, view: TierView, settings: dict) -> None:
 
 
 def _report(tmp_path) -> str:
-    from castrl.bench import report as report_mod
+    from castrl.bench.report import results as report_mod
 
     out = tmp_path / "docs" / "results.md"
     rc = report_mod.main(["--cache_dir", str(tmp_path / "cache"), "--out", str(out),
@@ -429,9 +419,9 @@ def _report(tmp_path) -> str:
 
 
 def test_report_cli_writes_markdown_and_figures(tmp_path):
-    from castrl.bench import tiny
+    from castrl.bench.tiers import tiny
 
-    _write_cells(tmp_path / "cache", _view(rule=harness.RULE_VERSION), asdict(tiny.QUICK))
+    _write_cells(tmp_path / "cache", _view(rule=cell_cache.RULE_VERSION), asdict(tiny.QUICK))
     text = _report(tmp_path)
     assert "Reproduce: `castrl bench tiny --seeds 4 --quick && castrl bench report --quick`" in text
     assert "![tiny held-out accuracy](figures/bench/tiny_heldout.png)" in text
@@ -443,7 +433,7 @@ def test_report_cli_writes_markdown_and_figures(tmp_path):
 
 
 def test_report_marks_cells_of_the_v1_rule_superseded(tmp_path):
-    from castrl.bench import tiny
+    from castrl.bench.tiers import tiny
 
     _write_cells(tmp_path / "cache", _view(rule=None), asdict(tiny.QUICK))  # no rule_version: v1 cells
     text = _report(tmp_path)
@@ -451,7 +441,7 @@ def test_report_marks_cells_of_the_v1_rule_superseded(tmp_path):
     assert "## v1 (superseded) — tiny tier" in text and "### v1: Headline" in text and "### Headline" not in text
     assert "## smollm2 tier" in text  # a section without v1 cells is not marked
     # once current-rule cells of the same settings exist, the v1 ones are left out
-    later = _view(rule=harness.RULE_VERSION)
+    later = _view(rule=cell_cache.RULE_VERSION)
     later.cells = {"grpo": later.cells["grpo"], "cast": later.cells["cast"]}
     _write_cells(tmp_path / "cache2", later, asdict(tiny.QUICK))
     for path in (tmp_path / "cache2" / "tiny" / "cells").iterdir():
@@ -493,10 +483,10 @@ def test_step_metrics_are_stored_by_column_and_read_back_as_rows(tmp_path):
     step, without the metrics a step did not log; cells written before packing still read."""
     steps = [{"step": 1, "reward": 0.123456789, "cast/frac_flipped": 0.25}, {"step": 2, "reward": 0.5}]
     cell = Cell("tiny", "cast", 0, {"settings": {}, "overrides": {}})
-    path = harness.save_cell(cell, {"steps": steps}, tmp_path)
+    path = cell_cache.save_cell(cell, {"steps": steps}, tmp_path)
     stored = json.loads(path.read_text())["steps"]
     assert stored == {"columns": {"step": [1, 2], "reward": [0.123457, 0.5], "cast/frac_flipped": [0.25, None]}}
     assert read_cell(path)["steps"] == [{"step": 1, "reward": 0.123457, "cast/frac_flipped": 0.25},
                                         {"step": 2, "reward": 0.5}]
-    assert harness.unpack_steps(steps) == steps
-    assert harness.load_tier(tmp_path, "tiny")[0]["steps"][1] == {"step": 2, "reward": 0.5}
+    assert cell_cache.unpack_steps(steps) == steps
+    assert cell_cache.load_tier(tmp_path, "tiny")[0]["steps"][1] == {"step": 2, "reward": 0.5}

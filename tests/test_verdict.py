@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from castrl.bench.diagnosis import _stored_diagnoses, rerender_verdicts
+from castrl.bench.report.diagnosis import _stored_diagnoses, rerender_verdicts
 from castrl.core import CastConfig
 from castrl.diagnostics.analysis import analyze, prepare
 from castrl.diagnostics.separation import rollout_gap_auc, sequence_separation
@@ -76,16 +76,16 @@ def test_the_no_signal_point_anchors_nothing():
 
 
 def _control_view():
-    from castrl.bench import control
-    from castrl.bench.harness import load_tier
-    from castrl.bench.report_tiers import tier_view
+    from castrl.bench.common.cells import load_tier
+    from castrl.bench.report.views import tier_view
+    from castrl.bench.tiers import control
 
     return tier_view(control.TIER, str(CELLS), quick=False, loader=load_tier)
 
 
 def test_control_curve_is_what_the_cached_control_cells_measure():
     """Re-derived, not copied: each point's AUC and CAST − GRPO training-reward interval from the cells."""
-    from castrl.bench.report_control import curve_points, late_reward, profiles
+    from castrl.bench.report.control import curve_points, late_reward, profiles
 
     view = _control_view()
     teachers = profiles(view)
@@ -99,7 +99,7 @@ def test_control_curve_is_what_the_cached_control_cells_measure():
 
 
 def test_the_control_report_marks_self_and_leaves_the_untrained_method_out(tmp_path):
-    from castrl.bench.report_control import conclusions, control_sections
+    from castrl.bench.report.control import conclusions, control_sections
 
     view = _control_view()
     text = "\n".join(control_sections(view, tmp_path / "fig", tmp_path))
@@ -124,7 +124,7 @@ def test_stored_verdicts_are_recomputed_from_the_stored_numbers():
 
 def test_every_cached_verdict_is_todays():
     """Every verdict stored in the tracked cache is the one today's rule computes from the numbers stored
-    beside it (after a change of rule: `castrl.bench.diagnosis.rerender_verdicts("bench/cells")`)."""
+    beside it (after a change of rule: `castrl.bench.report.diagnosis.rerender_verdicts("bench/cells")`)."""
     stale = [(path.name, stored["verdict"][:60]) for path in sorted(CELLS.glob("*/*/*.json"))
              for stored in _stored_diagnoses(json.loads(path.read_text())) if stored["verdict"] != verdict_of(stored)]
     assert not stale

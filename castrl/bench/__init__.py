@@ -4,6 +4,16 @@
 tier of the cached CAST-vs-baselines grids (`smollm2`, `control`, `tiny`: `TIERS`), `placement` (the
 bundled model's teacher diagnosed under each tag placement and prompt style) and `report` (docs/results.md).
 
+The bench has four floors, each importing only the ones below it and library code (never `castrl.commands`):
+- `common/`: what tiers and suites share: the cell cache (`cells`), running a grid (`grid`), the tier
+  description and its command line (`tier`), methods, one RL cell (`rl_cell`), the final evaluation,
+  the diagnosis before training, the tiny student (`tiny_sft`, `tiny_student`), the smollm2 tier's
+  settings and problems (`smol`) and the matmul roofs (`roofs`);
+- `tiers/`: one module per tier of the grid (`smollm2`, `control`, `tiny`); no tier imports another;
+- `suites/`: the other suites (`core`, `steptime`, `roofline`, `placement`);
+- `report/`: `castrl bench report` (`results`), one module per section, on `castrl.reporting`'s toolkit;
+  only the report reads the tiers' descriptions, no runner imports report code.
+
 Each suite reads its flags as every castrl command does: one dataclass is the command line
 (TRL-style underscores, `--cache_dir`, `--no_progress`; the hyphen spelling is accepted too), and a
 user's mistake (an unknown suite, a bad method, a non-positive `--time_budget`) raises
@@ -15,7 +25,7 @@ from __future__ import annotations
 
 import sys
 
-from castrl.bench.harness import TIERS
+from castrl.bench.common.tier import TIERS
 from castrl.command_line import user_input
 
 SUITES = ("core", "steptime", "roofline", *TIERS, "placement", "report")
@@ -31,26 +41,26 @@ def main(argv: list[str] | None = None) -> int:
     with user_input():
         if suite not in SUITES:
             raise ValueError(f"unknown suite {suite!r}; expected one of {', '.join(SUITES)}")
-    if suite in TIERS:  # an RL grid: castrl/bench/harness.py runs the tier module's description
-        from castrl.bench.harness import tier_description, tier_main
+    if suite in TIERS:  # an RL grid: castrl/bench/common/tier.py runs the tier module's description
+        from castrl.bench.common.tier import tier_description, tier_main
 
         return tier_main(tier_description(suite), rest)
     if suite == "steptime":
-        from castrl.bench.steptime import main as steptime_main
+        from castrl.bench.suites.steptime import main as steptime_main
 
         return steptime_main(rest)
     if suite == "roofline":  # the machine's matmul roofs and each phase's fraction of them
-        from castrl.bench.roofline import main as roofline_main
+        from castrl.bench.suites.roofline import main as roofline_main
 
         return roofline_main(rest)
     if suite == "placement":
-        from castrl.bench.placement import main as placement_main
+        from castrl.bench.suites.placement import main as placement_main
 
         return placement_main(rest)
-    if suite == "report":  # docs/results.md from the cell cache (castrl/bench/report.py)
-        from castrl.bench.report import main as report_main
+    if suite == "report":  # docs/results.md from the cell cache (castrl/bench/report/results.py)
+        from castrl.bench.report.results import main as report_main
 
         return report_main(rest)
-    from castrl.bench.core import main as core_main
+    from castrl.bench.suites.core import main as core_main
 
     return core_main(rest)

@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from castrl.bench.harness import Cell, bench_device
+from castrl.bench.common.cells import Cell
+from castrl.bench.common.tier import bench_device
 from castrl.reporting.stats import Interval, mean_ci
 
 # The method name of the untrained model's evaluation cell (not an estimator: it trains nothing).

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from castrl.bench.rl_cell import HeldOut
-from castrl.bench.rl_cell import arithmetic_records as records
+from castrl.bench.common.rl_cell import HeldOut
+from castrl.bench.common.rl_cell import arithmetic_records as records
 from castrl.evaluation import heldout_accuracy
 from castrl.formatting import num, write_json
 from castrl.rewards import Verifier

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from castrl.bench.harness import RULE_VERSION
+from castrl.bench.common.cells import RULE_VERSION
 
 # Cells cached before `rule_version` existed were measured with spec v1's reconstruction of CAST.
 V1_RULE = "v1"
@@ -39,7 +39,7 @@ class TierView:
     headline: str
     base: dict[str, Any] | None = None
     tuning: list[dict[str, Any]] = field(default_factory=list)
-    diagnosis: dict[str, Any] | None = None  # the tier's diagnosis before training (`castrl.bench.diagnosis`)
+    diagnosis: dict[str, Any] | None = None  # the tier's diagnosis before training (`castrl.bench.common.diagnosis`)
 
     @property
     def methods(self) -> list[str]:

@@ -23,14 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from castrl.bench.report_cells import TierView, acc_at, final_step
+from castrl.bench.report.cells import TierView, acc_at, final_step
+from castrl.bench.tiers.control import SELF
 from castrl.diagnostics.verdict import has_signal, stored_tie_share, stored_zero_gap_share, verdict_of
 from castrl.formatting import num
 from castrl.reporting.figures import pyplot, save
 from castrl.reporting.findings import ACCURACY_DIFF, BETTER, Comparison, trained
 from castrl.reporting.stats import Interval, paired_diff
 
-SELF_TEACHER = "self"  # the self-teacher's name (a cell without a teacher_model knob)
+SELF_TEACHER = SELF  # the self-teacher's name (a cell without a teacher_model knob)
 
 
 LATE_STEPS = 20  # the last quarter of the control's 80 RL steps

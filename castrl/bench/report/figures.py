@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-from castrl.bench.report_cells import TierView, acc_at
+from castrl.bench.report.cells import TierView, acc_at
 from castrl.reporting.figures import pyplot, save
 from castrl.reporting.stats import mean_ci
 

@@ -1,4 +1,4 @@
-"""The report's final-evaluation sections (tiers whose cells end with `castrl.bench.final_eval`): Avg@k,
+"""The report's final-evaluation sections (tiers whose cells end with `castrl.bench.common.final_eval`): Avg@k,
 Pass@k, maj@k and greedy per method next to the base model, paired differences vs the baseline, the
 token-budget sweep, and the baseline's tuning runs (lr / steps) against the base model.
 
@@ -13,8 +13,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from castrl.bench.final_eval import per_problem_avg
-from castrl.bench.report_cells import TierView, cell_device
+from castrl.bench.common.final_eval import per_problem_avg
+from castrl.bench.report.cells import TierView, cell_device
 from castrl.formatting import num
 from castrl.reporting.findings import ACCURACY, ACCURACY_DIFF, BETTER, Comparison, compare, trained
 from castrl.reporting.markdown import table

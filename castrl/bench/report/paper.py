@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from castrl.bench.report_cells import TierView, cell_device, step_mean
-from castrl.bench.report_final import summary_value
+from castrl.bench.report.cells import TierView, cell_device, step_mean
+from castrl.bench.report.final import summary_value
 from castrl.formatting import num
 from castrl.reporting.findings import ACCURACY, ACCURACY_DIFF, BETTER, LEVEL, WORSE, Comparison, compare
 from castrl.reporting.stats import Interval, fmt_ci, mean_ci

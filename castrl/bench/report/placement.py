@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from castrl.bench.harness import load_tier
-from castrl.bench.placement import METHOD, TIER
+from castrl.bench.common.cells import load_tier
+from castrl.bench.suites.placement import METHOD, TIER
 from castrl.diagnostics.separation import rollout_gap_auc
 from castrl.formatting import num
 

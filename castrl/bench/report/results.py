@@ -14,18 +14,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from castrl.bench.diagnosis import diagnosis_sections
-from castrl.bench.harness import DEFAULT_CACHE_DIR, load_tier, tier_descriptions
-from castrl.bench.report_cells import TierView, acc_at, cell_device, final_step, step_mean, steps_to_reach
-from castrl.bench.report_figures import write_figures
-from castrl.bench.report_final import final_measure, final_sections
-from castrl.bench.report_placement import placement_sections
-from castrl.bench.report_tiers import tier_view
+from castrl.bench.common.cells import DEFAULT_CACHE_DIR, load_tier
+from castrl.bench.common.tier import tier_descriptions
+from castrl.bench.report.cells import TierView, acc_at, cell_device, final_step, step_mean, steps_to_reach
+from castrl.bench.report.control import control_sections
+from castrl.bench.report.diagnosis import diagnosis_sections
+from castrl.bench.report.figures import write_figures
+from castrl.bench.report.final import final_measure, final_sections
+from castrl.bench.report.paper import paper_sections
+from castrl.bench.report.placement import placement_sections
+from castrl.bench.report.views import tier_view
 from castrl.command_line import parse_dataclasses, user_input
 from castrl.formatting import num
 from castrl.reporting.findings import ACCURACY, RULE, compare, paired, trained
 from castrl.reporting.markdown import table
 from castrl.reporting.stats import Interval, fmt_ci, mean_ci
+
+# A tier's own report sections, placed after its headline: (view, figures folder, markdown folder) -> lines
+# (the smollm2 tier's paper comparison, the positive control's gain-vs-teacher-AUC table and figure). Kept
+# here, not in the tier's description, so tier runners import no report code.
+TIER_SECTIONS: dict[str, Callable[[TierView, Path, Path], list[str]]] = {
+    "smollm2": lambda view, figures, md_dir: paper_sections(view),
+    "control": control_sections,
+}
 
 # Written above the tables when some section shows cells of spec v1's rule (cells without `rule_version`).
 V1_BANNER = (
@@ -323,7 +334,8 @@ def main(argv: list[str]) -> int:
               "the cached cells measured.", ""]
     for tier, view in zip(tiers, views, strict=True):
         figures = write_figures(view, Path(args.figures), out.parent) if view.cells else {}
-        extra = tier.report_sections(view, Path(args.figures), out.parent) if tier.report_sections and view.cells else []
+        own = TIER_SECTIONS.get(tier.name)
+        extra = own(view, Path(args.figures), out.parent) if own and view.cells else []
         lines += render_tier(view, figures, extra)
     lines += placement_sections(args.cache_dir)
     out.write_text("\n".join(lines))

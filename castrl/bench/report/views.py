@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from castrl.bench.harness import CELL_CODE_PATHS, RLSettings, Tier
-from castrl.bench.report_cells import TierView, cell_device, select_cells
-from castrl.bench.report_final import TUNED_FIELDS
+from castrl.bench.common.tier import CELL_CODE_PATHS, RLSettings, Tier
+from castrl.bench.report.cells import TierView, cell_device, select_cells
+from castrl.bench.report.final import TUNED_FIELDS
 from castrl.formatting import num
 
 Cells = dict[str, dict[int, dict[str, Any]]]

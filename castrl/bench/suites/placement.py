@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
-from castrl.bench.harness import DEFAULT_CACHE_DIR, Cell, load_cell, save_cell
+from castrl.bench.common.cells import DEFAULT_CACHE_DIR, Cell, load_cell, save_cell
+from castrl.bench.common.smol import SETTINGS as TIER_SETTINGS
+from castrl.bench.common.smol import training_problems
 from castrl.command_line import parse_dataclasses, user_input
 from castrl.data import STYLES
 from castrl.teacher import TAG_PLACEMENTS
@@ -68,8 +70,7 @@ class PlacementArguments:
 
 
 def placement_cell(style: str, settings: PlacementSettings = SETTINGS) -> Cell:
-    from castrl.bench.smollm2 import SETTINGS as TIER_SETTINGS
-
+    """The cell of one prompt style: the smollm2 tier's model and levels, this suite's settings."""
     config = {"model": TIER_SETTINGS.model, "levels": list(TIER_SETTINGS.levels), "prompt_style": style,
               "placement": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
     return Cell(TIER, METHOD, settings.seed, config)
@@ -77,11 +78,8 @@ def placement_cell(style: str, settings: PlacementSettings = SETTINGS) -> Cell:
 
 def _problems(n_prompts: int) -> list[dict[str, Any]]:
     """The smollm2 tier's first training problems, spread over its levels (as its own diagnosis draws them)."""
-    from castrl.bench.rl_cell import arithmetic_records
-    from castrl.bench.smollm2 import SETTINGS as TIER_SETTINGS
-
     per_level = -(-n_prompts // len(TIER_SETTINGS.levels))
-    return arithmetic_records("train", TIER_SETTINGS.levels, per_level, TIER_SETTINGS.train_seed)[:n_prompts]
+    return training_problems(TIER_SETTINGS, per_level)[:n_prompts]
 
 
 def _rollout_gaps(run: Any, name: str) -> list[float]:

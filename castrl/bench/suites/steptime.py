@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainerCallback
 
-from castrl.bench.roofline import FORMULA, matmul_params, measure_roofs, phase_row
+from castrl.bench.common.roofs import FORMULA, matmul_params, measure_roofs, phase_row
 from castrl.command_line import dataclass_parser, user_input
 from castrl.core import get_estimator
 from castrl.formatting import num, write_json
@@ -175,7 +175,7 @@ def _table(results: dict[str, list[dict[str, float]]]) -> str:
 
 def _roof_table(results: dict[str, list[dict[str, float]]], roofs: dict[str, dict]) -> str:
     """Rollout (2·P per sampled token) and update (LoRA ~4·P, full 6·P per prompt + completion token) as
-    fractions of the matching matmul roof (`castrl.bench.roofline.phase_row`), per step."""
+    fractions of the matching matmul roof (`castrl.bench.common.roofs.phase_row`), per step."""
     lines = ["| method | step | precision | rollout tokens/s | rollout roof fraction | train tokens/s | train roof fraction |",
              "|---|---|---|---|---|---|---|"]
     for method, rows in results.items():

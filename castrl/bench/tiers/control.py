@@ -29,17 +29,24 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from castrl.bench.harness import Cell, Tier, tier_main
-from castrl.bench.methods import Teacher
-from castrl.bench.report_control import SELF_TEACHER, control_sections
-from castrl.bench.tiny import SETTINGS as TINY
-from castrl.bench.tiny import TinySettings, prepare_sft, run_tiny_cell
-from castrl.bench.tiny_sft import SFTSettings, held_out_of, prompt_text, records, sft_loop, student_digest
+from castrl.bench.common.cells import Cell
+from castrl.bench.common.methods import Teacher
+from castrl.bench.common.tier import Tier, tier_main
+from castrl.bench.common.tiny_sft import (
+    SFTSettings,
+    held_out_of,
+    prompt_text,
+    records,
+    sft_loop,
+    student_digest,
+)
+from castrl.bench.common.tiny_student import SETTINGS as TINY
+from castrl.bench.common.tiny_student import TinySettings, prepare_sft, run_tiny_cell
 from castrl.core import get_estimator
 from castrl.formatting import num, write_json
 
 TIER_NAME = "control"
-SELF = SELF_TEACHER  # the self-teacher's name in cells and the report (no teacher_model knob)
+SELF = "self"  # the self-teacher's name in cells and the report (a method without a teacher_model knob)
 LADDER_INFO_FILE = "ladder.json"
 
 
@@ -301,7 +308,7 @@ TIER = Tier(
     about=__doc__.splitlines()[0], settings=SETTINGS, quick=QUICK, methods=grid(SETTINGS.ladder),
     quick_methods=("grpo", "cast", *(f"cast@teacher_model={n}" for n in QUICK.ladder.names())), seeds=5,
     quick_seeds=1, baseline="grpo", headline="cast", run_cell=run_control_cell, teachers=TEACHERS,
-    prepare=prepare, notes=report_notes, report_sections=control_sections, is_current=is_current, threads=1,
+    prepare=prepare, notes=report_notes, is_current=is_current, threads=1,
     threads_help="torch CPU threads (1 is fastest for this model)",
 )  # fmt: skip
 

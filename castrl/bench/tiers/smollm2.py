@@ -4,7 +4,7 @@ Every teacher is the paper's (the model reads instructions): the context the pap
 with and a policy snapshot refreshed every 10 steps; the grid is the paper's methods and CAST ablations
 (Tables 4, 7, 8), all with the same settings. Rollouts use spec §4's sampling and truncation masking
 (the trainer's defaults; no cell overrides them). Each cell ends with a final evaluation
-(`castrl.bench.final_eval`: Avg@4, Pass@4, maj@4, greedy, budget sweep); the base model's is one shared cell.
+(`castrl.bench.common.final_eval`: Avg@4, Pass@4, maj@4, greedy, budget sweep); the base model's is one shared cell.
 
     castrl bench smollm2 [--methods all] [--seeds N] [--cache_dir bench/cells] [--quick]
     castrl bench smollm2 --methods grpo --seeds 1 --learning_rate 1e-4 --steps 10   # a tuning run
@@ -13,16 +13,24 @@ with and a policy snapshot refreshed every 10 steps; the grid is the paper's met
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from castrl.bench.diagnosis import DiagnosisSettings, diagnosis_cell, diagnosis_config, run_diagnosis
-from castrl.bench.final_eval import FinalEvalSettings, base_cell, eval_arguments, evaluate_final
-from castrl.bench.harness import Cell, RLSettings, Tier, load_cell, save_cell, tier_main, trainer_config
-from castrl.bench.report_paper import paper_sections
+from castrl.bench.common.cells import Cell, load_cell, save_cell
+from castrl.bench.common.diagnosis import run_diagnosis
+from castrl.bench.common.final_eval import FinalEvalSettings, eval_arguments, evaluate_final
+from castrl.bench.common.smol import (
+    DIAGNOSIS,
+    SETTINGS,
+    TIER_NAME,
+    SmolSettings,
+    held_out_records,
+    training_problems,
+)
+from castrl.bench.common.tier import Tier, tier_main, trainer_config
 
 METHODS = (
     "grpo", "cast",
@@ -37,75 +45,8 @@ METHODS = (
 METHOD_SEEDS = {"grpo": 3, "cast": 3, "cast@flip=false": 3}
 
 
-@dataclass(frozen=True)
-class SmolSettings(RLSettings):
-    """Everything that determines a smollm2 cell besides the method and seed."""
-
-    model: str = "smollm2-135m"
-    levels: tuple[str, ...] = ("add1", "add2", "mul21")
-    prompt_style: str = "oneshot"
-    # 32 rollouts per step in micro-batches of 8 with gradient checkpointing: peak RSS 4.6 GB instead of
-    # 11.8 GB (micro-batches of 16 without), same step time (castrl train's demo, 2 CPU cores)
-    micro_batch: int = 8
-    gradient_checkpointing: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    final: FinalEvalSettings = field(default_factory=FinalEvalSettings)
-
-    def batch_layout(self) -> tuple[int, int]:
-        """prompts x generations rollouts per optimizer step, in micro-batches of `micro_batch`."""
-        rollouts = self.prompts_per_step * self.num_generations
-        if rollouts % self.micro_batch:
-            raise ValueError(f"prompts_per_step x num_generations = {rollouts} must be a multiple of "
-                             f"micro_batch = {self.micro_batch}")
-        return self.micro_batch, rollouts // self.micro_batch
-
-    def trainer_kwargs(self) -> dict[str, Any]:
-        return {"gradient_checkpointing": self.gradient_checkpointing}
-
-    def code_paths(self) -> dict[str, Any]:
-        """The trainer's defaults (fused student pass, shared prompt KV cache): CAST's step 1.06x GRPO's
-        instead of 1.39x with separate passes at this tier's budget (docs/steptime.md), same advantages."""
-        return {}
-
-    def base_cell(self) -> Cell:
-        """The untrained model's final-evaluation cell of these settings."""
-        return base_cell(TIER_NAME, self.model, self.levels, self.prompt_style, self.final)
-
-    def diagnosis_cell(self) -> Cell:
-        """The untrained model's `castrl diagnose` cell: the training problems, group size and budget."""
-        return diagnosis_cell(TIER_NAME, diagnosis_config(self.model, self.levels, self.prompt_style,
-                                                          self.num_generations, self.max_completion_length, DIAGNOSIS))
-
-
-TIER_NAME = "smollm2"
-# The diagnosis before training: every teacher context the grid trains with, on the first training problems
-# (kept out of SmolSettings so adding it did not re-key the cells).
-DIAGNOSIS = DiagnosisSettings()
-# Training budget 128 tokens: ~4x the base model's mean sampled completion (32.9 tokens, p95 84, 1 % over
-# 128: `castrl eval`, 24 test problems x 4 samples at spec §7 sampling, 256-token cap); the final
-# evaluation's 256 is 2x that. Steps: the 30-minute cell budget on 2 cores. Measured (2026-11-29): a step
-# takes ~80 s (grpo) / ~100 s (cast, the trainer's default code paths); a greedy checkpoint 15 s; the final
-# evaluation 456 s (a 2-step grpo model) to 988 s (the base model, longer completions) in float32; so 10
-# steps keep a cast cell under ~30 min. lr 2e-4 and 10 steps, chosen on GRPO alone (the report's "Tuning
-# runs"): GRPO seed 0 reached Avg@4 0.408 against the base model's 0.277 (bf16 evaluation, 192 problems);
-# that tuning cell is the grid's grpo seed 0.
-SETTINGS = SmolSettings(
-    steps=10, prompts_per_step=4, num_generations=8, max_completion_length=128, learning_rate=2e-4,
-    train_n_per_level=48, eval_n_per_level=8, eval_every=4, eval_max_new_tokens=128,
-    # add1 has 16 test problems: 16 + 88 + 88 = 192 held out. bf16 evaluation: 1.5-1.6x faster than fp32 on
-    # this CPU (AMX), which keeps a cast cell near 30 min; every cell and the base model use the same dtype.
-    final=FinalEvalSettings(n_per_level=88, dtype="bfloat16"),
-)  # fmt: skip
 QUICK = replace(SETTINGS, steps=2, eval_every=1, eval_n_per_level=2, train_n_per_level=8, max_completion_length=32,
                 eval_max_new_tokens=32, final=FinalEvalSettings(n_per_level=4, max_new_tokens=64, budgets=(32, 64)))
-
-
-def held_out_records(settings: SmolSettings, n_per_level: int) -> list[dict[str, Any]]:
-    """The first `n_per_level` test problems of each level (the checkpoints' subset is a prefix of each)."""
-    from castrl.bench.rl_cell import arithmetic_records
-
-    return arithmetic_records("test", settings.levels, n_per_level, settings.final.data_seed)
 
 
 def _verifier() -> Any:
@@ -122,16 +63,9 @@ def prepare(settings: SmolSettings, cache_dir: str, scratch_dir: str, progress: 
     if load_cell(cell, cache_dir) is None:
         print(f"[bench] diagnosing the untrained model once for these settings -> {cell.path(cache_dir)}")
         n_levels = len(settings.levels)
-        problems = _training_problems(settings, -(-DIAGNOSIS.n_prompts // n_levels))[: DIAGNOSIS.n_prompts]
+        problems = training_problems(settings, -(-DIAGNOSIS.n_prompts // n_levels))[: DIAGNOSIS.n_prompts]
         save_cell(cell, run_diagnosis(dict(cell.config), problems, progress), cache_dir)
     return evaluate_base(settings, cache_dir, scratch_dir, progress)
-
-
-def _training_problems(settings: SmolSettings, n_per_level: int) -> list[dict[str, Any]]:
-    """The first `n_per_level` RL training problems of each level (a prefix of the grid's training set)."""
-    from castrl.bench.rl_cell import arithmetic_records
-
-    return arithmetic_records("train", settings.levels, n_per_level, settings.train_seed)
 
 
 def evaluate_base(settings: SmolSettings, cache_dir: str, scratch_dir: str, progress: bool) -> dict[str, Any]:
@@ -156,14 +90,14 @@ def evaluate_base(settings: SmolSettings, cache_dir: str, scratch_dir: str, prog
 def run_smol_cell(cell: Cell, settings: SmolSettings, scratch: Path, prepared: Any = None) -> dict[str, Any]:
     """LoRA-train the bundled model with the cell's method and seed; greedy checkpoints on a subset of the
     held-out problems during training, then the final evaluation of the trained model on all of them."""
-    from castrl.bench.rl_cell import HeldOut, run_rl_cell
+    from castrl.bench.common.rl_cell import HeldOut, run_rl_cell
     from castrl.data import build_prompt, to_trl_dataset
     from castrl.models import LoraSettings, load_model_and_tokenizer, peft_config
     from castrl.rollouts import render_prompt
 
     torch.manual_seed(cell.seed)
     model, tokenizer = load_model_and_tokenizer(settings.model)
-    train = _training_problems(settings, settings.train_n_per_level)
+    train = training_problems(settings, settings.train_n_per_level)
     subset = held_out_records(settings, settings.eval_n_per_level)
     prompts = [render_prompt(tokenizer, build_prompt(r["problem"], settings.prompt_style)) for r in subset]
     held_out = HeldOut(prompts, [r["answer"] for r in subset], [r["level"] or "" for r in subset])
@@ -199,7 +133,7 @@ TIER = Tier(
     name=TIER_NAME, title="smollm2 tier v2: SmolLM2-135M + LoRA", about=__doc__.splitlines()[0],
     settings=SETTINGS, quick=QUICK, methods=METHODS, quick_methods=("grpo", "cast"), seeds=2,
     method_seeds=METHOD_SEEDS, quick_seeds=1, baseline="grpo", headline="cast", run_cell=run_smol_cell,
-    prepare=prepare, notes=report_notes, report_sections=lambda view, figures, md_dir: paper_sections(view),
+    prepare=prepare, notes=report_notes,
     base_cell=SmolSettings.base_cell, diagnosis_cell=SmolSettings.diagnosis_cell, threads=2,
 )  # fmt: skip
 
