@@ -61,8 +61,9 @@ def _under(module: str, package: str) -> bool:
 
 
 def bench_violations(graph: Mapping[str, Iterable[str]]) -> list[str]:
-    """The bench's rules: no tier imports another tier, no bench module imports `castrl.commands`, and no
-    runner (`common`, `tiers`, `suites`) imports report code. One line per broken rule."""
+    """The bench's rules: no tier imports another tier, `common` imports no tier or suite, no bench module
+    imports `castrl.commands`, and no runner (`common`, `tiers`, `suites`) imports report code. One line
+    per broken rule."""
     out = []
     for module, imports in sorted(graph.items()):
         if not _under(module, "castrl.bench"):
@@ -73,6 +74,9 @@ def bench_violations(graph: Mapping[str, Iterable[str]]) -> list[str]:
             if (_under(module, "castrl.bench.tiers") and module != "castrl.bench.tiers"
                     and _under(imported, "castrl.bench.tiers") and imported not in (module, "castrl.bench.tiers")):
                 out.append(f"tier {module} imports tier {imported}")
+            if _under(module, "castrl.bench.common") and any(
+                    _under(imported, f"castrl.bench.{floor}") for floor in ("tiers", "suites")):
+                out.append(f"common module {module} imports {imported}")
             runner = any(_under(module, f"castrl.bench.{floor}") for floor in ("common", "tiers", "suites"))
             if runner and _under(imported, "castrl.bench.report"):
                 out.append(f"runner {module} imports report code {imported}")

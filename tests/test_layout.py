@@ -34,6 +34,7 @@ def test_the_bench_rules_catch_a_violation():
         "castrl.bench.suites.steptime": "def f():\n    from castrl.commands.train import parse_args\n",
         "castrl.bench.suites.core": "from castrl.commands import user_input\nfrom castrl.command_line import user_input\n",
         "castrl.bench.common.cells": "from .tier import Tier\n",  # allowed: common imports common
+        "castrl.bench.common.smol": "from ..tiers import smollm2\n",
     }
     graph = {name: imported_names(text, name) for name, text in sources.items()}
     found = bench_violations(graph)
@@ -41,6 +42,7 @@ def test_the_bench_rules_catch_a_violation():
     assert any("runner castrl.bench.tiers.tiny imports report code castrl.bench.report" in f for f in found)
     assert any("castrl.bench.suites.steptime imports the command module castrl.commands.train" in f for f in found)
     assert any("castrl.bench.suites.core imports the command module castrl.commands" in f for f in found)
+    assert any("common module castrl.bench.common.smol imports castrl.bench.tiers.smollm2" in f for f in found)
     assert not any("castrl.bench.common.cells" in f or "command_line" in f for f in found)
 
 
