@@ -33,7 +33,7 @@ CELL_CODE_PATHS: dict[str, Any] = {"fuse_student_pass": False, "share_prompt_cac
 # module imports its model's stack).
 # The bundled model's tier first (the CAST-vs-GRPO headline), then the positive control on the tiny student,
 # then the tiny tier itself (its self-teacher cannot read a context: no evidence about CAST's teacher).
-TIERS = {"smollm2": "castrl.bench.tiers.smollm2", "control": "castrl.bench.tiers.control", "tiny": "castrl.bench.tiers.tiny"}
+TIERS = {name: f"castrl.bench.tiers.{name}" for name in ("smollm2", "control", "tiny")}
 
 
 @dataclass(frozen=True)
