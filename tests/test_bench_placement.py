@@ -42,6 +42,8 @@ def test_auc_interval_separated_random_and_empty():
     assert lo < auc < hi and lo < 0.5 < hi  # no preference: the interval covers 0.5
     nan = auc_interval([0.1, float("nan")], [True, False], [0, 0])
     assert math.isnan(nan[0]) and nan[3] == 0  # the only wrong rollout had no valid token
+    stored = auc_interval([0.1, None, -0.2], [True, False, False], [0, 0, 0], resamples=20)
+    assert stored[:4] == (1.0, 1.0, 1.0, 1)  # a cell stores NaN as null: left out the same way
 
 
 def _cell(style: str, separated: bool) -> dict:

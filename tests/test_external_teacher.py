@@ -74,3 +74,7 @@ def test_diagnose_scores_with_the_external_teacher(tmp_path):
     gap = (run.teacher_logps["student"] - run.student_logps)[run.mask > 0]
     assert gap.abs().max() > 1e-3
     assert "external teacher model" in run.notes["teacher_weights"]
+    # the teacher context is named `student`: its re-scored log-probs must not stand in for the student's,
+    # which made the noise floor the whole gap (the control's profiles quoted a p95 |Δg| of 0.78 in fp32)
+    for variant, floor in run.results["teachers"]["student"]["noise_floor"]["variants"].items():
+        assert floor["abs_delta_max"] < 1e-3, (variant, floor)

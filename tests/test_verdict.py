@@ -63,16 +63,16 @@ def test_the_no_signal_point_anchors_nothing():
     """`self` (AUC 0.500, no signal) stays in CONTROL_CURVE as a record but is never quoted."""
     silent = [p for p in CONTROL_CURVE if not p.signal]
     assert [p.teacher for p in silent] == ["self"] and all(p.signal for p in ANCHORS)
-    assert "AUC 0.500" not in control_summary() and "-0.188" not in control_summary()
-    assert "every teacher with a signal (AUC 0.765 to 0.839)" in control_summary()
+    assert "AUC 0.500" not in control_summary() and "-0.183" not in control_summary()
+    assert "every teacher with a signal (AUC 0.773 to 0.845)" in control_summary()
     for auc in (0.2, 0.41, 0.45, 0.5, 0.55, 0.6, 0.77, 0.8, 0.9):
         for text in (control_evidence(auc), gap_verdict(auc, 100)):
-            assert "AUC 0.500 left" not in text and "-0.188" not in text, (auc, text)
-    assert "the weakest teacher with a signal (AUC 0.765)" in control_evidence(0.5)
+            assert "AUC 0.500 left" not in text and "-0.183" not in text, (auc, text)
+    assert "the weakest teacher with a signal (AUC 0.773)" in control_evidence(0.5)
     assert "this teacher is weaker than that one" in gap_verdict(0.41, 160)
-    assert "a teacher at AUC 0.839 left CAST worse than GRPO" in gap_verdict(0.87, 160)
-    assert "a teacher at AUC 0.765 left" in gap_verdict(0.7649, 672)  # the point itself, rounded to 3 decimals
-    assert "stronger than any" not in gap_verdict(0.8393, 672)
+    assert "a teacher at AUC 0.845 left CAST worse than GRPO" in gap_verdict(0.87, 160)
+    assert "a teacher at AUC 0.773 left" in gap_verdict(0.7729, 672)  # the point itself, rounded to 3 decimals
+    assert "stronger than any" not in gap_verdict(0.8453, 672)
 
 
 def _control_view():

@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,6 +49,16 @@ STUDENT_ONLY: tuple[str, ...] = ("grad_forward",)  # variants that change the st
 NOISE_SHARE_WARN = 0.10
 
 Rows = Sequence[Sequence[int]]
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """One variant's re-scored log-probs: the student's, and each teacher's by its name. Kept apart (not one
+    dict with a "student" key) because a teacher context may itself be named `student` (the student's own
+    prompt read by other weights, as in the bench's positive control)."""
+
+    student: torch.Tensor  # (B, T)
+    teachers: dict[str, torch.Tensor]  # teacher name -> (B, T); empty for a STUDENT_ONLY variant
 
 
 def _cached(model: Any, rows: Rows, completion_ids: torch.Tensor, mask: torch.Tensor, temperature: float,
@@ -203,12 +214,12 @@ def measure(
     variants: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
     timings: dict[str, float] | None = None,
-) -> dict[str, dict[str, torch.Tensor]]:
-    """variant -> {"student": (B, T) log-probs, teacher name: (B, T) log-probs}, every pass re-scored the
+) -> dict[str, Rescored]:
+    """variant -> `Rescored`: the student's and each teacher's (B, T) log-probs, every pass re-scored the
     variant's way (a `STUDENT_ONLY` variant leaves the teachers out: the caller keeps their reference
     scores). `teacher_scope(name)` is a context that yields the module scoring as that teacher (None:
     `model` itself). `variants` None: `variants_for` the model's device. `timings` gets `noise_<variant>_s`."""
-    out: dict[str, dict[str, torch.Tensor]] = {}
+    out: dict[str, Rescored] = {}
     kwargs = dict(temperature=temperature, pad_id=pad_id, batch_size=batch_size)
     unknown = [v for v in variants or () if v not in VARIANTS]
     if unknown:
@@ -217,12 +228,13 @@ def measure(
         if progress:
             progress(variant)
         start = time.perf_counter()
-        scores = {"student": score_variant(variant, model, student_rows, completion_ids, mask, **kwargs)}
+        student = score_variant(variant, model, student_rows, completion_ids, mask, **kwargs)
+        teachers: dict[str, torch.Tensor] = {}
         if variant not in STUDENT_ONLY:
             for name, rows in teacher_rows.items():
                 with teacher_scope(name) if teacher_scope else nullcontext(model) as scorer:
-                    scores[name] = score_variant(variant, scorer, rows, completion_ids, mask, **kwargs)
-        out[variant] = scores
+                    teachers[name] = score_variant(variant, scorer, rows, completion_ids, mask, **kwargs)
+        out[variant] = Rescored(student, teachers)
         if timings is not None:
             timings[f"noise_{variant}_s"] = time.perf_counter() - start
     return out

@@ -251,7 +251,8 @@ def _add_noise_floor(settings, model, tokenizer, rollouts, scored: Scored, kept,
         results["groups"]["noise_variants_skipped"] = skipped
     rewards, group_ids, student, teachers, mask, config = analysed
     for name, teacher in teachers.items():
-        rescored = {v: (s["student"][kept], s[name][kept] if name in s else teacher) for v, s in variants.items()}
+        rescored = {v: (r.student[kept], r.teachers[name][kept] if name in r.teachers else teacher)
+                    for v, r in variants.items()}
         floor = noise.teacher_noise_floor(rewards, group_ids, student, teacher, mask, config, rescored)
         entry = results["teachers"][name]
         entry["noise_floor"] = floor

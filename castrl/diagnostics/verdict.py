@@ -66,9 +66,9 @@ class ControlPoint:
 # The control's points (docs/results.md, "positive control"; `tests/test_verdict.py` checks them against the
 # cached control cells, so they cannot drift from the report).
 CONTROL_CURVE: tuple[ControlPoint, ...] = (
-    ControlPoint("self", 0.500, -0.188, -0.222, -0.155, signal=False),
-    ControlPoint("sft+500", 0.765, -0.103, -0.118, -0.088),
-    ControlPoint("sft+2000", 0.839, -0.047, -0.066, -0.027),
+    ControlPoint("self", 0.500, -0.183, -0.221, -0.145, signal=False),
+    ControlPoint("sft+500", 0.773, -0.094, -0.129, -0.060),
+    ControlPoint("sft+2000", 0.845, -0.035, -0.059, -0.011),
 )
 ANCHORS: tuple[ControlPoint, ...] = tuple(p for p in CONTROL_CURVE if p.signal)
 # From this AUC on, CAST stopped doing measurably worse than GRPO in the control (the lowest anchor AUC

@@ -113,7 +113,7 @@ def with_teacher(method: str, teacher: str) -> str:
 
 
 def teacher_label(name: str, profile: dict[str, Any]) -> str:
-    """'`sft+500` (AUC 0.765)'; a teacher without signal says so: its AUC is ties, not a measurement."""
+    """'`sft+500` (AUC 0.773)'; a teacher without signal says so: its AUC is ties, not a measurement."""
     return f"`{name}` (AUC {num(profile.get('auc'))}{'' if has_signal(profile) else ', no signal'})"
 
 

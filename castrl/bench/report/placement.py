@@ -28,8 +28,9 @@ def auc_interval(score: Sequence[float], correct: Sequence[bool], group: Sequenc
                  resamples: int | None = None, seed: int = 0) -> tuple[float, float, float, int, int]:
     """(AUC, lo, hi, pairs, tied pairs): `rollout_gap_auc` of the rollouts, and the percentile interval of a
     bootstrap over problems (groups drawn with replacement, each draw a new group id, so a problem drawn
-    twice pairs only within itself). Rollouts with a NaN score (no valid token) are left out."""
-    s = torch.tensor([float(x) for x in score], dtype=torch.double)
+    twice pairs only within itself). Rollouts with a NaN score (no valid token; a cell stores it as null)
+    are left out."""
+    s = torch.tensor([math.nan if x is None else float(x) for x in score], dtype=torch.double)
     c = torch.tensor([bool(x) for x in correct])
     g = torch.tensor([int(x) for x in group])
     valid = ~torch.isnan(s)

@@ -208,6 +208,7 @@ def characterise(settings: ControlSettings, student_dir: Path, name: str, teache
         "frac_flipped_correct_negative": flips.get("cast/frac_flipped_correct_negative"),
         "frac_flipped_incorrect_positive": flips.get("cast/frac_flipped_incorrect_positive"),
         "groups": run.results["groups"], "diagnose": asdict(spec),
+        "noise_floor": (teacher.get("noise_floor") or {}).get("pooled"),
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result, indent=1)
