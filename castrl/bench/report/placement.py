@@ -54,6 +54,11 @@ def auc_interval(score: Sequence[float], correct: Sequence[bool], group: Sequenc
     return found.auc, lo, hi, found.n_pairs, found.n_ties
 
 
+def _small(value: Any) -> str:
+    """A noise p95 (1e-6 in fp32, 1e-2 in bf16) in two significant digits; 'n/a' when not measured."""
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.2g}"
+
+
 def _pct(value: Any) -> str:
     return "-" if value is None or not math.isfinite(float(value)) else f"{float(value):.1%}"
 
@@ -71,8 +76,8 @@ def _row(name: str, t: Mapping[str, Any], found: tuple[float, float, float, int,
     fp32, bf16 = pooled.get("fp32", {}), pooled.get("bf16", {})
     flipped = t.get("cast_metrics", {}).get("cast/frac_flipped")
     return (f"| `{name.partition('@')[2] or 'last_user'}` | {num(auc)} [{num(lo)}, {num(hi)}] ({pairs}, {ties} tied) | "
-            f"{_pct(flipped)} | {_pct(t['advantages'].get('frac_down'))} | {num(fp32.get('abs_delta_p95'), 2)} | "
-            f"{_pct(fp32.get('frac_flips_below_p95'))} | {num(bf16.get('abs_delta_p95'), 2)} | "
+            f"{_pct(flipped)} | {_pct(t['advantages'].get('frac_down'))} | {_small(fp32.get('abs_delta_p95'))} | "
+            f"{_pct(fp32.get('frac_flips_below_p95'))} | {_small(bf16.get('abs_delta_p95'))} | "
             f"{_pct(bf16.get('frac_flips_below_p95'))} | {_pct(bf16.get('frac_sign_changed'))} |")
 
 
@@ -92,10 +97,19 @@ def _answers(cells: Sequence[Mapping[str, Any]], found: Sequence[Mapping[str, tu
                   if t.get("noise_floor")}
         if shares:
             fp32 = ", ".join(f"`{p}` {_pct(v.get('fp32', {}).get('frac_flips_below_p95'))}" for p, v in shares.items())
-            bf16 = ", ".join(f"`{p}` {_pct(v.get('bf16', {}).get('frac_flips_below_p95'))}" for p, v in shares.items())
+            changed = ", ".join(f"`{p}` {_small(100 * v.get('fp32', {}).get('frac_sign_changed', math.nan))}%"
+                                for p, v in shares.items())
+            if any(v.get("bf16") for v in shares.values()):
+                bf16 = ", ".join(f"`{p}` {_pct(v.get('bf16', {}).get('frac_flips_below_p95'))}"
+                                 for p, v in shares.items())
+                bf16 = f"below the fp32-vs-bf16 difference: {bf16}"
+            else:
+                skipped = ", ".join(rec.get("groups", {}).get("noise_variants_skipped", [])) or "bf16"
+                bf16 = (f"bf16 was not measured ({skipped} skipped: this CPU has no native bf16, so nobody trains "
+                        "in it here; `castrl diagnose --noise_variants bf16` measures it where bf16 is native)")
             lines.append(f"- **`{style}`: how much of CAST's flip set is noise?** Flips with |g| at or below the p95 "
-                         f"of |Δg| between fp32 passes that should not matter: {fp32}; below the fp32-vs-bf16 "
-                         f"difference: {bf16}.")
+                         f"of |Δg| between fp32 passes that should not matter: {fp32}; tokens whose CAST advantage "
+                         f"changes sign between those passes: {changed}; {bf16}.")
     return lines
 
 
@@ -114,7 +128,7 @@ def placement_sections(cache_dir: str) -> list[str]:
              "context's alone). Gap AUC: P(a correct rollout's mean gap > a wrong one's of the same problem), "
              "ties ½, with a 95 % bootstrap interval over problems. Flipped / pushed down: tokens CAST would flip / "
              "give a negative advantage at step 0. Noise: the p95 of |Δg| when the same tokens are re-scored in "
-             "ways that should not matter (fp32: one rollout per pass, a shared prompt KV cache, the student's "
+             "ways that should not matter (fp32: a quarter of the rows per pass, a shared prompt KV cache, the student's "
              "pass with autograd on; bf16: autocast), and the share of CAST's flips with |g| at or below it; "
              "'sign changes': tokens whose CAST advantage changes sign under bf16 scoring.", ""]
     cells = sorted(cells, key=lambda r: r["config"]["prompt_style"])
@@ -122,7 +136,7 @@ def placement_sections(cache_dir: str) -> list[str]:
     for rec, by_name in zip(cells, found, strict=True):
         groups = rec.get("groups", {})
         lines += [f"### `{rec['config']['prompt_style']}` prompt (mixed groups {num(groups.get('frac_mixed'))}, "
-                  f"{num(rec.get('wall_s'), 0)} s at {rec.get('threads', '?')} threads)", "",
+                  f"{num(rec.get('wall_s'), 0)} s on {rec.get('threads', '?')} CPU thread(s))", "",
                   "| placement | gap AUC [95% CI] (pairs, tied) | flipped | pushed down | fp32 noise p95 | flips below "
                   "it | bf16 noise p95 | flips below it | CAST sign changes (bf16) |",
                   "|---|---|---|---|---|---|---|---|---|"]
