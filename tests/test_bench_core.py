@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,17 @@ def test_python_m_castrl_bench_reports_a_mistake_in_one_line():
     result = subprocess.run([sys.executable, "-m", "castrl.bench", "nope", "--debug"], capture_output=True,
                             text=True, timeout=300, env=env)
     assert result.returncode == 1 and "Traceback" in result.stderr and "UserInputError" in result.stderr
+
+
+def test_bench_report_writes_into_output_dir_and_still_reads_out(capsys):
+    """`castrl bench report --output_dir D`: D/results.md and D/figures/bench; the deprecated `--out F.md`
+    (a file) still names the report file, with one deprecation line."""
+    from castrl.bench.report.results import parse_args
+
+    default = parse_args([])
+    assert (default.report_path(), default.figures_dir()) == (Path("docs/results.md"), Path("docs/figures/bench"))
+    folder = parse_args(["--output_dir", "out/bench"])
+    assert (folder.report_path(), folder.figures_dir()) == (Path("out/bench/results.md"), Path("out/bench/figures/bench"))
+    old = parse_args(["--out", "elsewhere/r.md", "--figures", "figs"])
+    assert (old.report_path(), old.figures_dir()) == (Path("elsewhere/r.md"), Path("figs"))
+    assert "--out is deprecated" in capsys.readouterr().err

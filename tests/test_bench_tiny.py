@@ -472,10 +472,9 @@ def test_bench_tiny_quick_end_to_end(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in cells}
     assert bench_main(["tiny", "--quick", "--cache_dir", str(cache), "--scratch_dir", scratch, "--no_progress"]) == 0
     assert {p: p.stat().st_mtime for p in cells} == mtimes
-    out = tmp_path / "results.md"
-    assert bench_main(["report", "--quick", "--cache_dir", str(cache), "--out", str(out),
-                       "--figures", str(tmp_path / "fig")]) == 0
-    assert "| cast |" in out.read_text()
+    assert bench_main(["report", "--quick", "--cache_dir", str(cache), "--output_dir", str(tmp_path)]) == 0
+    assert "| cast |" in (tmp_path / "results.md").read_text()
+    assert list((tmp_path / "figures" / "bench").glob("*.png"))
 
 
 def test_step_metrics_are_stored_by_column_and_read_back_as_rows(tmp_path):
