@@ -104,6 +104,10 @@ COMPARISONS = (
     ("cast", "rlsd", "the flip rule vs RLSD's magnitude-only reweighting"),
     ("cast", "cast@gap_control=shuffle", "the teacher's token ranking vs the same gaps shuffled across tokens"),
     ("opsd", "cast", "plain distillation (no verifier) vs CAST"),
+    # flip_margin: a token flips only when |g| > the margin; below it the sign-preserving weight applies
+    ("cast@flip_margin=0.001", "cast", "a flip margin of 1e-3 vs the paper's rule (no margin)"),
+    ("cast@flip_margin=0.01", "cast", "a flip margin of 1e-2 vs the paper's rule"),
+    ("cast@flip_margin=0.05", "cast", "a flip margin of 5e-2 vs the paper's rule"),
 )
 
 
