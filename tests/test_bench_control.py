@@ -35,6 +35,24 @@ def test_grid_pairs_every_teacher_method_with_every_teacher():
         "", control.SELF, "sft+5"]
 
 
+def test_the_answer_reading_teacher_is_a_knob_with_a_name_of_its_own():
+    """`cast@teacher_context=with_answer` reads the hinted SFT prompt with the policy's snapshot; with a rung,
+    that rung's weights; its teacher name carries `+answer`, and the report maps the name back."""
+    from castrl.bench.common.tiny_sft import ANSWER_TEMPLATE
+    from castrl.bench.report.control import _method_teacher, with_teacher
+
+    config = cell_config(control.TIER, control.SETTINGS, "cast@teacher_context=with_answer")["overrides"]
+    assert (config["teacher_context"], config["teacher_weights"]) == (ANSWER_TEMPLATE, "refresh:10")
+    rung = "cast@flip=false@teacher_context=with_answer@teacher_model=sft+2000"
+    assert [control.teacher_of(m) for m in ("cast@teacher_context=with_answer", rung)] == ["self+answer",
+                                                                                          "sft+2000+answer"]
+    assert control.teacher_weights_of("sft+2000+answer") == "sft+2000"
+    assert control.teacher_context("self+answer") == ANSWER_TEMPLATE and control.teacher_context("self") == "student"
+    assert _method_teacher(rung) == ("cast@flip=false", "sft+2000+answer")
+    assert with_teacher(*_method_teacher(rung)) == rung
+    assert not any("with_answer" in m for m in control.grid(control.SETTINGS.ladder))  # a knob study, not the grid
+
+
 def test_every_paper_context_maps_to_the_students_prompt():
     """The teachers differ from the student by weights only, whatever context the estimator's paper pairs it with."""
     for method in ("cast", "rlsd", "opsd", "rlsd@teacher_model=sft+500"):
@@ -78,7 +96,11 @@ def test_ladder_checkpoints_each_rung_once_and_diagnoses_every_teacher(tmp_path)
     assert own["frac_flipped"] == 0.0 and own["against_verifier"]["frac"] == 0.0
     assert rung["against_verifier"]["n_tokens"] > 0 and rung["against_verifier"]["frac"] > 0.0
     assert {"auc", "n_pairs", "verdict", "groups"} <= set(rung)
-    assert len(list((cache / "control" / "teachers").glob("*.json"))) == 2
+    hinted = control.characterise(SMALL, student, control.SELF + control.ANSWER, None, str(cache),
+                                  str(tmp_path / "scratch"))
+    # the same weights reading the reference answer: a gap on every token (the prompt differs)
+    assert hinted["frac_zero_gap"] < 0.5 and hinted["teacher"] == "self+answer"
+    assert len(list((cache / "control" / "teachers").glob("*.json"))) == 3
     info = json.loads((paths["sft+2"].parent / control.LADDER_INFO_FILE).read_text())
     info["heldout_accuracy"] = {"sft+4": control.rung_heldout_accuracy(SMALL, paths["sft+4"])}
     assert 0.0 <= info["heldout_accuracy"]["sft+4"] <= 1.0

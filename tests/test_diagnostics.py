@@ -600,6 +600,13 @@ def test_teachers_space_or_comma_separated():
     assert parse_settings(["--no_flip_correct", "--model", "/nonexistent/model"]).flip_correct is False
 
 
+def test_a_teacher_may_be_a_template_as_in_castrl_train():
+    from castrl.commands.diagnose import parse_settings
+
+    template = "Q: {problem} (answer: {answer})\nA:"
+    assert parse_settings(["--teachers", template, "--model", "/nonexistent/model"]).teachers == [template]
+
+
 # ---------------------------------------------------------------------------------------------
 # errors
 
@@ -608,6 +615,7 @@ def test_teachers_space_or_comma_separated():
     "argv, message",
     [
         (["--teachers", "answer_free,oracle"], "unknown teacher context(s) ['oracle']"),
+        (["--teachers", "Q: {question}"], "unknown teacher context(s) ['Q: {question}']"),  # not a template's field
         (["--teachers", ""], "--teachers is empty"),
         (["--teachers", "answer_free,answer_free"], "lists a context twice"),
         (["--teachers", "student", "--teacher_weights", "policy"], "gap g is always 0"),

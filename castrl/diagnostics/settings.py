@@ -26,6 +26,7 @@ from castrl.core import CastConfig
 from castrl.data import load_problems
 from castrl.diagnostics.noise import VARIANTS as NOISE_VARIANTS
 from castrl.teacher import TAG_PLACEMENTS, TEACHER_CONTEXTS, TeacherConfig, WeightsSpec, context_uses
+from castrl.teacher.contexts import validate_teacher_context
 
 # The contexts a default diagnosis scores with: the paper's answer-free teacher (CAST's default, spec §3)
 # and its ablation with the ground-truth answer (Table 7).
@@ -34,6 +35,15 @@ DEFAULT_TEACHERS: tuple[str, ...] = ("answer_free", "with_reference")
 
 # CastConfig's fields a diagnosis applies: the flip rule, the correctness threshold and the gap control.
 CAST_FIELDS: tuple[str, ...] = ("flip_margin", "flip_correct", "flip_incorrect", "correct_threshold", "gap_control")
+
+
+def _is_context(context: str) -> bool:
+    """A built-in context name or a valid template (`castrl.teacher.contexts.validate_teacher_context`)."""
+    try:
+        validate_teacher_context(context)
+    except ValueError:
+        return False
+    return True
 
 
 @renamed_init
@@ -132,10 +142,11 @@ class DiagnoseSettings:
     def _check_teachers(self) -> None:
         if not self.teachers:
             raise ValueError(f"--teachers is empty; name one or more of {', '.join(TEACHER_CONTEXTS)}")
-        unknown = [t for t in self.teachers if t.partition("@")[0] not in TEACHER_CONTEXTS]
+        unknown = [t for t in self.teachers if not _is_context(t.partition("@")[0])]
         if unknown:
             raise ValueError(
-                f"--teachers: unknown teacher context(s) {unknown}; valid: {', '.join(TEACHER_CONTEXTS)}"
+                f"--teachers: unknown teacher context(s) {unknown}; valid: {', '.join(TEACHER_CONTEXTS)}, or a "
+                "template with {problem} or {user_turn} (as castrl train's --teacher_context takes)"
             )
         if len(set(self.teachers)) != len(self.teachers):
             raise ValueError(f"--teachers lists a context twice: {list(self.teachers)}")

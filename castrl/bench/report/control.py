@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from castrl.bench.report.cells import TierView, acc_at, final_step
-from castrl.bench.tiers.control import SELF
+from castrl.bench.tiers.control import ANSWER, ANSWER_CONTEXT, SELF
 from castrl.diagnostics.verdict import has_signal, stored_tie_share, stored_zero_gap_share, verdict_of
 from castrl.formatting import num
 from castrl.reporting.figures import pyplot, save
@@ -55,12 +55,18 @@ MEASURES: tuple[Measure, ...] = (
 )
 
 
+_ANSWER_KNOB = f"teacher_context={ANSWER_CONTEXT}"
+
+
 def _method_teacher(method: str) -> tuple[str, str]:
     """('cast@flip=false', 'sft+500') of 'cast@flip=false@teacher_model=sft+500'; teacher 'self' without
-    a teacher_model knob."""
+    a teacher_model knob; 'self+answer' of 'cast@teacher_context=with_answer' (`control.teacher_of`)."""
     parts = method.split("@")
     teacher = next((p.partition("=")[2] for p in parts[1:] if p.startswith("teacher_model=")), SELF_TEACHER)
-    return "@".join(p for p in parts if not p.startswith("teacher_model=")), teacher
+    if _ANSWER_KNOB in parts[1:]:
+        teacher += ANSWER
+    kept = [p for p in parts if not p.startswith("teacher_model=") and p != _ANSWER_KNOB]
+    return "@".join(kept), teacher
 
 
 def profiles(view: TierView) -> dict[str, dict[str, Any]]:
@@ -113,6 +119,8 @@ COMPARISONS = (
 
 def with_teacher(method: str, teacher: str) -> str:
     """The grid's name of `method` trained with `teacher` (`self`: no teacher_model knob)."""
+    if teacher.endswith(ANSWER):
+        method, teacher = f"{method}@{_ANSWER_KNOB}", teacher.removesuffix(ANSWER)
     return method if teacher == SELF_TEACHER else f"{method}@teacher_model={teacher}"
 
 

@@ -8,7 +8,11 @@ prompt (they differ by weights only, OPD-style):
 - `self`: the paper's self-teacher weights, a policy snapshot every 10 steps: it knows nothing the student
   does not (the zero-signal end);
 - `sft+N`: the student's SFT run continued for N more steps (`LadderSettings`), a frozen external
-  `teacher_model`; more steps, a stronger teacher.
+  `teacher_model`; more steps, a stronger teacher;
+- `self+answer` (and `sft+N+answer`): the same weights reading the reference answer, in the hinted prompt
+  the student's SFT taught it to copy (`ANSWER_TEMPLATE`, a quarter of its SFT prompts). This is the
+  paper's privileged teacher realised for a model trained from scratch, and the strongest teacher the
+  control has: run as a knob study, `cast@teacher_context=with_answer` (`@teacher_model=sft+N`).
 
 Before any RL, `castrl diagnose`'s pipeline characterises every teacher on the student's own rollouts
 (`characterise`: per-rollout gap AUC of correct vs wrong within mixed groups, the share of tokens it sets
@@ -33,6 +37,7 @@ from castrl.bench.common.cells import Cell
 from castrl.bench.common.methods import Teacher
 from castrl.bench.common.tier import Tier, tier_main
 from castrl.bench.common.tiny_sft import (
+    ANSWER_TEMPLATE,
     SFTSettings,
     held_out_of,
     prompt_text,
@@ -47,6 +52,9 @@ from castrl.formatting import num, write_json
 
 TIER_NAME = "control"
 SELF = "self"  # the self-teacher's name in cells and the report (a method without a teacher_model knob)
+# A teacher reading the reference answer: the paper's context name for it, and the suffix of its teacher name
+ANSWER_CONTEXT = "with_answer"
+ANSWER = "+answer"
 LADDER_INFO_FILE = "ladder.json"
 
 
@@ -99,6 +107,9 @@ QUICK = replace(SETTINGS, sft=SFTSettings(max_steps=200, eval_every=100, n_per_l
 # (a model trained from scratch reads no other context). Without a teacher_model knob: the self-teacher.
 TEACHERS = {context: Teacher("student", "refresh:10")
             for context in ("answer_free", "with_reference", "with_peer_success")}
+# ... except the answer-reading teacher (no grid estimator pairs with `with_answer`, so no cell of the grid
+# changes): the hinted prompt of the student's SFT
+TEACHERS[ANSWER_CONTEXT] = Teacher(ANSWER_TEMPLATE, "refresh:10")
 TEACHER_METHODS = ("cast", "cast@flip=false", "rlsd", "opsd")
 
 
@@ -109,14 +120,24 @@ def grid(ladder: LadderSettings) -> tuple[str, ...]:
 
 
 def teacher_of(method: str) -> str:
-    """The teacher name of a grid method (`self` without a teacher_model knob; '' for an estimator without
-    a teacher, as the registry says)."""
+    """The teacher name of a grid method: its teacher_model rung (`self` without that knob), plus `+answer`
+    when it reads the reference answer (`@teacher_context=with_answer`); '' for an estimator without a
+    teacher, as the registry says."""
     if not get_estimator(method.split("@")[0]).needs_teacher:
         return ""
-    for knob in method.split("@")[1:]:
-        if knob.startswith("teacher_model="):
-            return knob.partition("=")[2]
-    return SELF
+    knobs = method.split("@")[1:]
+    rung = next((k.partition("=")[2] for k in knobs if k.startswith("teacher_model=")), SELF)
+    return rung + ANSWER if f"teacher_context={ANSWER_CONTEXT}" in knobs else rung
+
+
+def teacher_context(name: str) -> str:
+    """The context teacher `name` reads: the hinted prompt for an `+answer` teacher, else the student's."""
+    return ANSWER_TEMPLATE if name.endswith(ANSWER) else "student"
+
+
+def teacher_weights_of(name: str) -> str:
+    """The rung whose weights teacher `name` scores with (`self`: the policy's snapshot)."""
+    return name.removesuffix(ANSWER)
 
 
 # --- the ladder and its characterisation ---------------------------------------------------------------
@@ -189,7 +210,7 @@ def characterise(settings: ControlSettings, student_dir: Path, name: str, teache
         return json.loads(path.read_text())
     problems = records("train", settings.sft.levels, spec.n_prompts // len(settings.sft.levels), settings.train_seed)
     diag = DiagnoseSettings(
-        model=str(student_dir), teachers=["student"], teacher_model=str(teacher_dir or student_dir),
+        model=str(student_dir), teachers=[teacher_context(name)], teacher_model=str(teacher_dir or student_dir),
         n_prompts=len(problems), group_size=spec.group_size, max_new_tokens=settings.max_completion_length,
         temperature=spec.temperature, threads=0, seed=spec.seed, output_dir=str(Path(scratch_dir) / TIER_NAME / "diagnose"),
         progress=False,
@@ -197,7 +218,7 @@ def characterise(settings: ControlSettings, student_dir: Path, name: str, teache
     with Verifier(use_pool=False) as verifier:
         run = run_diagnostics(diag, problems=problems, student_prompts=[prompt_text(p["problem"]) for p in problems],
                               reward_fn=verifier.score_batch)
-    teacher = run.results["teachers"]["student"]
+    teacher = run.results["teachers"][teacher_context(name)]
     seq, flips = teacher["sequences"], teacher["cast_metrics"]
     result = {
         "teacher": name, "student_digest": student, "auc": seq["auc_mean"], "auc_sum": seq["auc_sum"],
@@ -265,7 +286,8 @@ def prepare(settings: ControlSettings, cache_dir: str, scratch_dir: str, progres
                                     for name, folder in ready.teacher_dirs.items()}
         record.parent.mkdir(parents=True, exist_ok=True)
         write_json(record, info, indent=1)
-    for name, folder in ((SELF, None), *ready.teacher_dirs.items()):
+    teachers = ((SELF, None), *ready.teacher_dirs.items())
+    for name, folder in (*teachers, *((name + ANSWER, folder) for name, folder in teachers)):
         profile = ready.profiles[name] = characterise(settings, sft_dir, name, folder, cache_dir, scratch_dir)
         print(f"[bench] teacher {name}: gap AUC {num(profile['auc'])} ({int(profile['n_pairs'])} pairs), "
               f"flipped {num(profile['frac_flipped'])}")
@@ -276,10 +298,11 @@ def run_control_cell(cell: Cell, settings: ControlSettings, scratch: Path, ready
     """A tiny-tier cell whose `teacher_model` names a rung, resolved to that rung's folder."""
     overrides = dict(cell.config["overrides"])
     name = teacher_of(cell.method)
-    if name and name != SELF:
-        if name not in ready.teacher_dirs:
-            raise ValueError(f"{cell.method}: unknown teacher {name!r}; the ladder has {', '.join(ready.teacher_dirs)}")
-        overrides["teacher_model"] = str(ready.teacher_dirs[name])
+    rung = teacher_weights_of(name)
+    if rung and rung != SELF:
+        if rung not in ready.teacher_dirs:
+            raise ValueError(f"{cell.method}: unknown teacher {rung!r}; the ladder has {', '.join(ready.teacher_dirs)}")
+        overrides["teacher_model"] = str(ready.teacher_dirs[rung])
     result = run_tiny_cell(cell, settings, scratch, ready.sft_dir, overrides=overrides)
     return {**result, "teacher": name, "teacher_profile": ready.profiles.get(name), "student_digest": ready.student_digest}
 
