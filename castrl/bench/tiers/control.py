@@ -324,6 +324,14 @@ def report_notes(settings: ControlSettings, cache_dir: str) -> list[str]:
         notes.append(f"Teacher ladder: greedy accuracy on {settings.sft.monitor_n_per_level} RL training problems per "
                      f"level (the student's SFT monitor set): {rungs}; on the cells' held-out problems: {held or 'not measured'} "
                      f"(the student: its step-0 accuracy below); {num(info.get('seconds'), 0)} s of SFT.")
+        student = info.get("student_digest")
+        files = sorted(record.parent.glob(f"*-{student}.json")) if student else []
+        diagnosed = sorted((json.loads(p.read_text()) for p in files), key=lambda d: d.get("auc") or 0)
+        if diagnosed:
+            aucs = ", ".join(f"`{d['teacher']}` {num(d.get('auc'))}" for d in diagnosed)
+            notes.append(f"Every teacher diagnosed for this student (gap AUC; cells or not): {aucs}. `+answer`: "
+                         "the same weights reading the reference answer in the hinted prompt of the student's SFT "
+                         "(`cast@teacher_context=with_answer`).")
     return notes
 
 
