@@ -82,6 +82,24 @@ def test_two_seeds_are_never_worded_as_a_finding():
     assert "(n = 2, not a finding)" in "\n".join(accuracy_tables(view))
 
 
+def test_a_seed_whose_pair_ran_on_two_devices_is_left_out_and_named():
+    """smollm2 v2's case: seed 0 of grpo ran on the CPU and of cast on a GPU; same seed, no shared randomness,
+    so it is no pair: three 'paired' seeds were a finding, the two real pairs are not."""
+    gpu = {"versions": {"device": "cuda (NVIDIA H200)"}}
+    cells = {"grpo": {s: _cell("grpo", s, {0: 0.5, 10: 0.6 + 0.01 * s}) for s in range(3)},
+             "cast": {s: {**_cell("cast", s, {0: 0.5, 10: 0.4 + 0.012 * s}), **(gpu if s == 0 else {})}
+                      for s in range(3)}}
+    found = compare(cells, "cast", "grpo", lambda r: r["evals"][-1]["accuracy"])
+    assert found.cross_device == (0,) and found.interval.n == 2 and found.status == FEW_SEEDS
+    assert "seed 0 left out: the pair ran on two devices" in found.text()
+    same = {m: {s: {**r, **gpu} for s, r in seeds.items()} for m, seeds in cells.items()}  # all on one GPU
+    assert compare(same, "cast", "grpo", lambda r: r["evals"][-1]["accuracy"]).is_finding
+    alone = {"grpo": {0: cells["grpo"][0]}, "cast": {0: cells["cast"][0]}}
+    assert compare(alone, "cast", "grpo", lambda r: 0.0).text() == "- (seed 0 left out: the pair ran on two devices)"
+    lines = "\n".join(verdict(_view(cells)))
+    assert "worse than" not in lines and "seed 0 left out" in lines
+
+
 def test_zero_width_intervals_are_not_findings_and_wide_ones_are_clipped():
     """'-0.094 [-0.094, -0.094]' (two seeds that agree) and '0.333 ± 2.118' (an accuracy past [0, 1])."""
     assert Comparison(Interval(-0.094, 0.0, 2)).status == FEW_SEEDS

@@ -46,6 +46,7 @@ class Comparison:
     interval: Interval
     bounds: tuple[float, float] | None = ACCURACY_DIFF
     untrained: tuple[str, ...] = ()  # the compared methods that did not train
+    cross_device: tuple[int, ...] = ()  # seeds left out: their two cells ran on different devices
 
     @property
     def status(self) -> str:
@@ -80,6 +81,13 @@ class Comparison:
             return f"zero-width interval, n = {self.interval.n}, not a finding"
         return ""
 
+    def device_note(self) -> str:
+        """Which seeds were left out because their pair ran on two devices ('' when none was)."""
+        if not self.cross_device:
+            return ""
+        seeds = ", ".join(map(str, self.cross_device))
+        return f"seed{'s' if len(self.cross_device) > 1 else ''} {seeds} left out: the pair ran on two devices"
+
     def interval_text(self, digits: int = 3) -> str:
         return fmt_ci(self.interval, digits=digits, signed=True, bounds=self.bounds)
 
@@ -90,11 +98,11 @@ class Comparison:
         if self.status == UNTRAINED:
             return self.reason() if name_untrained else "did not train"
         if self.status == NO_VALUE:
-            return "-"
+            return f"- ({self.device_note()})" if self.cross_device else "-"
         iv = self.interval
         interval, clipped = (ci_text(iv, digits, signed=True, bounds=self.bounds) if math.isfinite(iv.half)
                              else (f"{iv.mean:+.{digits}f}", False))
-        notes = "; ".join(n for n in ("clipped" if clipped else "", self.reason()) if n)
+        notes = "; ".join(n for n in ("clipped" if clipped else "", self.reason(), self.device_note()) if n)
         return interval + (f" ({notes})" if notes else "")
 
     def relation(self) -> str:
@@ -109,10 +117,12 @@ class Comparison:
             subject = "" if self.untrained == (a,) else f"`{a}` is "
             return f"- {idle} did not train ({UNTRAINED_WHY}): {subject}not compared with `{b}`."
         if status == NO_VALUE:
-            return f"- `{a}` − `{b}` on {label}: no paired seeds."
+            left = f" ({self.device_note()})" if self.cross_device else ""
+            return f"- `{a}` − `{b}` on {label}: no paired seeds{left}."
         if self.readable:
+            left = f"; {self.device_note()}" if self.cross_device else ""
             return (f"- `{a}` is {self.relation()} `{b}` on {label} (paired Δ {self.interval_text()}, {iv.n} seeds, "
-                    "95% t-interval).")
+                    f"95% t-interval{left}).")
         return f"- `{a}` − `{b}` on {label}: paired Δ {self.text()}."
 
 
@@ -148,15 +158,23 @@ def trained(cells: Mapping[int, Mapping[str, Any]]) -> bool:
 
 
 def paired(a: Mapping[int, float], b: Mapping[int, float], bounds: tuple[float, float] | None = ACCURACY_DIFF,
-           untrained: tuple[str, ...] = ()) -> Comparison:
+           untrained: tuple[str, ...] = (), cross_device: tuple[int, ...] = ()) -> Comparison:
     """a − b over the seeds both have (seed -> value), as a `Comparison`."""
-    return Comparison(paired_diff(dict(a), dict(b)), bounds, untrained)
+    return Comparison(paired_diff(dict(a), dict(b)), bounds, untrained, cross_device)
+
+
+def cell_device(rec: Mapping[str, Any]) -> str:
+    """Where a cell ran ("cpu", "cuda (NVIDIA H200)"): recorded, not in its key; older cells ran on CPU."""
+    return str(rec.get("versions", {}).get("device", "cpu"))
 
 
 def compare(cells: Mapping[str, Mapping[int, Mapping[str, Any]]], a: str, b: str,
             value: Callable[[Any], float], bounds: tuple[float, float] | None = ACCURACY_DIFF) -> Comparison:
-    """`a` − `b` on `value(cell)`, paired by seed, from `cells` (method -> seed -> record)."""
+    """`a` − `b` on `value(cell)`, paired by seed, from `cells` (method -> seed -> record). A seed whose two
+    cells ran on different devices is left out and named: its runs share the seed but no random stream (other
+    kernels, other sampling), so it is not a pair."""
     cells_a, cells_b = cells.get(a, {}), cells.get(b, {})
     untrained = tuple(m for m, c in ((a, cells_a), (b, cells_b)) if not trained(c))
-    return paired({s: value(r) for s, r in cells_a.items()}, {s: value(r) for s, r in cells_b.items()}, bounds,
-                  untrained)
+    split = tuple(sorted(s for s in set(cells_a) & set(cells_b) if cell_device(cells_a[s]) != cell_device(cells_b[s])))
+    return paired({s: value(r) for s, r in cells_a.items() if s not in split},
+                  {s: value(r) for s, r in cells_b.items() if s not in split}, bounds, untrained, split)

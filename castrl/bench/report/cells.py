@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castrl.bench.common.cells import RULE_VERSION
+from castrl.reporting.findings import cell_device  # noqa: F401  (re-exported: the report modules read it here)
 
 # Cells cached before `rule_version` existed were measured with spec v1's reconstruction of CAST.
 V1_RULE = "v1"
@@ -66,11 +67,6 @@ def select_cells(records: Sequence[dict[str, Any]], settings: dict[str, Any]) ->
     for rec in current or matching:
         out.setdefault(rec["method"], {})[int(rec["seed"])] = rec
     return out
-
-
-def cell_device(rec: dict[str, Any]) -> str:
-    """Where a cell ran ("cpu", "cuda (NVIDIA H200)"): recorded, not in its key; older cells ran on CPU."""
-    return str(rec.get("versions", {}).get("device", "cpu"))
 
 
 def acc_at(rec: dict[str, Any]) -> dict[int, float]:
