@@ -7,7 +7,10 @@ and the bench, and a test (`tests/test_arguments.py`) fails when a field is decl
 
 `--output_dir` is TRL's spelling (`castrl train` gets it from TRL's `GRPOConfig`). The spellings the
 commands used before (`--out`, `--style`, `--adapter`) are still read, from the command line and from
-`--config` files, for one release, with one deprecation line each (`rename_flags`, `rename_keys`).
+`--config` files, for one release, with one deprecation line each (`rename_flags`, `rename_keys`). So is
+the bench's old `--cache_dir` of its cell cache, now `--cells_dir` (`castrl.bench.common.arguments`): an
+old spelling is renamed only for a command that has the new field and not the old, so `--cache_dir` of
+the converted-model cache (`ModelArguments`) is left alone wherever a command takes it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ from castrl.data import STYLES
 from castrl.models import DEFAULT_MODEL
 
 # Old spelling -> the vocabulary's, accepted until the next release (then this table goes).
-RENAMED: dict[str, str] = {"out": "output_dir", "style": "prompt_style", "adapter": "lora_adapter"}
+# `cache_dir` -> `cells_dir`: the bench's cell cache (tiers, placement, report), whose flag shared its name
+# with ModelArguments.cache_dir; commands with a model `cache_dir` have no `cells_dir` and keep theirs.
+RENAMED: dict[str, str] = {
+    "out": "output_dir", "style": "prompt_style", "adapter": "lora_adapter", "cache_dir": "cells_dir",
+}
 
 
 @dataclass
@@ -124,12 +131,12 @@ def _renames(names: Iterable[str]) -> dict[str, str]:
 
 
 def rename_flags(argv: Sequence[str], names: Iterable[str], prog: str) -> list[str]:
-    """`argv` with each old spelling (`--out x`, `--out=x`) replaced by the vocabulary's, one
-    deprecation line on stderr per old flag used; `names` are the command's field names."""
+    """`argv` with each old spelling (`--out x`, `--out=x`, the hyphen spelling `--cache-dir` too) replaced
+    by the vocabulary's, one deprecation line on stderr per old flag used; `names` are the command's field names."""
     renames, seen, out = _renames(names), set(), []
     for arg in argv:
         flag, eq, value = arg.partition("=")
-        old = flag[2:] if flag.startswith("--") else None
+        old = flag[2:].replace("-", "_") if flag.startswith("--") else None
         if old in renames:
             if old not in seen:
                 _deprecated(prog, old, renames[old])

@@ -1,6 +1,7 @@
-"""The one argument vocabulary (`castrl.arguments`): every flag more than one command takes is declared
-once and injected, every command writes to `--output_dir`, and the old spellings still work for one
-release with one deprecation line."""
+"""The one argument vocabulary (`castrl.arguments`, and the bench's own, `castrl.bench.common.arguments`):
+every flag more than one command (or bench suite) takes is declared once and injected, every command writes
+to `--output_dir`, and the old spellings (`--out`, `--style`, `--adapter`, the bench's `--cache_dir` of its
+cell cache) still work for one release with one deprecation line."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ from dataclasses import dataclass, field
 import pytest
 
 from castrl.arguments import VOCABULARY, RuntimeArguments, duplicate_declarations, rename_flags
+from castrl.bench.common.arguments import BENCH_VOCABULARY
+from castrl.bench.common.tier import TierArguments
+from castrl.bench.report.results import ReportArguments
 from castrl.bench.suites.core import CoreArguments
+from castrl.bench.suites.placement import PlacementArguments
+from castrl.bench.suites.roofline import RooflineArguments
+from castrl.bench.suites.steptime import SteptimeArguments
 from castrl.commands import COMMANDS, dataclass_parser
 from castrl.config_fields import declared_fields, injected_fields, with_fields_of
 from castrl.diagnostics import DiagnoseSettings
 
-# `castrl bench`'s suites parse their own dataclasses; the ones on the vocabulary so far.
-BENCH_ARGUMENTS: tuple[type, ...] = (CoreArguments,)
+# `castrl bench`'s suites parse their own dataclasses, one per suite (TierArguments: every tier's).
+BENCH_ARGUMENTS: tuple[type, ...] = (
+    CoreArguments, SteptimeArguments, RooflineArguments, PlacementArguments, ReportArguments, TierArguments,
+)
 
 
 def command_arguments() -> dict[str, tuple[type, ...]]:
@@ -29,7 +38,7 @@ def command_arguments() -> dict[str, tuple[type, ...]]:
 
 
 def test_no_field_is_declared_in_two_command_dataclasses():
-    classes = [*VOCABULARY, *(cls for types in command_arguments().values() for cls in types)]
+    classes = [*VOCABULARY, *BENCH_VOCABULARY, *(cls for types in command_arguments().values() for cls in types)]
     assert duplicate_declarations(classes) == {}
 
 
@@ -114,15 +123,79 @@ def test_python_callers_of_the_old_names_keep_working():
 
 def test_a_shared_flag_has_the_vocabulary_help_in_every_command():
     """One declaration, one help: a command may add a sentence, never say something else. (`castrl train`'s
-    `--output_dir`, `--seed` and sampling flags are TRL's own fields of the same names.)"""
+    `--output_dir`, `--seed` and sampling flags are TRL's own fields of the same names.) The bench's suites
+    are parsed one at a time (each is a command line of its own)."""
+    vocabularies = (*VOCABULARY, *BENCH_VOCABULARY)
     seen = set()
     for command, types in command_arguments().items():
-        injected = {name: source for t in types for name, source in injected_fields(t).items()
-                    if source in VOCABULARY}
-        for action in dataclass_parser(types, prog=command)._actions:
-            if action.dest in injected:
-                help_text = injected[action.dest].__dataclass_fields__[action.dest].metadata["help"]
-                assert action.help.startswith(help_text), (command, action.dest)
-                seen.add(action.dest)
-    vocabulary = {name for cls in VOCABULARY for name in cls.__dataclass_fields__}
+        for group in [[t] for t in types] if command == "bench" else [types]:
+            injected = {name: source for t in group for name, source in injected_fields(t).items()
+                        if source in vocabularies}
+            for action in dataclass_parser(group, prog=command)._actions:
+                if action.dest in injected:
+                    help_text = injected[action.dest].__dataclass_fields__[action.dest].metadata["help"]
+                    assert action.help.startswith(help_text), (command, group, action.dest)
+                    seen.add(action.dest)
+    vocabulary = {name for cls in vocabularies for name in cls.__dataclass_fields__}
     assert vocabulary <= seen  # every word of the vocabulary is used by some command
+
+
+# --- the bench's cell cache: `--cells_dir`, read from the old `--cache_dir` for one release ---------------
+
+CELLS_DEPRECATION = ("castrl bench {}: warning: --cache_dir is deprecated and will be removed in the next release; "
+                     "use --cells_dir")
+
+
+def test_bench_report_reads_the_old_cache_dir_as_cells_dir_with_one_deprecation_line(tmp_path, capsys):
+    from castrl.bench.report import results as report
+
+    args = report.parse_args(["--cache_dir", str(tmp_path / "a"), "--cache-dir=" + str(tmp_path / "b")])
+    assert args.cells_dir == str(tmp_path / "b")  # both spellings, the last one wins
+    assert capsys.readouterr().err.strip().splitlines() == [CELLS_DEPRECATION.format("report")]
+    assert report.parse_args(["--cells_dir", str(tmp_path)]).cells_dir == str(tmp_path)
+    assert capsys.readouterr().err == ""
+    config = tmp_path / "report.yaml"
+    config.write_text(f"cache_dir: {tmp_path / 'c'}\nquick: true\n")
+    args = report.parse_args(["--config", str(config)])
+    assert (args.cells_dir, args.quick) == (str(tmp_path / "c"), True)
+    assert capsys.readouterr().err.strip().splitlines() == [CELLS_DEPRECATION.format("report")]
+
+
+def test_bench_tier_list_reads_the_old_cache_dir_as_cells_dir(tmp_path, capsys):
+    from castrl.bench import main as bench_main
+
+    argv = ["control", "--list", "--seeds", "1", "--methods", "grpo,cast"]
+    assert bench_main([*argv, "--cache_dir", str(tmp_path / "old")]) == 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and all(f" missing  {tmp_path / 'old' / 'control' / 'cells'}/" in line for line in lines)
+    assert [line for line in err.splitlines() if "warning" in line] == [CELLS_DEPRECATION.format("control")]
+    assert bench_main([*argv, "--cells_dir", str(tmp_path / "new")]) == 0
+    out, err = capsys.readouterr()
+    assert out.replace(str(tmp_path / "new"), str(tmp_path / "old")).strip().splitlines() == lines  # same cells
+    assert "deprecated" not in err
+    assert not list(tmp_path.iterdir())  # listing writes nothing
+
+
+def test_python_callers_of_the_old_cache_dir_keep_working():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = TierArguments(cache_dir="x")
+    assert (args.cells_dir, args.cache_dir) == ("x", "x")
+    assert [issubclass(w.category, DeprecationWarning) for w in caught] == [True]
+
+
+@pytest.mark.parametrize("types", [[RooflineArguments], [SteptimeArguments], [CoreArguments]])
+def test_the_model_cache_dir_is_not_renamed_where_a_command_has_no_cells_dir(types, capsys):
+    """`--cache_dir` is the converted-model cache wherever a command has it (roofline here; train, eval,
+    diagnose too), and an unknown flag where a command has neither: never read as `--cells_dir` there."""
+    assert rename_flags(["--cache_dir", "m"], {n for t in types for n in t.__dataclass_fields__}, "p") == [
+        "--cache_dir", "m"]
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", ["eval", "diagnose"])
+def test_the_model_cache_dir_of_eval_and_diagnose_is_untouched(command, tmp_path, capsys):
+    parsed = _parse(command, ["--cache_dir", str(tmp_path)])
+    assert next(obj.cache_dir for obj in parsed if hasattr(obj, "cache_dir")) == str(tmp_path)
+    assert "deprecated" not in capsys.readouterr().err

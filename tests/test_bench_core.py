@@ -70,12 +70,12 @@ def test_bench_flags_are_underscores_with_hyphen_aliases():
     assert (args.group_size, args.B) == (4, 16)
     assert core.parse_args(["--group-size", "4"]).group_size == 4  # the hyphen spelling is accepted too
     tier = bench_tier.tier_description("tiny")
-    args = bench_tier.parse_tier_args(tier, ["--cache_dir", "c", "--time_budget", "60", "--no_progress", "--list"])
-    assert (args.cache_dir, args.time_budget, args.progress, args.list) == ("c", 60.0, False, True)
-    args = bench_tier.parse_tier_args(tier, ["--cache-dir", "c", "--time-budget", "60", "--no-progress"])
-    assert (args.cache_dir, args.time_budget, args.progress) == ("c", 60.0, False)
+    args = bench_tier.parse_tier_args(tier, ["--cells_dir", "c", "--time_budget", "60", "--no_progress", "--list"])
+    assert (args.cells_dir, args.time_budget, args.progress, args.list) == ("c", 60.0, False, True)
+    args = bench_tier.parse_tier_args(tier, ["--cells-dir", "c", "--time-budget", "60", "--no-progress"])
+    assert (args.cells_dir, args.time_budget, args.progress) == ("c", 60.0, False)
     assert args.threads == tier.threads  # the tier sets --threads' default
-    assert report.parse_args(["--cache_dir", "c", "--quick"]).quick is True
+    assert report.parse_args(["--cells_dir", "c", "--quick"]).quick is True
     steptime_args, train_flags = steptime.parse_args(["--steps", "2", "--model", "m", "--lora", "off"])
     assert steptime_args.steps == 2 and train_flags == ["--model", "m", "--lora", "off"]
 
@@ -97,7 +97,7 @@ def test_bench_flags_are_underscores_with_hyphen_aliases():
 )
 def test_user_mistakes_end_with_one_error_line(argv, message, capsys, tmp_path):
     """`castrl bench ...`: exit 2 and one `castrl bench: error: ...` line, before anything runs or loads."""
-    assert cli.main(["bench", *argv, *(["--cache_dir", str(tmp_path)] if "--list" in argv else [])]) == 2
+    assert cli.main(["bench", *argv, *(["--cells_dir", str(tmp_path)] if "--list" in argv else [])]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("castrl bench: error: ") and message in err, err
     assert "Traceback" not in err

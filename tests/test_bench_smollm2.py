@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from castrl.bench.common import tier as bench_tier
-from castrl.bench.common.cells import make_cells, read_cell
+from castrl.bench.common.cells import DEFAULT_CACHE_DIR, make_cells, read_cell
 from castrl.bench.common.final_eval import BASE_METHOD, FinalEvalSettings, paired_by_problem
 from castrl.bench.common.grid import run_grid
 from castrl.bench.common.methods import method_overrides
@@ -119,7 +119,7 @@ def _ignored(path: str) -> bool:
 
 
 def test_default_cache_is_the_tracked_folder():
-    assert bench_tier.DEFAULT_CACHE_DIR == "bench/cells" and bench_tier.TierArguments().cache_dir == "bench/cells"
+    assert DEFAULT_CACHE_DIR == "bench/cells" and bench_tier.TierArguments().cells_dir == "bench/cells"
     assert (REPO / "bench" / "cells").is_dir()
     assert not _ignored("bench/cells/smollm2/cells/grpo-s0-0123456789abcdef.json")
     assert _ignored(f"{bench_tier.DEFAULT_SCRATCH_DIR}/smollm2/grpo-s0/adapter_model.safetensors")

@@ -244,12 +244,12 @@ def test_a_tier_must_contain_its_baseline_and_headline():
 def test_tiny_list_prints_cells_without_training(tmp_path, capsys):
     from castrl.bench import main as bench_main
 
-    assert bench_main(["tiny", "--list", "--seeds", "2", "--methods", "grpo,cast", "--cache_dir", str(tmp_path)]) == 0
+    assert bench_main(["tiny", "--list", "--seeds", "2", "--methods", "grpo,cast", "--cells_dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all("missing" in line for line in lines)
     assert not (tmp_path / "tiny_sft").exists()
     with pytest.raises(ValueError, match="--seeds must be >= 1"):
-        bench_main(["tiny", "--list", "--seeds", "0", "--cache_dir", str(tmp_path)])
+        bench_main(["tiny", "--list", "--seeds", "0", "--cells_dir", str(tmp_path)])
 
 
 def test_tiny_cells_run_one_step_and_record_the_rule(tmp_path):
@@ -412,7 +412,7 @@ def _report(tmp_path) -> str:
     from castrl.bench.report import results as report_mod
 
     out = tmp_path / "docs" / "results.md"
-    rc = report_mod.main(["--cache_dir", str(tmp_path / "cache"), "--out", str(out),
+    rc = report_mod.main(["--cells_dir", str(tmp_path / "cache"), "--out", str(out),
                           "--figures", str(tmp_path / "docs" / "figures" / "bench"), "--quick"])
     assert rc == 0
     return out.read_text()
@@ -460,7 +460,7 @@ def test_bench_tiny_quick_end_to_end(tmp_path):
     from castrl.bench import main as bench_main
 
     cache, scratch = tmp_path / "cache", str(tmp_path / "scratch")
-    assert bench_main(["tiny", "--quick", "--cache_dir", str(cache), "--scratch_dir", scratch, "--no_progress"]) == 0
+    assert bench_main(["tiny", "--quick", "--cells_dir", str(cache), "--scratch_dir", scratch, "--no_progress"]) == 0
     assert (tmp_path / "scratch" / "tiny_sft").is_dir() and not (cache / "tiny_sft").exists()  # weights: scratch
     assert len(list((cache / "tiny" / "sft").glob("*.json"))) == 1  # the SFT record: the cell cache
     cells = sorted((cache / "tiny" / "cells").glob("*.json"))
@@ -470,9 +470,9 @@ def test_bench_tiny_quick_end_to_end(tmp_path):
     assert steps[0] == 0 and steps[-1] == rec["config"]["settings"]["steps"]
     assert rec["timing"]["step_s"] > 0 and len(rec["steps"]) == rec["config"]["settings"]["steps"]
     mtimes = {p: p.stat().st_mtime for p in cells}
-    assert bench_main(["tiny", "--quick", "--cache_dir", str(cache), "--scratch_dir", scratch, "--no_progress"]) == 0
+    assert bench_main(["tiny", "--quick", "--cells_dir", str(cache), "--scratch_dir", scratch, "--no_progress"]) == 0
     assert {p: p.stat().st_mtime for p in cells} == mtimes
-    assert bench_main(["report", "--quick", "--cache_dir", str(cache), "--output_dir", str(tmp_path)]) == 0
+    assert bench_main(["report", "--quick", "--cells_dir", str(cache), "--output_dir", str(tmp_path)]) == 0
     assert "| cast |" in (tmp_path / "results.md").read_text()
     assert list((tmp_path / "figures" / "bench").glob("*.png"))
 

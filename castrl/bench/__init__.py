@@ -5,17 +5,19 @@ tier of the cached CAST-vs-baselines grids (`smollm2`, `control`, `tiny`: `TIERS
 bundled model's teacher diagnosed under each tag placement and prompt style) and `report` (docs/results.md).
 
 The bench has four floors, each importing only the ones below it and library code (never `castrl.commands`):
-- `common/`: what tiers and suites share: the cell cache (`cells`), running a grid (`grid`), the tier
-  description and its command line (`tier`), methods, one RL cell (`rl_cell`), the final evaluation,
-  the diagnosis before training, the tiny student (`tiny_sft`, `tiny_student`), the smollm2 tier's
-  settings and problems (`smol`) and the matmul roofs (`roofs`);
+- `common/`: what tiers and suites share: the flags several suites take (`arguments`: `--cells_dir`,
+  `--methods`, `--steps`, `--quick`, `--repeats`, `--json`), the cell cache (`cells`), running a grid
+  (`grid`), the tier description and its command line (`tier`), methods, one RL cell (`rl_cell`), the
+  final evaluation, the diagnosis before training, the tiny student (`tiny_sft`, `tiny_student`), the
+  smollm2 tier's settings and problems (`smol`) and the matmul roofs (`roofs`);
 - `tiers/`: one module per tier of the grid (`smollm2`, `control`, `tiny`); no tier imports another;
 - `suites/`: the other suites (`core`, `steptime`, `roofline`, `placement`);
 - `report/`: `castrl bench report` (`results`), one module per section, on `castrl.reporting`'s toolkit;
   only the report reads the tiers' descriptions, no runner imports report code.
 
 Each suite reads its flags as every castrl command does: one dataclass is the command line
-(TRL-style underscores, `--cache_dir`, `--no_progress`; the hyphen spelling is accepted too), and a
+(TRL-style underscores, `--cells_dir`, `--no_progress`; the hyphen spelling is accepted too; the cell
+cache's old `--cache_dir` is still read as `--cells_dir` for one release, with a deprecation line), and a
 user's mistake (an unknown suite, a bad method, a non-positive `--time_budget`) raises
 `UserInputError` before anything runs, which `castrl.cli` prints as one `castrl bench: error: ...`
 line with exit code 2 (`--debug`: the traceback).

@@ -15,11 +15,14 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from castrl.arguments import OutputArguments, RuntimeArguments, renamed_init
 from castrl.command_line import parse_dataclasses, user_input
+from castrl.config_fields import adapted, with_fields_of
 
-from .cells import DEFAULT_CACHE_DIR, DEFAULT_SCRATCH_DIR, Cell, make_cells
+from .arguments import BenchArguments
+from .cells import DEFAULT_SCRATCH_DIR, Cell, make_cells
 from .grid import check_time_budget, grid_cli
 from .methods import Teacher, method_overrides, parse_methods
 
@@ -70,8 +73,8 @@ class Tier:
     """Everything `castrl bench <name>` runs and `castrl bench report` describes for one tier.
 
     `run_cell(cell, settings, scratch, prepared)` trains and evaluates one cell and returns the result
-    to cache; `prepare(settings, cache_dir, scratch_dir, progress)` runs once per invocation first (the
-    tiny SFT, the smollm2 base-model evaluation) and returns `prepared`; `notes(settings, cache_dir)`
+    to cache; `prepare(settings, cells_dir, scratch_dir, progress)` runs once per invocation first (the
+    tiny SFT, the smollm2 base-model evaluation) and returns `prepared`; `notes(settings, cells_dir)`
     are the report's lines on model and data; `base_cell(settings)` (tiers with a final evaluation) is
     the untrained model's evaluation cell, which the report pairs every cell with.
     """
@@ -128,26 +131,27 @@ def trainer_config(settings: RLSettings, overrides: Mapping[str, Any], seed: int
     return CASTTrainerConfig(**{**fixed, **settings.code_paths(), **settings.trainer_kwargs(), **overrides})
 
 
+@renamed_init
 @dataclass
+@with_fields_of(RuntimeArguments, only=("threads", "device"), convert=adapted(defaults={"threads": 2}, notes={
+    "threads": "The default is the tier's.",
+    "device": "cpu hides the GPU. Not in the cells' key (recorded in each)."}))
+@with_fields_of(OutputArguments, only=("progress",))
+@with_fields_of(BenchArguments, only=("methods", "steps", "cells_dir", "quick"), convert=adapted(notes={
+    "methods": "None or 'all': the tier's full grid.",
+    "steps": "Per cell; None: the tier's. Part of the cells' key (tuning runs: --methods grpo).",
+    "quick": "Runs this tier's (its --help says which)."}))  # injected first: right after the own flags in --help
 class TierArguments:
-    """The flags of `castrl bench <tier>` (TRL-style underscores; the tier sets --threads' default)."""
+    """The flags of `castrl bench <tier>` (TRL-style underscores; the tier sets --threads' default);
+    `methods`, `steps`, `cells_dir` and `quick` are the bench's vocabulary (`castrl.bench.common.arguments`),
+    `threads`, `device` and `progress` the shared one (`castrl.arguments`)."""
 
     seeds: int | None = field(default=None, metadata={
         "help": "Seeds 0..N-1 for every method (paired); None: the tier's, per method (fewer with --quick)."})
-    methods: str | None = field(default=None, metadata={
-        "help": "Comma-separated estimator[@field=value...]; None or 'all': the tier's full grid."})
-    steps: int | None = field(default=None, metadata={
-        "help": "RL steps per cell; None: the tier's. Part of the cells' key (tuning runs: --methods grpo)."})
     learning_rate: float | None = field(default=None, metadata={
         "help": "Learning rate of every cell; None: the tier's. Part of the cells' key (tuning runs)."})
-    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={
-        "help": "Cell cache folder (JSON only; the default is tracked by git so finished cells can be committed)."})
     scratch_dir: str = field(default=DEFAULT_SCRATCH_DIR, metadata={
         "help": "Folder for what is not a result: trainer output folders, the tiny tier's SFT weights (ignored)."})
-    quick: bool = field(default=False, metadata={"help": "Smoke run: the tier's quick methods, seeds and steps."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads (the default is the tier's)."})
-    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
-        "help": "auto: CUDA when visible, else CPU; cpu hides the GPU. Not in the cells' key (recorded in each)."})
     shard: str | None = field(default=None, metadata={
         "help": "'I/N': run only cells I, I+N, I+2N, ... of the grid (0 <= I < N), so N processes or machines "
                 "fill one grid without running a cell twice."})
@@ -156,14 +160,15 @@ class TierArguments:
                 "run once before several --shard processes, which would otherwise each compute them."})
     time_budget: float | None = field(default=None, metadata={
         "help": "Seconds; no new cell starts after them (the rest is left for the next invocation)."})
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     list: bool = field(default=False, metadata={
         "help": "Print the cells and whether each is cached, then exit (trains nothing)."})
 
     def __post_init__(self) -> None:
-        for flag, value in (("--seeds", self.seeds), ("--steps", self.steps), ("--threads", self.threads)):
+        for flag, value in (("--seeds", self.seeds), ("--steps", self.steps)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        if self.threads < 0:
+            raise ValueError(f"--threads must be >= 0, got {self.threads}")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise ValueError(f"--learning_rate must be in (0, 1), got {self.learning_rate}")
         check_time_budget(self.time_budget)
@@ -241,19 +246,20 @@ def tier_main(tier: Tier, argv: list[str]) -> int:
         settings, methods, seeds = settings_from_args(tier, args)
     if args.device == "cpu":  # before anything initialises CUDA: the trainer and evaluation then see no GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cells = make_cells(tier.name, methods, seeds, lambda m, s: cell_config(tier, settings, m), seeds_of(tier, args))
     if args.shard is not None:
         index, count = shard_of(args.shard)
         cells = cells[index::count]
     if args.list:  # before `prepare`: listing must not train anything
-        return grid_cli(tier.name, cells, dict, args.cache_dir, list_only=True, progress=False, time_budget_s=None)
-    prepared = tier.prepare(settings, args.cache_dir, args.scratch_dir, args.progress) if tier.prepare else None
+        return grid_cli(tier.name, cells, dict, args.cells_dir, list_only=True, progress=False, time_budget_s=None)
+    prepared = tier.prepare(settings, args.cells_dir, args.scratch_dir, args.progress) if tier.prepare else None
     if args.prepare_only:
         return 0
     scratch = Path(args.scratch_dir) / tier.name
     current = None if tier.is_current is None else (lambda record: tier.is_current(record, prepared))
-    return grid_cli(tier.name, cells, lambda c: tier.run_cell(c, settings, scratch, prepared), args.cache_dir,
+    return grid_cli(tier.name, cells, lambda c: tier.run_cell(c, settings, scratch, prepared), args.cells_dir,
                     list_only=False, progress=args.progress, time_budget_s=args.time_budget, is_current=current)
 
 

@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from castrl.bench.common.cells import DEFAULT_CACHE_DIR, load_tier
+from castrl.arguments import OutputArguments, renamed_init
+from castrl.bench.common.arguments import BenchArguments
+from castrl.bench.common.cells import load_tier
 from castrl.bench.common.tier import tier_descriptions
 from castrl.bench.report.cells import TierView, acc_at, cell_device, final_step, step_mean, steps_to_reach
 from castrl.bench.report.control import control_sections
@@ -25,6 +27,7 @@ from castrl.bench.report.paper import paper_sections
 from castrl.bench.report.placement import placement_sections
 from castrl.bench.report.views import tier_view
 from castrl.command_line import parse_dataclasses, user_input
+from castrl.config_fields import adapted, with_fields_of
 from castrl.formatting import num
 from castrl.reporting.findings import ACCURACY, RULE, compare, paired, trained
 from castrl.reporting.markdown import table
@@ -303,17 +306,18 @@ def render_tier(view: TierView, figures: dict[str, str], extra: Sequence[str] = 
     return lines + body + [f"![{name}]({path})" for name, path in figures.items()] + [""]
 
 
+@renamed_init
 @dataclass
+@with_fields_of(OutputArguments, only=("output_dir",), convert=adapted(defaults={"output_dir": "docs"}, notes={
+    "output_dir": "The report's: results.md and, unless --figures says otherwise, figures/bench/ in it. A path "
+                  "ending in .md is the report file itself (what the deprecated --out took)."}))
+@with_fields_of(BenchArguments, only=("cells_dir", "quick"), convert=adapted(notes={"quick": "Reports every tier's."}))
 class ReportArguments:
-    """The flags of `castrl bench report` (TRL-style underscores)."""
+    """The flags of `castrl bench report` (TRL-style underscores); `cells_dir` and `quick` are the bench's
+    vocabulary (`castrl.bench.common.arguments`), `output_dir` the shared one (`castrl.arguments`)."""
 
-    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Cell cache folder."})
-    output_dir: str = field(default="docs", metadata={
-        "help": "Folder of the report: results.md and, unless --figures says otherwise, figures/bench/ in it. A path "
-                "ending in .md is the report file itself (what the deprecated --out took)."})
     figures: str | None = field(default=None, metadata={
         "help": "Folder of the PNGs (linked from the report); None: figures/bench under --output_dir."})
-    quick: bool = field(default=False, metadata={"help": "Report the --quick grids instead of the full ones."})
 
     def report_path(self) -> Path:
         """The markdown file: `output_dir`/results.md, or `output_dir` itself when it names a .md file."""
@@ -337,7 +341,7 @@ def main(argv: list[str]) -> int:
     out, figures_dir = args.report_path(), args.figures_dir()
     out.parent.mkdir(parents=True, exist_ok=True)
     tiers = tier_descriptions()
-    views = [tier_view(tier, args.cache_dir, quick=args.quick, loader=load_tier) for tier in tiers]
+    views = [tier_view(tier, args.cells_dir, quick=args.quick, loader=load_tier) for tier in tiers]
     lines = ["# castrl benchmark results", ""]
     if any(view.superseded for view in views):
         lines += [V1_BANNER, ""]
@@ -348,7 +352,7 @@ def main(argv: list[str]) -> int:
         own = TIER_SECTIONS.get(tier.name)
         extra = own(view, figures_dir, out.parent) if own and view.cells else []
         lines += render_tier(view, figures, extra)
-    lines += placement_sections(args.cache_dir)
+    lines += placement_sections(args.cells_dir)
     out.write_text("\n".join(lines))
     print(f"[bench] report: {out}")
     return 0

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from castrl.arguments import RuntimeArguments, SamplingArguments
+from castrl.bench.common.arguments import BenchArguments
 from castrl.command_line import parse_dataclasses, user_input
 from castrl.config_fields import adapted, with_fields_of
 from castrl.core import CastConfig, cast_advantages, compute_advantages
@@ -97,15 +98,16 @@ def run_core_bench(
 @dataclass
 @with_fields_of(SamplingArguments, only=("group_size",))
 @with_fields_of(RuntimeArguments, only=("threads", "seed"), convert=adapted(notes={"seed": "It draws the random batch."}))
+@with_fields_of(BenchArguments, only=("repeats", "json"), convert=adapted(
+    defaults={"repeats": 20}, notes={"repeats": "Here: calls per estimator (the median is reported)."}))
 class CoreArguments:
     """The flags of `castrl bench core` (TRL-style underscores, as every castrl command); `group_size`,
-    `threads` and `seed` are the shared vocabulary's (`castrl.arguments`)."""
+    `threads` and `seed` are the shared vocabulary's (`castrl.arguments`), `repeats` and `json` the
+    bench's (`castrl.bench.common.arguments`)."""
 
     B: int = field(default=512, metadata={"help": "Rollouts per batch."})
     T: int = field(default=2048, metadata={"help": "Completion tokens per rollout (padded length)."})
-    repeats: int = field(default=20, metadata={"help": "Timed calls per estimator (median reported)."})
     warmup: int = field(default=3, metadata={"help": "Untimed calls per estimator first."})
-    json: str | None = field(default=None, metadata={"help": "Also write the result as JSON to this path."})
 
     def __post_init__(self) -> None:
         for name in ("B", "T", "group_size", "repeats"):

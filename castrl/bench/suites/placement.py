@@ -11,7 +11,7 @@ the very same rollouts, plus the noise floor of each (how many of CAST's flips l
 passes that should not matter). Each cell keeps the per-rollout mean gaps, so the report computes the
 gap AUC, its tie share and a bootstrap interval over problems from the cell itself.
 
-    castrl bench placement [--styles oneshot,cot] [--threads 2] [--cache_dir bench/cells]
+    castrl bench placement [--styles oneshot,cot] [--threads 2] [--cells_dir bench/cells]
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from typing import Any
 
 import torch
 
-from castrl.bench.common.cells import DEFAULT_CACHE_DIR, Cell, load_cell, save_cell
+from castrl.arguments import OutputArguments, RuntimeArguments, renamed_init
+from castrl.bench.common.arguments import BenchArguments
+from castrl.bench.common.cells import Cell, load_cell, save_cell
 from castrl.bench.common.smol import SETTINGS as TIER_SETTINGS
 from castrl.bench.common.smol import training_problems
 from castrl.command_line import parse_dataclasses, user_input
+from castrl.config_fields import adapted, with_fields_of
 from castrl.data import STYLES
 from castrl.teacher import TAG_PLACEMENTS
 
@@ -52,14 +55,20 @@ class PlacementSettings:
 SETTINGS = PlacementSettings()
 
 
+@renamed_init
 @dataclass
+@with_fields_of(BenchArguments, only=("cells_dir",))
+@with_fields_of(RuntimeArguments, only=("threads",), convert=adapted(defaults={"threads": 2}))
+@with_fields_of(OutputArguments, only=("progress",))
 class PlacementArguments:
-    """`castrl bench placement` flags."""
+    """`castrl bench placement` flags; `cells_dir` is the bench's vocabulary (`castrl.bench.common.arguments`),
+    `threads` and `progress` the shared one (`castrl.arguments`)."""
 
     styles: str = field(default=",".join(DEFAULT_STYLES), metadata={"help": f"Prompt styles, of {', '.join(STYLES)}."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads."})
-    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Cell cache folder (tracked JSON)."})
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"--threads must be >= 0, got {self.threads}")
 
     def style_list(self) -> list[str]:
         styles = [s.strip() for s in self.styles.split(",") if s.strip()]
@@ -126,13 +135,15 @@ def main(argv: list[str]) -> int:
         (args,) = parse_dataclasses([PlacementArguments], argv, prog="castrl bench placement",
                                     description=__doc__.split("\n\n")[0])  # fmt: skip
         styles = args.style_list()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()  # what each cell records (--threads 0: torch's default)
     for style in styles:
         cell = placement_cell(style)
-        if load_cell(cell, args.cache_dir) is not None:
-            print(f"[bench] placement {style}: cached at {cell.path(args.cache_dir)}")
+        if load_cell(cell, args.cells_dir) is not None:
+            print(f"[bench] placement {style}: cached at {cell.path(args.cells_dir)}")
             continue
-        print(f"[bench] placement {style}: diagnosing {', '.join(SETTINGS.teachers)} -> {cell.path(args.cache_dir)}")
-        path = save_cell(cell, run_placement(cell, args.threads, args.progress), args.cache_dir)
+        print(f"[bench] placement {style}: diagnosing {', '.join(SETTINGS.teachers)} -> {cell.path(args.cells_dir)}")
+        path = save_cell(cell, run_placement(cell, threads, args.progress), args.cells_dir)
         print(f"[bench] placement {style}: saved {path}")
     return 0

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from castrl.arguments import ModelArguments, OutputArguments, RuntimeArguments, SamplingArguments
+from castrl.bench.common.arguments import BenchArguments
 from castrl.bench.common.roofs import (
     FLOPS_PER_TOKEN,
     FORMULA,
@@ -56,14 +57,16 @@ TRAIN_MODES = ("lora", "full")
     defaults={"threads": 2}, notes={"seed": "It seeds the sampled decoding and the random token ids."}))
 @with_fields_of(OutputArguments, only=("output_dir",), convert=adapted(
     defaults={"output_dir": "outputs/bench_roofline"}, notes={"output_dir": "roofline.json goes there."}))
+@with_fields_of(BenchArguments, only=("repeats",), convert=adapted(
+    defaults={"repeats": 2}, notes={"repeats": "Here: runs per phase (the best is kept), after one warm-up."}))
 class RooflineArguments:
     """The flags of `castrl bench roofline` (TRL-style underscores, as every castrl command); `model`,
-    `cache_dir`, `group_size`, `max_new_tokens`, `threads`, `seed`, `device` and `output_dir` are the
-    shared vocabulary's (`castrl.arguments`)."""
+    `cache_dir` (the converted-model cache), `group_size`, `max_new_tokens`, `threads`, `seed`, `device` and
+    `output_dir` are the shared vocabulary's (`castrl.arguments`), `repeats` the bench's
+    (`castrl.bench.common.arguments`)."""
 
     sizes: str = field(default="512,1024,2048", metadata={"help": "Square matmul sizes of the roof (best kept)."})
     matmul_repeats: int = field(default=5, metadata={"help": "Timed matmuls per size and dtype (best kept)."})
-    repeats: int = field(default=2, metadata={"help": "Timed runs per phase (best kept), after one warm-up."})
     precisions: str = field(default="fp32,bf16", metadata={"help": "fp32 and/or bf16 (autocast over fp32 weights)."})
     phases: str = field(default=",".join(PHASES), metadata={
         "help": "decode (sampled rollouts), greedy (final evaluation), score (no-grad forward: the teacher's pass), "

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainerCallback
 
+from castrl.arguments import RuntimeArguments
+from castrl.bench.common.arguments import BenchArguments
 from castrl.bench.common.roofs import FORMULA, matmul_params, measure_roofs, phase_row
 from castrl.command_line import dataclass_parser, user_input
+from castrl.config_fields import adapted, with_fields_of
 from castrl.core import get_estimator
 from castrl.formatting import num, write_json
 
@@ -30,29 +33,28 @@ ROOF_SIZES = (256, 512, 1024)  # --roofline: a few seconds, before the first met
 
 
 @dataclass
+@with_fields_of(BenchArguments, only=("methods", "steps", "json"), convert=adapted(
+    defaults={"methods": "grpo,cast", "steps": 3}, notes={"methods": "A setting is any castrl train flag."}))
+@with_fields_of(RuntimeArguments, only=("threads",), convert=adapted(defaults={"threads": 2}))
 class SteptimeArguments:
     """The flags of `castrl bench steptime` itself (TRL-style underscores); every other flag is
-    `castrl train`'s and applies to every method."""
+    `castrl train`'s and applies to every method. `methods`, `steps` and `json` are the bench's vocabulary
+    (`castrl.bench.common.arguments`), `threads` the shared one (`castrl.arguments`)."""
 
-    methods: str = field(default="grpo,cast", metadata={
-        "help": "Comma-separated advantage estimators, each optionally with train flags as "
-        "name@flag=value[@...], e.g. cast@fuse_student_pass=false."})
-    steps: int = field(default=3, metadata={"help": "Optimizer steps per method."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads."})
-    json: str | None = field(default=None, metadata={"help": "Also write the measurements to this JSON file."})
     roofline: bool = field(default=False, metadata={
         "help": "Also measure the machine's matmul roof (fp32, or bf16 with --bf16 true) and print the rollout's "
         "and the update's FLOP/s as fractions of it (castrl bench roofline's formulas)."})
 
     def __post_init__(self) -> None:
-        for flag, value in (("--steps", self.steps), ("--threads", self.threads)):
-            if value < 1:
-                raise ValueError(f"{flag} must be >= 1, got {value}")
+        if self.steps is None or self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.threads < 0:
+            raise ValueError(f"--threads must be >= 0, got {self.threads}")
         if not self.method_list():
             raise ValueError("--methods is empty; pass e.g. --methods grpo,cast")
 
     def method_list(self) -> list[str]:
-        return [m.strip() for m in self.methods.split(",") if m.strip()]
+        return [m.strip() for m in (self.methods or "").split(",") if m.strip()]
 
 
 def parse_args(argv: list[str]) -> tuple[SteptimeArguments, list[str]]:
@@ -206,7 +208,8 @@ def main(argv: list[str]) -> int:
                 method_flags(method, train_flags)
             prepared = {method: prepare_method(method, args.steps, train_flags, f"{out}/{i}")
                         for i, method in enumerate(methods)}
-        torch.set_num_threads(args.threads)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         roofs = None
         if args.roofline:  # measured once, before any method, on the device the trainer uses
             configs = [setup[1] for setup in prepared.values()]

@@ -19,7 +19,7 @@ Before any RL, `castrl diagnose`'s pipeline characterises every teacher on the s
 against the verifier, CAST's flip shares). The grid: `grpo`, then `cast`, `cast@flip=false`, `rlsd` and
 `opsd` with each teacher, 5 seeds. The report plots each method's gain over GRPO against the teacher's AUC.
 
-    castrl bench control [--seeds 5] [--methods all] [--cache_dir bench/cells] [--scratch_dir bench_cache]
+    castrl bench control [--seeds 5] [--methods all] [--cells_dir bench/cells] [--scratch_dir bench_cache]
 """
 
 from __future__ import annotations

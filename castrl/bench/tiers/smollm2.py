@@ -6,7 +6,7 @@ with and a policy snapshot refreshed every 10 steps; the grid is the paper's met
 (the trainer's defaults; no cell overrides them). Each cell ends with a final evaluation
 (`castrl.bench.common.final_eval`: Avg@4, Pass@4, maj@4, greedy, budget sweep); the base model's is one shared cell.
 
-    castrl bench smollm2 [--methods all] [--seeds N] [--cache_dir bench/cells] [--quick]
+    castrl bench smollm2 [--methods all] [--seeds N] [--cells_dir bench/cells] [--quick]
     castrl bench smollm2 --methods grpo --seeds 1 --learning_rate 1e-4 --steps 10   # a tuning run
 """
 

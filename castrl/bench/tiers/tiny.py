@@ -10,7 +10,7 @@ question again (`PEER_TEMPLATE`, a context the SFT never showed). Prompts are pl
 5 seeds) fits in about an hour on 2 quiet cores; the three knob-study methods (`cast@lam=0`,
 `cast@lam=0.5`, `cast@flip_margin=0.223`) add about 20 minutes.
 
-    castrl bench tiny [--seeds 5] [--methods all] [--cache_dir bench/cells] [--scratch_dir bench_cache] [--quick]
+    castrl bench tiny [--seeds 5] [--methods all] [--cells_dir bench/cells] [--scratch_dir bench_cache] [--quick]
 """
 
 from __future__ import annotations
