@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import left_pad
+from .prompt_cache import _cache_keyword, _returned_cache
 from .render import Prompt, prompt_ids
 
 
@@ -30,11 +31,43 @@ class Completion(NamedTuple):
 def generate_ids(model: Any, rows: Sequence[Sequence[int]], pad_id: int, **kwargs: Any) -> torch.Tensor:
     """(rows x num_return_sequences, T_new) generated token ids on the CPU, prompt-major (prompt 0's
     sequences first), after the left-padded prompt `rows`; `kwargs` go to `model.generate` (sampling,
-    `max_new_tokens`, `num_return_sequences`). After a sequence's end, generate only pads with `pad_id`."""
+    `max_new_tokens`, `num_return_sequences`). After a sequence's end, generate only pads with `pad_id`.
+
+    With several sequences per prompt, each prompt is prefilled once and its KV cache copied to its
+    sequences (`shared_prefill`), instead of `generate` prefilling every copy: on the bundled model's
+    one-shot prompts (~110 tokens) the prefill was 7.4 of 10.8 s of a 4 x 8 sampled batch on 2 CPU cores.
+    Positions, masks and the sampling draws are generate's own, so only float rounding differs."""
     ids, mask, _ = left_pad(rows, pad_id)
-    out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), pad_token_id=pad_id,
-                         **kwargs)  # fmt: skip
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    copies = int(kwargs.get("num_return_sequences", 1) or 1)
+    cache = shared_prefill(model, ids, mask, copies) if copies > 1 else None
+    if cache is not None:
+        kwargs = {**kwargs, "num_return_sequences": 1, _cache_keyword(model): cache}
+        ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
+    out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad_id, **kwargs)
     return out[:, ids.shape[1] :].cpu()
+
+
+@torch.no_grad()
+def shared_prefill(model: Any, ids: torch.Tensor, mask: torch.Tensor, copies: int) -> Any | None:
+    """The KV cache of each left-padded prompt in `ids` but its last token, computed once and repeated
+    `copies` times along the batch (prompt-major, as `num_return_sequences` orders rows), with the
+    position ids `generate` gives left-padded rows. `generate` then feeds only each row's last prompt
+    token. None (the caller prefills per sequence) for prompts under 2 tokens or a cache that is not plain
+    key/value (sliding-window, recurrent or hybrid layers)."""
+    from transformers.cache_utils import DynamicLayer
+
+    if ids.shape[1] < 2:
+        return None
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    output = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                   use_cache=True, logits_to_keep=1)  # fmt: skip
+    cache = _returned_cache(output)
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    cache.batch_repeat_interleave(copies)
+    return cache
 
 
 def stop_ids(model: Any, tokenizer: Any) -> list[int]:
