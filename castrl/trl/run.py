@@ -65,11 +65,11 @@ class RunArguments:
 DEMO_DEFAULTS = dict(
     output_dir="outputs/castrl-train",
     max_steps=4,  # a CAST step at 128 tokens takes ~116 s on 2 cores: make demo took 13:41 on a fresh clone
-    # 32 rollouts per step = 4 prompts x 8, trained in micro-batches of 8 with gradient checkpointing:
-    # peak RSS of a step 4.6 GB instead of 11.8 GB (micro-batches of 16, no checkpointing), at about the
-    # same step time on 2 CPU cores (81 s vs 76-85 s, CAST, smollm2 + LoRA)
-    per_device_train_batch_size=8,
-    gradient_accumulation_steps=4,
+    # 32 rollouts per step = 4 prompts x 8, trained in micro-batches of 4 with gradient checkpointing and
+    # the fused head's CPU vocabulary tile (castrl.trl.head_tile): one micro-batch's fwd+bwd peaks at
+    # 2.6 GB RSS in 9.5 s, against 6.7 GB in 28.8 s for micro-batches of 8 at TRL's tile (2 threads)
+    per_device_train_batch_size=4,
+    gradient_accumulation_steps=8,
     num_generations=8,
     # the smollm2 bench tier's budget: ~4x the bundled model's mean sampled completion (32.9 tokens), so CAST's
     # longer outputs are not cut off before their answer (at 64, 28-44 % of the demo's rollouts were truncated)

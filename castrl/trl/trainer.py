@@ -2,6 +2,7 @@
 
 This module holds the hooks; each calls `super()`, so TRL's loss types, vLLM importance sampling,
 entropy options and PEFT keep working:
+- `training_step` / `prediction_step`: the fused LM head's vocabulary tile (`castrl.trl.head_tile`);
 - `create_optimizer`: skip steps whose gradients are not finite (`castrl.trl.nonfinite`);
 - `__init__` / `_generate_single_turn`: `--bf16 true` means bf16 autocast over fp32 weights with and
   without LoRA, and `cast_lm_head_to_fp32` works on tied PEFT models (`castrl.trl.precision`);
@@ -39,6 +40,7 @@ from .checkpoint import (
 )
 from .config import CASTTrainerConfig
 from .fused import FusedStudentPass, can_fuse_student_pass
+from .head_tile import resolve_vocab_tile, vocab_tile
 from .nonfinite import guard_nonfinite_steps
 from .precision import install_fp32_fused_head, rollout_autocast, skip_trl_head_cast, warn_bf16_logits
 from .scoring import completion_logps, fused_lm_head_for, peer_texts, tokenize_prompts
@@ -97,8 +99,17 @@ class CASTTrainer(GRPOTrainer):
         self._rewards_per_func: torch.Tensor | None = None
         self._fused = FusedStudentPass(self.estimator, self.estimator_config)
         self._share_prompt_cache = self.args.share_prompt_cache
+        self._vocab_tile = resolve_vocab_tile(self.args.lm_head_vocab_tile, self.accelerator.device)
 
     # -- hooks ----------------------------------------------------------------------------------
+
+    def training_step(self, *args: Any, **kwargs: Any):
+        with vocab_tile(self._vocab_tile):  # rollout scoring, teacher pass and the loss (castrl.trl.head_tile)
+            return super().training_step(*args, **kwargs)
+
+    def prediction_step(self, *args: Any, **kwargs: Any):
+        with vocab_tile(self._vocab_tile):
+            return super().prediction_step(*args, **kwargs)
 
     def create_optimizer(self, *args: Any, **kwargs: Any):
         optimizer = super().create_optimizer(*args, **kwargs)
