@@ -59,4 +59,3 @@ def test_tile_changes_log_probs_by_rounding_only():
     assert len(tokenizer) > 7
     torch.testing.assert_close(tiled.log_probs, whole.log_probs, rtol=0, atol=1e-5)
     torch.testing.assert_close(tiled.entropy, whole.entropy, rtol=0, atol=1e-5)
-

@@ -64,7 +64,7 @@ class RunArguments:
 # What `castrl train` with no arguments runs: CAST on the bundled model, sized for 2 CPU cores.
 DEMO_DEFAULTS = dict(
     output_dir="outputs/castrl-train",
-    max_steps=4,  # a CAST step at 128 tokens takes ~116 s on 2 cores: make demo took 13:41 on a fresh clone
+    max_steps=4,  # a CAST step at 128 tokens takes ~138 s on 2 cores: make demo took 11:05 after install
     # 32 rollouts per step = 4 prompts x 8, trained in micro-batches of 4 with gradient checkpointing and
     # the fused head's CPU vocabulary tile (castrl.trl.head_tile): one micro-batch's fwd+bwd peaks at
     # 2.6 GB RSS in 9.5 s, against 6.7 GB in 28.8 s for micro-batches of 8 at TRL's tile (2 threads)
