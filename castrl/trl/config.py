@@ -64,15 +64,6 @@ class CASTTrainerConfig(GRPOConfig):
             "micro-batch: 4.5 GB and 21 s at 2048 vs 6.7 GB and 29 s at TRL's 32768), TRL's own on CUDA/XPU."
         },
     )
-    merge_lora_for_rollout: bool = field(
-        default=True,
-        metadata={
-            "help": "castrl's option: TRL's transformers rollout decodes on LoRA weights merged into the base "
-            "weights, which are copied back exactly afterwards (12-17 % faster decoding on 2 CPU threads; "
-            "~0.4 GB more memory for the bundled model during the rollout). Skipped under FSDP/DeepSpeed, "
-            "with vLLM, and with LoRA dropout in effect."
-        },
-    )
     teacher_offload: bool = field(
         default=False,
         metadata={

@@ -4,7 +4,6 @@ This module holds the hooks; each calls `super()`, so TRL's loss types, vLLM imp
 entropy options and PEFT keep working:
 - `training_step` / `prediction_step`: the fused LM head's vocabulary tile (`castrl.trl.head_tile`);
 - `create_optimizer`: skip steps whose gradients are not finite (`castrl.trl.nonfinite`);
-- `_generate_single_turn`: LoRA rollouts on merged weights, restored exactly (`castrl.trl.merged_rollout`);
 - `__init__` / `_generate_single_turn`: `--bf16 true` means bf16 autocast over fp32 weights with and
   without LoRA, and `cast_lm_head_to_fp32` works on tied PEFT models (`castrl.trl.precision`);
 - `_calculate_rewards`: keep the raw, globally gathered per-function rewards;
@@ -42,7 +41,6 @@ from .checkpoint import (
 from .config import CASTTrainerConfig
 from .fused import FusedStudentPass, can_fuse_student_pass
 from .head_tile import resolve_vocab_tile, vocab_tile
-from .merged_rollout import merged_lora
 from .nonfinite import guard_nonfinite_steps
 from .precision import install_fp32_fused_head, rollout_autocast, skip_trl_head_cast, warn_bf16_logits
 from .scoring import completion_logps, fused_lm_head_for, peer_texts, tokenize_prompts
@@ -157,12 +155,7 @@ class CASTTrainer(GRPOTrainer):
         return output
 
     def _generate_single_turn(self, *args: Any, **kwargs: Any):
-        merge = (self.args.merge_lora_for_rollout and not self.args.use_vllm
-                 and not self.is_fsdp_enabled and not self.is_deepspeed_enabled)  # fmt: skip
-        with (
-            rollout_autocast(self.accelerator),  # PEFT's generate bypasses accelerate's autocast of forward
-            merged_lora(self.accelerator.unwrap_model(self.model), merge),  # castrl.trl.merged_rollout
-        ):
+        with rollout_autocast(self.accelerator):  # PEFT's generate bypasses accelerate's autocast of forward
             return super()._generate_single_turn(*args, **kwargs)
 
     def _compute_loss(self, model, inputs):
