@@ -78,3 +78,29 @@ def test_steptime_roofline_fractions(tmp_path, capsys):
     assert row["train_tokens"] > row["rollout_tokens"]  # prompts + completions
     for name in ("rollout_roof_fraction", "train_roof_fraction"):
         assert math.isfinite(row[name]) and row[name] > 0
+
+
+def test_gpu_speed_script_names_real_flags(capsys):
+    """scripts/gpu/speed.sh runs only on a lent GPU, where a misspelt flag wastes the device time: every
+    setting of its vLLM methods is a CASTTrainerConfig field, and every flag of its bench calls is the
+    suite's own or (steptime passes them on) castrl train's."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from castrl.trl.run import ARGUMENTS
+
+    text = (Path(__file__).resolve().parents[1] / "scripts" / "gpu" / "speed.sh").read_text()
+    train_fields = {f.name for cls in ARGUMENTS for f in dataclasses.fields(cls)}
+    suffix = re.search(r'vllm="([^"]+)"', text)[1]
+    keys = [setting.partition("=")[0] for setting in suffix.strip("@").split("@")]
+    assert keys and set(keys) <= train_fields
+    one_line = text.replace("\\\n", " ")
+    for suite in ("roofline", "steptime"):
+        with pytest.raises(SystemExit):
+            main([suite, "--help"])
+        help_text = capsys.readouterr().out
+        calls = re.findall(rf"castrl bench {suite} ([^|]*)", one_line)
+        assert calls, suite
+        for flag in {flag for call in calls for flag in re.findall(r"--(\w+)", call)}:
+            assert f"--{flag}" in help_text or flag in train_fields, (suite, flag)
