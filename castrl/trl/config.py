@@ -21,6 +21,8 @@ from castrl.config_fields import same_field, values_of, with_fields_of
 from castrl.core import CastConfig, EstimatorConfig, GRPOOPSDConfig, RLRTConfig, RLSDConfig, get_estimator
 from castrl.teacher import TeacherConfig
 
+from .head_tile import check_vocab_tile
+
 
 def _cli_field(f: Field, hint: Any) -> tuple[Any, Any]:
     """A core field in a form HfArgumentParser can parse: a (lo, hi) band becomes a list of floats."""
@@ -92,8 +94,7 @@ class CASTTrainerConfig(GRPOConfig):
         self.estimator_config()  # validates every estimator field
         if spec.needs_teacher:
             self.teacher_config().check_host("trl")
-        if self.lm_head_vocab_tile < 0:
-            raise ValueError(f"lm_head_vocab_tile must be >= 0 (0 = auto), got {self.lm_head_vocab_tile}")
+        check_vocab_tile(self.lm_head_vocab_tile)
         if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ValueError(f"epsilon / epsilon_high must be >= 0, got {self.epsilon} / {self.epsilon_high}")
 

@@ -26,11 +26,16 @@ import trl.trainer.utils as trl_utils
 CPU_VOCAB_TILE = 2048
 
 
+def check_vocab_tile(requested: int) -> None:
+    """Refuse a negative `lm_head_vocab_tile` (0 = auto); the config calls it before any model loads."""
+    if requested < 0:
+        raise ValueError(f"lm_head_vocab_tile must be >= 0 (0 = auto), got {requested}")
+
+
 def resolve_vocab_tile(requested: int, device: torch.device) -> int | None:
     """The tile to use: `requested` when > 0; for 0 (auto), `CPU_VOCAB_TILE` on devices without TRL's
     Triton kernel and None (TRL's own) on CUDA/XPU. Negative sizes are refused."""
-    if requested < 0:
-        raise ValueError(f"lm_head_vocab_tile must be >= 0 (0 = auto), got {requested}")
+    check_vocab_tile(requested)
     if requested > 0:
         return requested
     return None if device.type in ("cuda", "xpu") else CPU_VOCAB_TILE
