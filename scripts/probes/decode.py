@@ -18,7 +18,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from castrl.models import default_lora_for, peft_config, resolve_model
+from castrl.models import DEFAULT_MODEL, default_lora_for, peft_config, resolve_model
 
 
 def main() -> None:
@@ -32,13 +32,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    path = resolve_model("smollm2-135m")
+    path = resolve_model(DEFAULT_MODEL)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if args.variant == "lora":
         from peft import get_peft_model
 
-        model = get_peft_model(model, peft_config(default_lora_for("smollm2-135m")))
+        model = get_peft_model(model, peft_config(default_lora_for(DEFAULT_MODEL)))
     model.eval()
     extra = {"cache_implementation": "static"} if args.variant in ("static", "compiled") else {}
     if args.variant == "compiled":

@@ -19,7 +19,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
-from castrl.models import default_lora_for, peft_config, resolve_model
+from castrl.models import DEFAULT_MODEL, default_lora_for, peft_config, resolve_model
 from castrl.trl.head_tile import vocab_tile
 
 
@@ -39,9 +39,9 @@ def main() -> None:
     if args.tokens <= 128:
         parser.error("--tokens must exceed the 128 scored completion tokens")
     torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m"), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(DEFAULT_MODEL), dtype=torch.float32)
     add_fused_lm_head(model, outputs=("log_probs", "entropy"))
-    model = get_peft_model(model, peft_config(default_lora_for("smollm2-135m")))
+    model = get_peft_model(model, peft_config(default_lora_for(DEFAULT_MODEL)))
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
