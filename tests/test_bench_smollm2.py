@@ -39,6 +39,11 @@ def test_v2_settings_give_the_trainer_config_of_the_issue(tmp_path):
         assert (cfg.max_steps, cfg.learning_rate) == (s.steps, s.learning_rate), method
         # the trainer's default scoring paths (speed only: same advantages up to rounding, not in the key)
         assert cfg.fuse_student_pass is True and cfg.share_prompt_cache is True, method
+        # transformers' generate, as every cached cell sampled (castrl's decoder draws other tokens)
+        assert cfg.rollout_decoder == "transformers", method
+    from castrl.bench.common.final_eval import eval_arguments
+
+    assert eval_arguments(s.final, s.prompt_style, 0).decoder == "transformers"
     from castrl.bench.tiers import tiny
 
     tiny_cfg = trainer_config(tiny.QUICK, method_overrides("cast", tiny.TEACHERS), 0, str(tmp_path))

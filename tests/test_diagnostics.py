@@ -86,8 +86,9 @@ def test_student_scores_equal_the_sampling_distribution(tiny):
     ]
     ids = chat_prompt_ids(tokenizer, prompts)
     torch.manual_seed(1)
-    rollouts = sample_groups(
-        model, tokenizer, ids, group_size=3, max_new_tokens=10, temperature=0.7, progress=False
+    rollouts = sample_groups(  # generate's own draws, which the reference below repeats
+        model, tokenizer, ids, group_size=3, max_new_tokens=10, temperature=0.7, decoder="transformers",
+        progress=False,
     )
     rows = rollouts.group_ids.tolist()
     scored = completion_logps(

@@ -1,5 +1,6 @@
-"""Sampling several sequences per prompt prefills each prompt once (`castrl.rollouts.generate.shared_prefill`):
-the tokens must be those of `generate` prefilling every copy, for left-padded prompts of different lengths."""
+"""Sampling several sequences per prompt with `decoder="transformers"` prefills each prompt once
+(`castrl.rollouts.generate.shared_prefill`): the tokens must be those of `generate` prefilling every copy,
+for left-padded prompts of different lengths. (castrl's own decoder: tests/test_decode.py.)"""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_shared_prefill_generates_the_same_tokens(tiny, sampling):
     torch.manual_seed(3)
     plain = _plain(model, rows, pad, **kwargs)
     torch.manual_seed(3)
-    shared = generate_ids(model, rows, pad, **kwargs)
+    shared = generate_ids(model, rows, pad, decoder="transformers", **kwargs)
     assert shared.shape == plain.shape == (len(rows) * 4, 12)
     assert torch.equal(shared, plain)  # same logits up to rounding, same sampling draws
 
@@ -56,7 +57,7 @@ def test_generate_gets_the_shared_cache_and_one_sequence_per_row(tiny, monkeypat
 
     monkeypatch.setattr(model, "generate", spy)
     generate_ids(model, _rows(tokenizer), tokenizer.pad_token_id, max_new_tokens=4, num_return_sequences=4,
-                 do_sample=True)
+                 do_sample=True, decoder="transformers")
     cache = seen.get("cache", seen.get("past_key_values"))
     assert seen["num_return_sequences"] == 1 and seen["input_ids"].shape[0] == 12
     assert cache is not None and cache.layers[0].keys.shape[0] == 12

@@ -42,16 +42,16 @@ class _Spy:
             return fold(tile, *args, **kwargs)
 
         monkeypatch.setattr(chunked, "_forward_tile", spy_fold)
-        generate = model.generate
+        rollout = trainer._generate_single_turn  # the rollout, whichever decoder (`rollout_decoder`) runs it
 
-        def spy_generate(*args, **kwargs):
+        def spy_rollout(*args, **kwargs):
             self.phase = "rollout"
             try:
-                return generate(*args, **kwargs)
+                return rollout(*args, **kwargs)
             finally:
                 self.phase = "score"
 
-        monkeypatch.setattr(model, "generate", spy_generate)
+        monkeypatch.setattr(trainer, "_generate_single_turn", spy_rollout)
 
     def _layer(self, module, inputs, output) -> None:
         self.layers.add((self.phase, torch.is_autocast_enabled("cpu"), output.dtype, torch.is_grad_enabled()))
@@ -66,11 +66,13 @@ def _fp32_state(trainer: CASTTrainer) -> None:
     assert state and {v.dtype for v in state} == {torch.float32}  # AdamW's moments
 
 
+@pytest.mark.parametrize("decoder", ["castrl", "transformers"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_bf16_autocast_over_fp32_weights_and_optimizer_state(tmp_path, monkeypatch, lora):
-    """Today's `--bf16 true`: every forward (the rollout's, with LoRA too, the scoring passes', the loss's with
-    gradients) under bf16 autocast; weights and AdamW state fp32; the LM head projects in bf16."""
-    trainer = _trainer(tmp_path, lora, bf16=True)
+def test_bf16_autocast_over_fp32_weights_and_optimizer_state(tmp_path, monkeypatch, lora, decoder):
+    """Today's `--bf16 true`: every forward (the rollout's, with LoRA too and either decoder, the scoring
+    passes', the loss's with gradients) under bf16 autocast; weights and AdamW state fp32; the LM head
+    projects in bf16."""
+    trainer = _trainer(tmp_path, lora, bf16=True, rollout_decoder=decoder)
     spy = _Spy(trainer, monkeypatch)
     trainer.train()
     assert spy.phase_calls("rollout") == {(True, torch.bfloat16)}

@@ -34,7 +34,7 @@ from castrl.trl.run import ARGUMENTS, DEMO_DEFAULTS, RunArguments, load_data, ma
 __all__ = ["ARGUMENTS", "DEMO_DEFAULTS", "RunArguments", "load_data", "main", "make_trainer", "parse_args", "train"]
 
 
-def _heldout(model, tokenizer, records, verifier, run, label: str) -> dict[str, Any]:
+def _heldout(model, tokenizer, records, verifier, run, decoder: str, label: str) -> dict[str, Any]:
     if not records:
         return {}
     start = time.perf_counter()
@@ -42,7 +42,7 @@ def _heldout(model, tokenizer, records, verifier, run, label: str) -> dict[str, 
     result = heldout_accuracy(
         model, tokenizer, [build_prompt(r["problem"], run.prompt_style) for r in records],
         [r["answer"] for r in records], verifier, levels=levels if any(levels) else None,
-        max_new_tokens=run.eval_max_new_tokens,
+        max_new_tokens=run.eval_max_new_tokens, decoder=decoder,
     )
     unscorable = f", {result['n_unscorable']} unscorable (counted wrong)" if result["n_unscorable"] else ""
     print(f"[castrl] held-out {label}: accuracy {num(result['accuracy'])} on {result['n']} problems{unscorable} "
@@ -67,7 +67,7 @@ def train(run: RunArguments, config: CASTTrainerConfig) -> dict:
         model, tokenizer = load_checked(model_path, dtype=run.dtype)
     verifier = Verifier(timeout_s=run.verifier_timeout_s, num_workers=run.verifier_workers)
     try:
-        before = {} if resume_from else _heldout(model, tokenizer, held_out, verifier, run, "before")
+        before = {} if resume_from else _heldout(model, tokenizer, held_out, verifier, run, config.rollout_decoder, "before")
         trainer = make_trainer(run, config, model, tokenizer, verifier, train_records)
         trainer.add_callback(MetricsJsonl(config.output_dir))
         if before:
@@ -76,7 +76,7 @@ def train(run: RunArguments, config: CASTTrainerConfig) -> dict:
         trainer.train(resume_from_checkpoint=resume_from)
         train_seconds = time.perf_counter() - start
         trainer.save_model(os.path.join(config.output_dir, "final"))
-        after = _heldout(trainer.model, tokenizer, held_out, verifier, run, "after")
+        after = _heldout(trainer.model, tokenizer, held_out, verifier, run, config.rollout_decoder, "after")
         if after:
             append_metrics(config.output_dir, {"step": trainer.state.global_step, "heldout/accuracy": after["accuracy"]})
     finally:

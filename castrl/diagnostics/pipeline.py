@@ -95,6 +95,7 @@ def _sample_and_verify(
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         batch_size=settings.gen_batch_size,
+        decoder=settings.decoder,
         progress=settings.progress,
     )
     timings["sample_s"] = time.perf_counter() - start

@@ -55,7 +55,7 @@ def _is_context(context: str) -> bool:
 @with_fields_of(VerifierArguments, only=("verifier_timeout_s",))
 @with_fields_of(RuntimeArguments, only=("threads", "seed"), convert=adapted(notes={
     "seed": "It draws the problems and the samples."}))
-@with_fields_of(SamplingArguments, only=("group_size", "temperature", "max_new_tokens"), convert=adapted(
+@with_fields_of(SamplingArguments, only=("group_size", "temperature", "max_new_tokens", "decoder"), convert=adapted(
     defaults={"temperature": 1.0, "max_new_tokens": 64},
     notes={"temperature": "Also applied to every score.", "group_size": "At least 2: a group of one has no group "
            "statistics."}))

@@ -41,7 +41,7 @@ def _several(f: Field, hint: Any) -> tuple[Any, Any]:
 @with_fields_of(VerifierArguments)
 @with_fields_of(RuntimeArguments, convert=adapted(notes={
     "seed": "Set right before each model's sampling (--data_seed draws the arithmetic problems)."}))
-@with_fields_of(SamplingArguments, only=("temperature", "top_p", "top_k", "max_new_tokens"), convert=adapted(notes={
+@with_fields_of(SamplingArguments, only=("temperature", "top_p", "top_k", "max_new_tokens", "decoder"), convert=adapted(notes={
     "temperature": "spec §7. [P]", "max_new_tokens": "Default: the largest of --budgets, else 128."}))
 @with_fields_of(DataArguments)
 @with_fields_of(ModelArguments, only=("lora_adapter", "dtype", "cache_dir"), convert=adapted(notes={

@@ -26,6 +26,7 @@ def heldout_accuracy(
     levels: Sequence[str | None] | None = None,
     max_new_tokens: int = 128,
     batch_size: int = 16,
+    decoder: str = "castrl",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Greedy held-out accuracy: the one definition behind `castrl train`, `castrl eval` and the bench.
@@ -38,7 +39,7 @@ def heldout_accuracy(
     done = [
         group[0]
         for group in generate_completions(
-            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, decoder=decoder,
             desc="held-out eval", progress=progress,
         )
     ]

@@ -66,7 +66,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Greedy pass, n samples per problem, verification, metrics and budget sweep of one model."""
     prompts = [build_prompt(r["problem"], args.prompt_style) for r in records]
-    gen = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=args.progress)
+    gen = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, decoder=args.decoder,
+               progress=args.progress)  # fmt: skip
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     greedy = None

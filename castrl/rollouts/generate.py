@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import left_pad
+from .decode import check_decoder, decode_like_generate
 from .prompt_cache import _cache_keyword, _returned_cache
 from .render import Prompt, prompt_ids
 
@@ -28,7 +29,9 @@ class Completion(NamedTuple):
     ids: tuple[int, ...] = ()
 
 
-def generate_ids(model: Any, rows: Sequence[Sequence[int]], pad_id: int, **kwargs: Any) -> torch.Tensor:
+def generate_ids(
+    model: Any, rows: Sequence[Sequence[int]], pad_id: int, *, decoder: str = "castrl", **kwargs: Any
+) -> torch.Tensor:
     """(rows x num_return_sequences, T_new) generated token ids on the CPU, prompt-major (prompt 0's
     sequences first), after the left-padded prompt `rows`; `kwargs` go to `model.generate` (sampling,
     `max_new_tokens`, `num_return_sequences`). After a sequence's end, generate only pads with `pad_id`.
@@ -36,9 +39,16 @@ def generate_ids(model: Any, rows: Sequence[Sequence[int]], pad_id: int, **kwarg
     With several sequences per prompt, each prompt is prefilled once and its KV cache copied to its
     sequences (`shared_prefill`), instead of `generate` prefilling every copy: on the bundled model's
     one-shot prompts (~110 tokens) the prefill was 7.4 of 10.8 s of a 4 x 8 sampled batch on 2 CPU cores.
-    Positions, masks and the sampling draws are generate's own, so only float rounding differs."""
+    Positions, masks and the sampling draws are generate's own, so only float rounding differs.
+
+    `decoder="castrl"` (the default) runs `castrl.rollouts.decode` instead wherever it does what generate
+    would (`plan_of`): the same distribution with other draws, and no decoding of finished rows."""
     ids, mask, _ = left_pad(rows, pad_id)
     ids, mask = ids.to(model.device), mask.to(model.device)
+    if check_decoder(decoder) == "castrl":
+        new = decode_like_generate(model, ids, mask, pad_token_id=pad_id, **kwargs)
+        if new is not None:
+            return new.cpu()
     copies = int(kwargs.get("num_return_sequences", 1) or 1)
     cache = shared_prefill(model, ids, mask, copies) if copies > 1 else None
     if cache is not None:
@@ -122,6 +132,7 @@ def generate_completions(
     top_p: float = 1.0,
     top_k: int = 0,
     num_return_sequences: int = 1,
+    decoder: str = "castrl",
     desc: str = "generate",
     progress: bool = True,
 ) -> list[list[Completion]]:
@@ -130,7 +141,7 @@ def generate_completions(
     A prompt is a chat (list of messages, rendered with the tokenizer's chat template) or a string
     used as it is. Greedy unless `do_sample`; sampling uses `temperature`, `top_p` and `top_k` (0 =
     off; the defaults are plain ancestral sampling) from torch's global RNG, so `torch.manual_seed`
-    beforehand makes it reproducible for a fixed batch layout. The tokenizer is left with left padding
+    beforehand makes it reproducible for a fixed batch layout and `decoder` (see `generate_ids`). The tokenizer is left with left padding
     (`padding_side`), the side every castrl pass pads prompts on.
     """
     was_training = model.training
@@ -150,6 +161,7 @@ def generate_completions(
                 stops,
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=per_prompt,
+                decoder=decoder,
                 do_sample=do_sample,
                 **sampling,
             )

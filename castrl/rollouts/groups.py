@@ -50,11 +50,13 @@ def sample_groups(
     max_new_tokens: int,
     temperature: float,
     batch_size: int = 32,
+    decoder: str = "castrl",
     progress: bool = True,
 ) -> Rollouts:
     """Draw `group_size` completions per prompt with pure temperature sampling (no top-k / top-p).
 
     `batch_size` counts rollouts per `generate` call; it is rounded down to whole groups (at least one).
+    `decoder`: see `generate_ids`.
     Seed torch before calling for reproducible samples.
     """
     model.eval()
@@ -66,7 +68,7 @@ def sample_groups(
         for start in range(0, len(prompt_ids), per_call):
             chunks.append(generate_ids(model, prompt_ids[start : start + per_call], pad_id, do_sample=True,
                                        temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                       num_return_sequences=group_size))  # fmt: skip
+                                       num_return_sequences=group_size, decoder=decoder))  # fmt: skip
             bar.update(chunks[-1].shape[0])
     finally:
         bar.close()

@@ -19,6 +19,7 @@ from trl import GRPOConfig
 
 from castrl.config_fields import same_field, values_of, with_fields_of
 from castrl.core import CastConfig, EstimatorConfig, GRPOOPSDConfig, RLRTConfig, RLSDConfig, get_estimator
+from castrl.rollouts.decode import check_decoder
 from castrl.teacher import TeacherConfig
 
 from .head_tile import check_vocab_tile
@@ -66,6 +67,15 @@ class CASTTrainerConfig(GRPOConfig):
             "micro-batch: 4.5 GB and 21 s at 2048 vs 6.7 GB and 29 s at TRL's 32768), TRL's own on CUDA/XPU."
         },
     )
+    rollout_decoder: str = field(
+        default="castrl",
+        metadata={
+            "help": "castrl (castrl's option): TRL's transformers rollouts decode with castrl.rollouts.decode "
+            "(each distinct prompt prefilled once, sampling among the top-k only, finished rows leave the batch; "
+            "the same distribution as generate, other draws), falling back to generate for settings it does not "
+            "cover; transformers: TRL's model.generate. vLLM rollouts are vLLM's either way."
+        },
+    )
     teacher_offload: bool = field(
         default=False,
         metadata={
@@ -95,6 +105,7 @@ class CASTTrainerConfig(GRPOConfig):
         if spec.needs_teacher:
             self.teacher_config().check_host("trl")
         check_vocab_tile(self.lm_head_vocab_tile)
+        check_decoder(self.rollout_decoder)
         if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ValueError(f"epsilon / epsilon_high must be >= 0, got {self.epsilon} / {self.epsilon_high}")
 

@@ -5,7 +5,8 @@ entropy options and PEFT keep working:
 - `training_step` / `prediction_step`: the fused LM head's vocabulary tile (`castrl.trl.head_tile`);
 - `create_optimizer`: skip steps whose gradients are not finite (`castrl.trl.nonfinite`);
 - `__init__` / `_generate_single_turn`: `--bf16 true` means bf16 autocast over fp32 weights with and
-  without LoRA, and `cast_lm_head_to_fp32` works on tied PEFT models (`castrl.trl.precision`);
+  without LoRA, and `cast_lm_head_to_fp32` works on tied PEFT models (`castrl.trl.precision`); TRL's
+  transformers rollouts decode with `castrl.rollouts.decode` (`rollout_decoder`);
 - `_calculate_rewards`: keep the raw, globally gathered per-function rewards;
 - `_generate_and_score_completions`: after TRL's rollout, run the student and teacher no-grad
   passes (`castrl.trl.scoring`) and replace TRL's (B,) advantages by the estimator's (B, T) ones;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -28,6 +30,7 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
 from castrl.core import get_estimator
+from castrl.rollouts.decode import generate_with_decode
 from castrl.rows import run_on_rows
 from castrl.teacher import ExternalTeacher, TeacherWeights, build_teacher, context_uses, teacher_prompt_batch
 
@@ -155,7 +158,9 @@ class CASTTrainer(GRPOTrainer):
         return output
 
     def _generate_single_turn(self, *args: Any, **kwargs: Any):
-        with rollout_autocast(self.accelerator):  # PEFT's generate bypasses accelerate's autocast of forward
+        castrl_decoding = self.args.rollout_decoder == "castrl" and not self.use_vllm
+        decoding = generate_with_decode(self.model) if castrl_decoding else nullcontext()
+        with rollout_autocast(self.accelerator), decoding:  # PEFT's generate bypasses accelerate's autocast
             return super()._generate_single_turn(*args, **kwargs)
 
     def _compute_loss(self, model, inputs):

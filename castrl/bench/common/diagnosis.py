@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from castrl.bench.common.cells import Cell
+from castrl.bench.common.tier import CELL_DECODER
 
 DIAGNOSE_METHOD = "diagnose"
 
@@ -50,7 +51,7 @@ def run_diagnosis(config: dict[str, Any], problems: list[dict[str, Any]], progre
     settings = DiagnoseSettings(
         model=config["model"], teachers=list(spec["teachers"]), prompt_style=config["prompt_style"],
         group_size=config["group_size"], n_prompts=len(problems), max_new_tokens=config["max_new_tokens"],
-        temperature=spec["temperature"], seed=spec["seed"], threads=0, progress=progress,
+        temperature=spec["temperature"], seed=spec["seed"], threads=0, decoder=CELL_DECODER, progress=progress,
     )  # fmt: skip
     start = time.perf_counter()
     run = run_diagnostics(settings, problems=problems)

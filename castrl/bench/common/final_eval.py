@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from castrl.bench.common.cells import Cell
-from castrl.bench.common.tier import bench_device
+from castrl.bench.common.tier import CELL_DECODER, bench_device
 from castrl.reporting.stats import Interval, mean_ci
 
 # The method name of the untrained model's evaluation cell (not an estimator: it trains nothing).
@@ -59,7 +59,7 @@ def eval_arguments(final: FinalEvalSettings, prompt_style: str, seed: int) -> An
     return EvalArguments(k=final.k, n=final.k, max_new_tokens=final.max_new_tokens,
                          budgets=",".join(str(b) for b in sorted(final.budgets)),
                          batch_size=EVAL_BATCH_SIZE[device], prompt_style=prompt_style, seed=seed, dtype=final.dtype,
-                         device=device, progress=False)
+                         device=device, decoder=CELL_DECODER, progress=False)
 
 
 def evaluate_final(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], args: Any,

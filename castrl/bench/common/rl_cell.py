@@ -33,7 +33,7 @@ TIME_KEYS = ("cast/time_rollout_s", "cast/time_student_s", "cast/time_teacher_s"
 RECORDED_TRAINER_FIELDS = ("temperature", "top_p", "top_k", "mask_truncated_completions", "loss_type", "beta",
                            "epsilon", "epsilon_high", "max_completion_length", "per_device_train_batch_size",
                            "gradient_accumulation_steps", "gradient_checkpointing", "fuse_student_pass",
-                           "share_prompt_cache", "teacher_model")
+                           "share_prompt_cache", "teacher_model", "rollout_decoder")
 # Distinct problems per level and split of the arithmetic suite where a tier asks for more than exist
 # (castrl.data.arithmetic raises instead of repeating problems).
 POOL_SIZES = {"add1": {"train": 63, "test": 16}, "mul21": {"train": 580, "test": 132}}
@@ -145,7 +145,7 @@ def run_rl_cell(*, model: Any, tokenizer: Any, config: Any, train_dataset: Any, 
     def evaluate() -> dict[str, Any]:
         result = heldout_accuracy(trainer.model, tokenizer, held_out.prompts, held_out.answers, verifier,
                                   levels=held_out.levels, max_new_tokens=eval_max_new_tokens, batch_size=64,
-                                  progress=False)
+                                  decoder=config.rollout_decoder, progress=False)
         verifier.pop_stats()  # held-out checks must not show up in the training reward counters
         return result
 

@@ -30,6 +30,10 @@ from .methods import Teacher, method_overrides, parse_methods
 # unshared scoring; the same advantages as the trainer's defaults up to float rounding (not in the key).
 # `castrl bench steptime --methods grpo,cast,cast@fuse_student_pass=false@share_prompt_cache=false` compares.
 CELL_CODE_PATHS: dict[str, Any] = {"fuse_student_pass": False, "share_prompt_cache": False}
+# How cells decode (rollouts, held-out checkpoints, final evaluations, diagnoses): with transformers'
+# `generate`, as every cached cell did. castrl's `decode` samples from the same distribution with other
+# draws, so a rerun cell would share no random stream with its cached pair; benchmark v3 switches.
+CELL_DECODER = "transformers"
 
 
 # Tier name -> the module whose `TIER` describes it, in the report's order (imported on demand: a tier
@@ -126,7 +130,7 @@ def trainer_config(settings: RLSettings, overrides: Mapping[str, Any], seed: int
         max_steps=settings.steps, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
         num_generations=settings.num_generations, max_completion_length=settings.max_completion_length,
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
-        gradient_checkpointing=False, seed=seed, data_seed=seed, disable_tqdm=True,
+        gradient_checkpointing=False, seed=seed, data_seed=seed, disable_tqdm=True, rollout_decoder=CELL_DECODER,
     )  # fmt: skip
     return CASTTrainerConfig(**{**fixed, **settings.code_paths(), **settings.trainer_kwargs(), **overrides})
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from castrl.bench.common.rl_cell import HeldOut
 from castrl.bench.common.rl_cell import arithmetic_records as records
+from castrl.bench.common.tier import CELL_DECODER
 from castrl.evaluation import heldout_accuracy
 from castrl.formatting import num, write_json
 from castrl.rewards import Verifier
@@ -151,7 +152,7 @@ def sft_loop(model: Any, tokenizer: Any, settings: SFTSettings, monitor: HeldOut
             model.eval()
             acc = heldout_accuracy(model, tokenizer, monitor.prompts, monitor.answers, verifier,
                                    levels=monitor.levels, max_new_tokens=32, batch_size=64,
-                                   progress=False)["accuracy"]
+                                   decoder=CELL_DECODER, progress=False)["accuracy"]
             model.train()
             history.append({"step": step, "loss": float(loss.detach()), "monitor_accuracy": acc,
                             "seconds": time.perf_counter() - start})

@@ -27,6 +27,7 @@ from castrl.bench.common.arguments import BenchArguments
 from castrl.bench.common.cells import Cell, load_cell, save_cell
 from castrl.bench.common.smol import SETTINGS as TIER_SETTINGS
 from castrl.bench.common.smol import training_problems
+from castrl.bench.common.tier import CELL_DECODER
 from castrl.command_line import parse_dataclasses, user_input
 from castrl.config_fields import adapted, with_fields_of
 from castrl.data import STYLES
@@ -110,7 +111,7 @@ def run_placement(cell: Cell, threads: int, progress: bool) -> dict[str, Any]:
         model=cell.config["model"], teachers=list(spec["teachers"]), prompt_style=cell.config["prompt_style"],
         group_size=spec["group_size"], n_prompts=spec["n_prompts"], max_new_tokens=spec["max_new_tokens"],
         temperature=spec["temperature"], seed=spec["seed"], score_batch_size=spec["score_batch_size"],
-        threads=threads, progress=progress, noise_floor=True,
+        threads=threads, decoder=CELL_DECODER, progress=progress, noise_floor=True,
     )  # fmt: skip
     start = time.perf_counter()
     run = run_diagnostics(settings, problems=_problems(spec["n_prompts"]))

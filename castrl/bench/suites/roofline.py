@@ -51,7 +51,7 @@ TRAIN_MODES = ("lora", "full")
 
 @dataclass
 @with_fields_of(ModelArguments, only=("model", "cache_dir"))
-@with_fields_of(SamplingArguments, only=("group_size", "max_new_tokens"), convert=adapted(
+@with_fields_of(SamplingArguments, only=("group_size", "max_new_tokens", "decoder"), convert=adapted(
     defaults={"max_new_tokens": 128}, notes={"group_size": "decode: per prompt.", "max_new_tokens": "decode / greedy."}))
 @with_fields_of(RuntimeArguments, only=("threads", "seed", "device"), convert=adapted(
     defaults={"threads": 2}, notes={"seed": "It seeds the sampled decoding and the random token ids."}))
@@ -153,7 +153,7 @@ def _decode(model, tokenizer, prompts, args: RooflineArguments, sampled: bool) -
     def run() -> int:
         torch.manual_seed(args.seed)  # the same rollouts in every repeat
         done = generate_completions(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=rows,
-                                    progress=False, **settings)
+                                    decoder=args.decoder, progress=False, **settings)
         return sum(c.tokens for group in done for c in group)
 
     return run

@@ -35,7 +35,7 @@ from typing import Any
 
 from castrl.bench.common.cells import Cell
 from castrl.bench.common.methods import Teacher
-from castrl.bench.common.tier import Tier, tier_main
+from castrl.bench.common.tier import CELL_DECODER, Tier, tier_main
 from castrl.bench.common.tiny_sft import (
     ANSWER_TEMPLATE,
     SFTSettings,
@@ -213,7 +213,7 @@ def characterise(settings: ControlSettings, student_dir: Path, name: str, teache
         model=str(student_dir), teachers=[teacher_context(name)], teacher_model=str(teacher_dir or student_dir),
         n_prompts=len(problems), group_size=spec.group_size, max_new_tokens=settings.max_completion_length,
         temperature=spec.temperature, threads=0, seed=spec.seed, output_dir=str(Path(scratch_dir) / TIER_NAME / "diagnose"),
-        progress=False,
+        decoder=CELL_DECODER, progress=False,
     )  # fmt: skip
     with Verifier(use_pool=False) as verifier:
         run = run_diagnostics(diag, problems=problems, student_prompts=[prompt_text(p["problem"]) for p in problems],
@@ -247,7 +247,8 @@ def rung_heldout_accuracy(settings: ControlSettings, folder: Path) -> float:
     held_out = held_out_of(records("test", settings.sft.levels, settings.eval_n_per_level, 0))
     with Verifier(use_pool=False) as verifier:
         return heldout_accuracy(model, tokenizer, held_out.prompts, held_out.answers, verifier, levels=held_out.levels,
-                                max_new_tokens=settings.eval_max_new_tokens, batch_size=64, progress=False)["accuracy"]
+                                max_new_tokens=settings.eval_max_new_tokens, batch_size=64, decoder=CELL_DECODER,
+                                progress=False)["accuracy"]
 
 
 @dataclass
