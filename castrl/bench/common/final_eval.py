@@ -51,15 +51,16 @@ class FinalEvalSettings:
 EVAL_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 
 
-def eval_arguments(final: FinalEvalSettings, prompt_style: str, seed: int) -> Any:
-    """`castrl eval`'s arguments for a final evaluation (spec §7 sampling: EvalArguments' defaults)."""
+def eval_arguments(final: FinalEvalSettings, prompt_style: str, seed: int, decoder: str = CELL_DECODER) -> Any:
+    """`castrl eval`'s arguments for a final evaluation (spec §7 sampling: EvalArguments' defaults); the
+    decoder is the cell's training rollouts' (`CELL_DECODER` unless a tier's `code_paths` says otherwise)."""
     from castrl.evaluation.arguments import EvalArguments
 
     device = bench_device()
     return EvalArguments(k=final.k, n=final.k, max_new_tokens=final.max_new_tokens,
                          budgets=",".join(str(b) for b in sorted(final.budgets)),
                          batch_size=EVAL_BATCH_SIZE[device], prompt_style=prompt_style, seed=seed, dtype=final.dtype,
-                         device=device, decoder=CELL_DECODER, progress=False)
+                         device=device, decoder=decoder, progress=False)
 
 
 def evaluate_final(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], args: Any,

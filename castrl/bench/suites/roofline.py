@@ -74,6 +74,9 @@ class RooflineArguments:
     train_modes: str = field(default=",".join(TRAIN_MODES), metadata={
         "help": "lora (castrl train's default adapter) and/or full fine-tuning."})
     prompts: int = field(default=4, metadata={"help": "decode: prompts of the arithmetic suite per batch."})
+    draws: int = field(default=4, metadata={
+        "help": "decode: sampled batches per timed run (seeds seed, seed+1, ...), their tokens and seconds summed. "
+        "A batch lasts as long as its longest row, so one draw's rate swings with one row's length."})
     eval_prompts: int = field(default=16, metadata={"help": "greedy: prompts in the one evaluation batch."})
     batch: int = field(default=8, metadata={"help": "score / train: rows per forward (a micro-batch)."})
     seq_len: int = field(default=160, metadata={"help": "score / train: tokens per row."})
@@ -86,7 +89,7 @@ class RooflineArguments:
     def __post_init__(self) -> None:
         if self.max_new_tokens is None:
             raise ValueError("--max_new_tokens must be set (decode / greedy need a token limit)")
-        for name in ("matmul_repeats", "repeats", "prompts", "group_size", "max_new_tokens", "eval_prompts",
+        for name in ("matmul_repeats", "repeats", "prompts", "draws", "group_size", "max_new_tokens", "eval_prompts",
                      "batch", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -151,10 +154,13 @@ def _decode(model, tokenizer, prompts, args: RooflineArguments, sampled: bool) -
     rows = len(prompts) * (args.group_size if sampled else 1)
 
     def run() -> int:
-        torch.manual_seed(args.seed)  # the same rollouts in every repeat
-        done = generate_completions(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=rows,
-                                    decoder=args.decoder, progress=False, **settings)
-        return sum(c.tokens for group in done for c in group)
+        tokens = 0
+        for draw in range(args.draws if sampled else 1):
+            torch.manual_seed(args.seed + draw)  # the same rollouts in every repeat
+            done = generate_completions(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                                        batch_size=rows, decoder=args.decoder, progress=False, **settings)
+            tokens += sum(c.tokens for group in done for c in group)
+        return tokens
 
     return run
 
@@ -262,7 +268,7 @@ def _jobs(args: RooflineArguments, model, tokenizer, ids: torch.Tensor) -> list[
     phases = args.phase_list()
     jobs: list[tuple[str, str, int, Callable]] = []
     if "decode" in phases:
-        jobs.append(("decode", "forward", args.prompts * args.group_size * args.max_new_tokens,
+        jobs.append(("decode", "forward", args.draws * args.prompts * args.group_size * args.max_new_tokens,
                      lambda: _decode(model, tokenizer, _prompts(args.prompts, args.seed), args, True)))
     if "greedy" in phases:
         jobs.append(("greedy", "forward", args.eval_prompts * args.max_new_tokens,

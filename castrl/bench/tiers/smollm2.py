@@ -104,7 +104,7 @@ def run_smol_cell(cell: Cell, settings: SmolSettings, scratch: Path, prepared: A
     config = trainer_config(settings, dict(cell.config["overrides"]), cell.seed, str(scratch / cell.slug()))
     lora = peft_config(LoraSettings(r=settings.lora_r, alpha=settings.lora_alpha))
     final_records = held_out_records(settings, settings.final.n_per_level)
-    args = eval_arguments(settings.final, settings.prompt_style, seed=cell.seed)
+    args = eval_arguments(settings.final, settings.prompt_style, seed=cell.seed, decoder=config.rollout_decoder)
     with _verifier() as verifier:
         result = run_rl_cell(
             model=model, tokenizer=tokenizer, config=config,
