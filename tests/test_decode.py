@@ -162,6 +162,23 @@ def test_plan_refuses_what_decode_does_not_do(tiny, unsupported):
     assert plan_of(model, torch.ones(2, 4, dtype=torch.long), **kwargs) is None
 
 
+def test_sharded_weights_over_several_processes_use_generate(tiny, monkeypatch):
+    """ZeRO-3 / FSDP ranks must keep stepping until every rank ends (generate's `synced_gpus`): decode
+    stops with its own rows, so it must not take those runs."""
+    import torch.distributed as dist
+    import transformers.integrations.deepspeed as deepspeed
+
+    model, _ = tiny
+    ids, kwargs = torch.ones(2, 4, dtype=torch.long), dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert plan_of(model, ids, synced_gpus=True, **kwargs) is None
+    assert plan_of(model, ids, **kwargs) is not None  # one process
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    assert plan_of(model, ids, **kwargs) is not None  # DDP: each rank holds whole weights
+    monkeypatch.setattr(deepspeed, "is_deepspeed_zero3_enabled", lambda: True)
+    assert plan_of(model, ids, **kwargs) is None
+
+
 def test_generate_ids_falls_back_to_generate_for_what_decode_does_not_do(tiny, monkeypatch):
     model, tokenizer = tiny
     rows = [tokenizer("Q: 1 =", add_special_tokens=False)["input_ids"]]

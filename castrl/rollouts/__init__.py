@@ -8,6 +8,8 @@ for the passes castrl runs itself (`castrl eval`, `castrl diagnose`, the bench, 
 - `render`: a prompt (chat messages or a rendered string) to token ids, the one renderer;
 - `batching`: the left cut of over-long prompts and left padding;
 - `generate`: the one `model.generate` call (`generate_ids`) and greedy / sampled completions per prompt;
+- `decode`: castrl's decoding loop behind them (and behind TRL's rollouts, `generate_with_decode`): each
+  distinct prompt prefilled once, top-k-first sampling, finished rows dropped from the batch;
 - `groups`: GRPO groups of G samples per prompt (`sample_groups`, `Rollouts`), as a diagnosis draws them;
 - `peers`: the text of another correct rollout of the group, for RLRT's teacher context;
 - `scoring`: log-probs of sampled tokens after any prompt (`completion_logps`), and the module a teacher
@@ -18,6 +20,7 @@ The TRL and verl adapters keep what is truly theirs: their hosts' rollout engine
 """
 
 from .batching import left_cut, left_pad
+from .decode import Sampling, generate_with_decode
 from .generate import Completion, generate_completions, generate_ids, stop_ids
 from .groups import Rollouts, completion_mask, eos_ids, sample_groups
 from .peers import peer_texts
@@ -29,6 +32,7 @@ __all__ = [
     "Completion",
     "Prompt",
     "Rollouts",
+    "Sampling",
     "chunk_logps",
     "completion_logps",
     "completion_logps_shared_prompts",
@@ -36,6 +40,7 @@ __all__ = [
     "eos_ids",
     "generate_completions",
     "generate_ids",
+    "generate_with_decode",
     "left_cut",
     "left_pad",
     "peer_texts",

@@ -168,7 +168,8 @@ class Plan:
 def plan_of(model: Any, ids: torch.Tensor, generation_config: Any = None, **kwargs: Any) -> Plan | None:
     """The `Plan` of `model.generate(ids, generation_config=..., **kwargs)`, or None when generate would
     do anything `decode` does not (beam search, a logits processor besides temperature / top-k / top-p, a
-    stop string, returned scores or dicts, extra model inputs, no `max_new_tokens`).
+    stop string, returned scores or dicts, extra model inputs, no `max_new_tokens`, steps synced across
+    processes: `needs_synced_steps`).
 
     The effective settings are generate's own: the model's generation config, the arguments and
     transformers' global defaults, merged by transformers' `_prepare_generation_config`, and the
@@ -180,6 +181,9 @@ def plan_of(model: Any, ids: torch.Tensor, generation_config: Any = None, **kwar
         TopPLogitsWarper,
     )
 
+    synced = kwargs.pop("synced_gpus", None)
+    if synced if synced is not None else needs_synced_steps(model):
+        return None
     try:
         config, extra = model._prepare_generation_config(generation_config, **kwargs)
         model._prepare_special_tokens(config, kwargs_has_attention_mask=True, device=ids.device)
@@ -207,6 +211,20 @@ def plan_of(model: Any, ids: torch.Tensor, generation_config: Any = None, **kwar
         return None
     sampling = Sampling(do_sample=bool(config.do_sample), **settings) if config.do_sample else Sampling()
     return Plan(sampling, int(config.max_new_tokens), stops, int(pad.reshape(-1)[0]), int(config.num_return_sequences or 1))
+
+
+def needs_synced_steps(model: Any) -> bool:
+    """Whether generate would keep every process stepping until all are done (its `synced_gpus`): weights
+    sharded over several processes (DeepSpeed ZeRO-3, FSDP) gather in every forward, so a rank whose rows
+    ended must keep running forwards. `decode` stops with its own rows, so such runs use generate."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return False
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    from transformers.integrations.fsdp import is_fsdp_managed_module
+
+    return bool(is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model))
 
 
 def decode_like_generate(model: Any, ids: torch.Tensor, mask: torch.Tensor, generation_config: Any = None,

@@ -3,8 +3,10 @@
 `generate_ids` left-pads prompt ids and generates; everything that samples or decodes greedily outside a
 host's own rollout engine goes through it: `generate_completions` (greedy or sampled completions per
 prompt, for `castrl eval`, the held-out accuracy of `castrl train` and the bench, and the roofline's
-rollout) and `castrl.rollouts.groups.sample_groups` (a diagnosis's GRPO groups). Inside training, TRL
-(transformers or vLLM) and verl keep their own generation.
+rollout) and `castrl.rollouts.groups.sample_groups` (a diagnosis's GRPO groups). By default it decodes
+with castrl's loop (`castrl.rollouts.decode`), and with `model.generate` where that loop does not cover
+the settings or `decoder="transformers"`. Inside training, TRL's transformers rollouts reach the same
+loop through `generate_with_decode`; vLLM and verl keep their own generation.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ run the distinct prompts once, without their last token, keep the KV cache, and 
 last prompt token + completion on a copy of its prompt's cache. Positions, masks and the scored
 tokens are those of the one-pass forward, so the log-probs agree up to float rounding; the saving
 is (G - 1) / G of the prompt tokens, which is most of the teacher's cost when its prompt is longer
-than the completions (on the smollm2 bench: 136-token teacher prompts, <= 64-token completions).
+than the completions (on the smollm2 bench: 136-token teacher prompts, <= 64-token completions). Rows
+are scored longest first, each chunk only to its own longest scored token: completions are padded to
+the batch's longest, which on the bundled model's rollouts is often 3-4x the typical one.
 
 Only plain key/value caches are shared (`DynamicLayer`); models whose cache is anything else
 (sliding-window, recurrent or hybrid layers) get `None` and the caller falls back to the full pass.
@@ -91,23 +93,31 @@ def completion_logps_shared_prompts(
         return None
     keyword = _cache_keyword(model)
     labels = completion_ids.masked_fill(completion_mask == 0, -100)
-    logps = []
+    # Rows are taken longest first and each chunk runs to its own longest scored token, not the batch's:
+    # columns after a row's last scored token change none of its scores (causal attention) and score 0.
+    widths = (completion_mask.bool() * torch.arange(1, completion_mask.size(1) + 1, device=completion_mask.device)).amax(1)
+    order = torch.argsort(widths, descending=True, stable=True)
+    logps = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)
     for start in range(0, n_rows, batch_size):
-        rows = slice(start, start + batch_size)
+        rows = order[start : start + batch_size]
+        width = int(widths[rows].max())
+        if width == 0:  # nothing scored in these rows (or any after them)
+            break
         owner = inverse[rows]
         cache = DynamicCache()
         for layer, (keys, values) in enumerate(key_values):
             cache.update(keys[owner], values[owner], layer)
         # The last prompt token is fed here, so the scored positions are exactly the completion tokens.
-        input_ids = torch.cat([ids[owner, -1:], completion_ids[rows, :-1]], dim=1)
-        attention_mask = torch.cat([mask[owner], completion_mask[rows, :-1]], dim=1)
+        tokens = completion_ids[rows, :width]
+        input_ids = torch.cat([ids[owner, -1:], tokens[:, :-1]], dim=1)
+        attention_mask = torch.cat([mask[owner], completion_mask[rows, : width - 1]], dim=1)
         with autocast():
             if temperature is None:
-                output = model(input_ids=input_ids, attention_mask=attention_mask, shift_labels=labels[rows],
+                output = model(input_ids=input_ids, attention_mask=attention_mask, shift_labels=labels[rows, :width],
                                fused_lm_head=True, **{keyword: cache})  # fmt: skip
-                logps.append(output.log_probs.float())
+                logps[rows, :width] = output.log_probs.float()
                 continue
             logits = model(input_ids=input_ids, attention_mask=attention_mask, **{keyword: cache}).logits
-        picked = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, completion_ids[rows, :, None])
-        logps.append(picked.squeeze(-1) * completion_mask[rows])
-    return torch.cat(logps).float()
+        picked = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, tokens[:, :, None]).squeeze(-1)
+        logps[rows, :width] = picked * completion_mask[rows, :width]
+    return logps

@@ -67,6 +67,15 @@ class CASTTrainerConfig(GRPOConfig):
             "micro-batch: 4.5 GB and 21 s at 2048 vs 6.7 GB and 29 s at TRL's 32768), TRL's own on CUDA/XPU."
         },
     )
+    trim_completion_padding: bool = field(
+        default=True,
+        metadata={
+            "help": "Cut each training micro-batch's trailing completion columns that no row scores before the "
+            "loss's forward (castrl's option): TRL pads every completion to the generation batch's longest, so a "
+            "micro-batch of short completions otherwise trains over the longest's width. Same loss and gradients "
+            "up to float rounding."
+        },
+    )
     rollout_decoder: str = field(
         default="castrl",
         metadata={

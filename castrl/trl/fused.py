@@ -144,7 +144,8 @@ class FusedStudentPass:
         t = mask.shape[1]
         inputs_rows = (state.base[rows], state.rewards[rows], student, state.teacher[rows, :t], mask.float())
         adv, _ = run_on_rows(self.estimator.token_step, state.scorable[rows], inputs_rows, self.config, state.step)
-        state.student[local] = student
+        state.student[local] = 0.0  # columns past this micro-batch's scored width (`castrl.trl.trim`) score nothing
+        state.student[local, :t] = student
         state.seen[local] = True
         if not bool(state.seen.all()):
             return adv, {}

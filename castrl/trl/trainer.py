@@ -10,6 +10,8 @@ entropy options and PEFT keep working:
 - `_calculate_rewards`: keep the raw, globally gathered per-function rewards;
 - `_generate_and_score_completions`: after TRL's rollout, run the student and teacher no-grad
   passes (`castrl.trl.scoring`) and replace TRL's (B,) advantages by the estimator's (B, T) ones;
+- `_compute_loss`: a micro-batch's trailing completion columns no row scores are cut first
+  (`castrl.trl.trim`, `trim_completion_padding`);
 - `_compute_loss` / `_get_per_token_logps_and_entropies` (on-policy, `fuse_student_pass`): the
   student pass is skipped; the estimator's base step runs after the rollout and its row-local token
   step inside the loss, on the log-probs of the training forward pass (`castrl.trl.fused`);
@@ -47,6 +49,7 @@ from .head_tile import resolve_vocab_tile, vocab_tile
 from .nonfinite import guard_nonfinite_steps
 from .precision import install_fp32_fused_head, rollout_autocast, skip_trl_head_cast, warn_bf16_logits
 from .scoring import completion_logps, fused_lm_head_for, peer_texts, tokenize_prompts
+from .trim import trim_completion_padding
 
 
 class _TeacherUpdate(TrainerCallback):
@@ -164,6 +167,8 @@ class CASTTrainer(GRPOTrainer):
             return super()._generate_single_turn(*args, **kwargs)
 
     def _compute_loss(self, model, inputs):
+        if self.args.trim_completion_padding:
+            inputs = trim_completion_padding(inputs)
         if inputs.get("castrl_row") is None:
             return super()._compute_loss(model, inputs)
         with self._fused.loss_forward(inputs):  # raises if the forward below never took `inputs`
