@@ -70,6 +70,8 @@ def test_resume_continues_from_last_complete_checkpoint(tiny_dir, tmp_path):
         (["--flip_margin", "-1"], "flip_margin"),
         (["--lora", "maybe"], "--lora"),
         (["--prompt_style", "fancy"], "--prompt_style must be one of"),
+        (["--eval_batch_size", "0"], "--eval_batch_size"),
+        (["--rollout_decoder", "vllm"], "rollout_decoder must be one of"),
     ],
 )
 def test_bad_flags_fail_before_model_load(flags, message):

@@ -42,7 +42,7 @@ def _heldout(model, tokenizer, records, verifier, run, decoder: str, label: str)
     result = heldout_accuracy(
         model, tokenizer, [build_prompt(r["problem"], run.prompt_style) for r in records],
         [r["answer"] for r in records], verifier, levels=levels if any(levels) else None,
-        max_new_tokens=run.eval_max_new_tokens, decoder=decoder,
+        max_new_tokens=run.eval_max_new_tokens, batch_size=run.eval_batch_size, decoder=decoder,
     )
     unscorable = f", {result['n_unscorable']} unscorable (counted wrong)" if result["n_unscorable"] else ""
     print(f"[castrl] held-out {label}: accuracy {num(result['accuracy'])} on {result['n']} problems{unscorable} "
