@@ -81,7 +81,7 @@ class SamplingArguments:
     top_k: int = field(default=20, metadata={"help": "Top-k sampling (0 = off); spec §7. [P]"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Token limit of every sampled completion."})
     group_size: int = field(default=8, metadata={"help": "G: completions sampled per prompt (one group)."})
-    decoder: str = field(default="castrl", metadata={
+    decoder: Literal["castrl", "transformers"] = field(default="castrl", metadata={
         "help": "castrl: castrl.rollouts.decode (each distinct prompt prefilled once, sampling among the top-k "
         "only, finished rows leave the batch; same distribution, other draws); transformers: model.generate. [ours]"})
 

@@ -186,7 +186,7 @@ def test_generate_ids_falls_back_to_generate_for_what_decode_does_not_do(tiny, m
     monkeypatch.setattr(decode_module, "decode", lambda *a, **k: used.append(1))
     generate_ids(model, rows, tokenizer.pad_token_id, max_new_tokens=3, do_sample=False, repetition_penalty=1.3)
     assert not used
-    with pytest.raises(ValueError, match="rollout_decoder must be one of"):
+    with pytest.raises(ValueError, match="decoder must be one of"):
         generate_ids(model, rows, tokenizer.pad_token_id, max_new_tokens=3, decoder="vllm")
 
 

@@ -1,4 +1,4 @@
-"""castrl's decoding loop: the same completions as `model.generate`'s sampling, without its waste.
+"""castrl's decoding loop: completions from `model.generate`'s sampling distribution, without its waste.
 
 On the bundled model on 2 CPU cores a 32-row sampled decode step was 238 ms, of which ~55 ms was
 choosing the token and not the model: `generate` sorts the whole 49,152-entry vocabulary for top-p and
@@ -30,10 +30,10 @@ from .prompt_cache import _cache_keyword, _returned_cache
 DECODERS = ("castrl", "transformers")
 
 
-def check_decoder(name: str) -> str:
-    """`name` if it is a known rollout decoder, else a ValueError naming the choices."""
+def check_decoder(name: str, flag: str = "decoder") -> str:
+    """`name` if it is a known decoder, else a ValueError naming `flag` and the choices."""
     if name not in DECODERS:
-        raise ValueError(f"rollout_decoder must be one of {', '.join(DECODERS)}; got {name!r}")
+        raise ValueError(f"{flag} must be one of {', '.join(DECODERS)}; got {name!r}")
     return name
 
 

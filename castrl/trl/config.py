@@ -114,7 +114,7 @@ class CASTTrainerConfig(GRPOConfig):
         if spec.needs_teacher:
             self.teacher_config().check_host("trl")
         check_vocab_tile(self.lm_head_vocab_tile)
-        check_decoder(self.rollout_decoder)
+        check_decoder(self.rollout_decoder, "rollout_decoder")
         if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ValueError(f"epsilon / epsilon_high must be >= 0, got {self.epsilon} / {self.epsilon_high}")
 
