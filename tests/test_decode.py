@@ -229,3 +229,23 @@ def test_trl_rollouts_decode_with_castrl_unless_told_otherwise(tmp_path, monkeyp
         assert "generate" not in vars(trainer.model)
         if expected:
             assert calls[0] == Sampling(True, config.temperature, config.top_k, config.top_p)
+
+
+def test_a_cache_that_is_not_plain_key_value_decodes_with_generate():
+    """A sliding-window model's cache cannot be cut row by row as `decode` does: `generate_ids` gives
+    generate's own tokens for it."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tokenizer = build_char_tokenizer()
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                           pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    ids, mask = _prompts(tokenizer)
+    assert decode(model, ids, mask, max_new_tokens=4, sampling=Sampling(), stop_ids=torch.tensor([1]), pad_id=0) is None
+    rows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+    kwargs = dict(max_new_tokens=5, do_sample=False)
+    ours = generate_ids(model, rows, tokenizer.pad_token_id, **kwargs)
+    theirs = generate_ids(model, rows, tokenizer.pad_token_id, decoder="transformers", **kwargs)
+    assert torch.equal(ours, theirs)

@@ -101,8 +101,8 @@ def decode(
     its first stop token (kept) and padded with `pad_id` after it, on `ids`' device; `steps` <=
     `max_new_tokens` is the longest row's length, as `generate` returns.
 
-    None, before any work, when the model's cache is not plain key/value: the caller falls back to
-    `model.generate`."""
+    None, after the prefill, when the model's cache is not plain key/value (sliding-window, recurrent
+    or hybrid layers): the caller falls back to `model.generate`."""
     from transformers.cache_utils import DynamicLayer
 
     if ids.shape != mask.shape or ids.dim() != 2:
