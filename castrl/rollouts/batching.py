@@ -35,3 +35,10 @@ def left_pad(
             ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[i, width - len(row) :] = 1
     return ids, mask, n_cut
+
+
+def scored_widths(mask: torch.Tensor) -> torch.Tensor:
+    """(N,) 1 + the last column each row of a (N, T) completion mask scores; 0 for a row scoring none.
+    Columns after it change none of the row's scores under causal attention, so passes may stop there."""
+    columns = torch.arange(1, mask.size(1) + 1, device=mask.device)
+    return (mask.bool() * columns).amax(1) if mask.size(1) else mask.new_zeros(mask.size(0), dtype=torch.long)

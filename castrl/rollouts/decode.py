@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .prompt_cache import _cache_keyword, _returned_cache
+from .prompt_cache import _cache_keyword, distinct_prompts, plain_key_value_cache
 
 DECODERS = ("castrl", "transformers")
 
@@ -103,23 +103,18 @@ def decode(
 
     None, after the prefill, when the model's cache is not plain key/value (sliding-window, recurrent
     or hybrid layers): the caller falls back to `model.generate`."""
-    from transformers.cache_utils import DynamicLayer
-
     if ids.shape != mask.shape or ids.dim() != 2:
         raise ValueError(f"ids and mask must be the same (rows, tokens) shape; got {tuple(ids.shape)}, {tuple(mask.shape)}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     rows, device = ids.shape[0], ids.device
     mask = mask.long()
-    distinct, inverse = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    first_ids, first_mask = distinct[:, : ids.shape[1]], distinct[:, ids.shape[1] :]
+    first_ids, first_mask, inverse = distinct_prompts(ids, mask)
     first_positions = (first_mask.cumsum(-1) - 1).clamp(min=0)
     output = model(input_ids=first_ids, attention_mask=first_mask, position_ids=first_positions, use_cache=True,
                    logits_to_keep=1)  # fmt: skip
-    cache = _returned_cache(output)
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+    cache = plain_key_value_cache(output)
+    if cache is None:
         return None
     cache.batch_select_indices(inverse)
     logits = output.logits[:, -1].float()[inverse]
@@ -128,7 +123,7 @@ def decode(
     stops = stop_ids.to(device)
     new = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     live = torch.arange(rows, device=device)  # the original row of each row still decoding
-    position = positions[:, -1]
+    position = (mask.sum(-1) - 1).clamp(min=0)  # each row's last prompt position (left padding: tokens - 1)
     padded = not bool(mask.all())
     keyword = _cache_keyword(model)
     steps = 0

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .batching import left_pad
 from .decode import check_decoder, decode_like_generate
-from .prompt_cache import _cache_keyword, _returned_cache
+from .prompt_cache import _cache_keyword, plain_key_value_cache
 from .render import Prompt, prompt_ids
 
 
@@ -67,16 +67,13 @@ def shared_prefill(model: Any, ids: torch.Tensor, mask: torch.Tensor, copies: in
     position ids `generate` gives left-padded rows. `generate` then feeds only each row's last prompt
     token. None (the caller prefills per sequence) for prompts under 2 tokens or a cache that is not plain
     key/value (sliding-window, recurrent or hybrid layers)."""
-    from transformers.cache_utils import DynamicLayer
-
     if ids.shape[1] < 2:
         return None
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     output = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                    use_cache=True, logits_to_keep=1)  # fmt: skip
-    cache = _returned_cache(output)
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+    cache = plain_key_value_cache(output)
+    if cache is None:
         return None
     cache.batch_repeat_interleave(copies)
     return cache

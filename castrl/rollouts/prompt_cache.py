@@ -24,6 +24,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from .batching import scored_widths
+
 
 def _cache_keyword(model: torch.nn.Module) -> str:
     """transformers >= 5.2x names the forward's cache argument `cache`; earlier 5.x `past_key_values`."""
@@ -37,19 +39,36 @@ def _returned_cache(output) -> object:
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
-def _prompt_key_values(model, ids, mask, batch_size) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per-layer (keys, values) of the prompts `ids`, (U, kv_heads, width, dim) each; None if not plain KV."""
+def plain_key_value_cache(output) -> object | None:
+    """The KV cache a forward `output` returned, if every layer of it is plain key/value (`DynamicLayer`),
+    which can be copied, cut and repeated row by row; else None (sliding-window, recurrent or hybrid
+    layers), and the caller falls back to a pass that needs no such surgery."""
     from transformers.cache_utils import DynamicLayer
 
+    cache = _returned_cache(output)
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return cache
+
+
+def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask) of the distinct left-padded prompt rows and `inverse`, each row's index among them:
+    rows with equal ids and mask share one prefill."""
+    distinct, inverse = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
+    return distinct[:, : ids.shape[1]], distinct[:, ids.shape[1] :], inverse
+
+
+def _prompt_key_values(model, ids, mask, batch_size) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per-layer (keys, values) of the prompts `ids`, (U, kv_heads, width, dim) each; None if not plain KV."""
     chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for start in range(0, ids.size(0), batch_size):
         output = model(input_ids=ids[start : start + batch_size], attention_mask=mask[start : start + batch_size],
                        use_cache=True, logits_to_keep=1)  # fmt: skip
-        cache = _returned_cache(output)
-        layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        cache = plain_key_value_cache(output)
+        if cache is None:
             return None
-        chunks.append([(layer.keys, layer.values) for layer in layers])
+        chunks.append([(layer.keys, layer.values) for layer in cache.layers])
     return [(torch.cat([c[i][0] for c in chunks]), torch.cat([c[i][1] for c in chunks])) for i in range(len(chunks[0]))]
 
 
@@ -84,9 +103,7 @@ def completion_logps_shared_prompts(
     from transformers import DynamicCache
 
     autocast = autocast or nullcontext
-    # Rows with equal prompt ids and mask share one cache row; `inverse` maps each row to it.
-    distinct, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
-    ids, mask = distinct[:, :prompt_len], distinct[:, prompt_len:]
+    ids, mask, inverse = distinct_prompts(prompt_ids, prompt_mask)  # one cache row per distinct prompt
     with autocast():
         key_values = _prompt_key_values(model, ids[:, :-1], mask[:, :-1], batch_size)
     if key_values is None:
@@ -95,7 +112,7 @@ def completion_logps_shared_prompts(
     labels = completion_ids.masked_fill(completion_mask == 0, -100)
     # Rows are taken longest first and each chunk runs to its own longest scored token, not the batch's:
     # columns after a row's last scored token change none of its scores (causal attention) and score 0.
-    widths = (completion_mask.bool() * torch.arange(1, completion_mask.size(1) + 1, device=completion_mask.device)).amax(1)
+    widths = scored_widths(completion_mask)
     order = torch.argsort(widths, descending=True, stable=True)
     logps = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)
     for start in range(0, n_rows, batch_size):

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from castrl.rollouts.batching import scored_widths
+
 # (B, T) tensors aligned with the completion tokens, in TRL 1.16's micro-batches and castrl's
 COMPLETION_KEYS = frozenset({
     "completion_ids", "completion_mask", "tool_mask", "advantages", "old_per_token_logps", "ref_per_token_logps",
@@ -30,8 +32,7 @@ OTHER_KEYS = frozenset({"prompt_ids", "prompt_mask", "num_items_in_batch", "cast
 
 def scored_width(completion_mask: torch.Tensor) -> int:
     """1 + the last column any row scores (>= 1, so an all-masked micro-batch keeps one column)."""
-    scored = completion_mask.bool().any(dim=0).nonzero()
-    return int(scored.max()) + 1 if scored.numel() else 1
+    return max(int(scored_widths(completion_mask).max()), 1) if completion_mask.numel() else 1
 
 
 def trim_completion_padding(inputs: dict[str, Any]) -> dict[str, Any]:
