@@ -90,28 +90,18 @@ def _stop_in_the_middle(model, ids, mask, steps: int) -> int:
     raise AssertionError("the tiny model emits no token in only some rows: the test cannot end rows apart")
 
 
-def test_greedy_equals_generate_while_rows_end_at_different_steps(tiny):
+def test_greedy_equals_generate_while_rows_end_at_different_steps(tiny, monkeypatch):
+    from transformers.cache_utils import DynamicCache
+
     model, tokenizer = tiny
     ids, mask = _prompts(tokenizer, copies=2)
     stop = _stop_in_the_middle(model, ids, mask, 16)
     reference = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=16,
                                eos_token_id=stop, pad_token_id=0)[:, ids.shape[1]:]  # fmt: skip
-    calls = []
-    real_select = None
-
-    def counted(self, indices):
-        calls.append(len(indices))
-        return real_select(self, indices)
-
-    from transformers.cache_utils import DynamicCache
-
-    real_select = DynamicCache.batch_select_indices
-    DynamicCache.batch_select_indices = counted
-    try:
-        new = decode(model, ids, mask, max_new_tokens=16, sampling=Sampling(), stop_ids=torch.tensor([stop]),
-                     pad_id=0)  # fmt: skip
-    finally:
-        DynamicCache.batch_select_indices = real_select
+    calls, select = [], DynamicCache.batch_select_indices
+    monkeypatch.setattr(DynamicCache, "batch_select_indices",
+                        lambda self, indices: calls.append(len(indices)) or select(self, indices))  # fmt: skip
+    new = decode(model, ids, mask, max_new_tokens=16, sampling=Sampling(), stop_ids=torch.tensor([stop]), pad_id=0)
     assert calls[0] == ids.shape[0]  # distinct prompts prefilled once, copied to their rows
     assert any(n < ids.shape[0] for n in calls[1:])  # finished rows left the batch
     assert torch.equal(new, reference)
